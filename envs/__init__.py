@@ -1,0 +1,1 @@
+"""Text tool environments on Gymnasium (imported as ``agentrl.envs``)."""
