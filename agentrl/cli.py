@@ -15,6 +15,7 @@ import sys
 # Module paths, each with ``add_parser(subparsers) -> None`` that sets ``func`` via set_defaults.
 COMMANDS: list[str] = [
     "agentrl.sandboxes.cli",
+    "agentrl.envs.cli",
 ]
 
 

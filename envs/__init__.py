@@ -1,1 +1,49 @@
-"""Text tool environments on Gymnasium (imported as ``agentrl.envs``)."""
+"""Text tool environments on Gymnasium (imported as ``agentrl.envs``).
+
+    import agentrl.envs as envs
+    env = envs.make("agentrl/ShellQuest-v0", max_turns=30)
+    obs, info = env.reset(seed=0)
+
+Importing this package registers the built-in env ids but imports no env implementation.
+"""
+
+from .base import EpisodeStats, Message, Observation, Task, ToolEnv, run_episode, shared_sandbox
+from .parsing import HermesParser, JSONParser, ParseResult, ToolCall, get_parser, register_parser
+from .registry import DESCRIPTIONS, ENTRY_POINT_GROUP, env_id, list_envs, load_plugins, make, register_env
+from .spaces import Messages, UnicodeText
+from .tools import Tool, ToolOutput, tool
+
+# Built-in environments: (name, "module:Class", description). Each env module documents its
+# source, reward and horizon; the README lists them.
+BUILTIN: list[tuple[str, str, str]] = []
+
+for _name, _entry, _desc in BUILTIN:
+    register_env(_name, _entry, description=_desc)
+
+__all__ = [
+    "DESCRIPTIONS",
+    "ENTRY_POINT_GROUP",
+    "EpisodeStats",
+    "HermesParser",
+    "JSONParser",
+    "Message",
+    "Messages",
+    "Observation",
+    "ParseResult",
+    "Task",
+    "Tool",
+    "ToolCall",
+    "ToolEnv",
+    "ToolOutput",
+    "UnicodeText",
+    "env_id",
+    "get_parser",
+    "list_envs",
+    "load_plugins",
+    "make",
+    "register_env",
+    "register_parser",
+    "run_episode",
+    "shared_sandbox",
+    "tool",
+]

@@ -1,0 +1,127 @@
+"""``agentrl envs list | check ID | play ID``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as JSON when they can be (numbers, bools, lists)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"option {pair!r} must look like key=value (e.g. max_turns=30)")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import DESCRIPTIONS, list_envs
+
+    table = Table(title="agentrl environments")
+    table.add_column("id")
+    table.add_column("description")
+    for eid in list_envs():
+        table.add_row(eid, DESCRIPTIONS.get(eid, ""))
+    Console().print(table)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .checks import run_checks
+
+    results = run_checks(args.env_id, only=args.only, n_tasks=args.tasks, **_parse_options(args.option))
+    table = Table(title=f"agentrl envs check {args.env_id}")
+    for col in ("check", "result", "time (s)", "detail"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.name, "[green]pass" if r.passed else "[red]FAIL", f"{r.wall_time_s:.2f}", r.detail.splitlines()[0][:100] if r.detail else "")
+    console = Console()
+    console.print(table)
+    for r in results:
+        if not r.passed:
+            console.print(f"[red]{r.name}[/red]:\n{r.detail}")
+    return 0 if all(r.passed for r in results) else 1
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    from . import make
+
+    env = make(args.env_id, **_parse_options(args.option))
+    core = env.unwrapped
+    obs, info = env.reset(seed=args.seed, options={"task_index": args.task} if args.task is not None else None)
+    print(f"== {info['task_id']}  (max_turns {info['max_turns']})")
+    print("tools: " + ", ".join(t["function"]["name"] for t in info["tools"]))
+    print("Type a tool call as `name {json args}` (e.g. shell {\"command\": \"ls\"}), raw assistant text, "
+          "`:expert` for the expert's move, `:tools` for schemas, `:quit` to stop.")
+    expert = core.expert()
+    for m in obs:
+        print(f"[{m['role']}] {m['content']}")
+    total = 0.0
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            break
+        if line in (":quit", ":q"):
+            break
+        if line == ":tools":
+            print(json.dumps(info["tools"], indent=2))
+            continue
+        if line == ":expert":
+            action = expert(obs)
+            print(action)
+        elif line and " " in line and line.split(" ", 1)[0] in core.tools and line.split(" ", 1)[1].lstrip().startswith("{"):
+            name, raw = line.split(" ", 1)
+            try:
+                action = core.call(name, **json.loads(raw))
+            except json.JSONDecodeError as e:
+                print(f"(not valid JSON arguments: {e}; sending the line as raw text)")
+                action = line
+        elif line in core.tools:
+            action = core.call(line)
+        else:
+            action = line
+        obs, reward, terminated, truncated, step_info = env.step(action)
+        total += reward
+        for m in obs:
+            print(f"[{m['role']}{'/' + m['name'] if m.get('name') else ''}] {m['content']}")
+        print(f"(reward {reward:+.3f}, return {total:.3f}, turn {step_info['turn']}, errors {sum(step_info['errors'].values())})")
+        if terminated or truncated:
+            print(f"== episode over: {'terminated' if terminated else 'truncated'}, success={step_info.get('success')}")
+            break
+    env.close()
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("envs", help="list, check and play environments")
+    sub = p.add_subparsers(dest="envs_command", metavar="SUBCOMMAND", required=True)
+    ls = sub.add_parser("list", help="registered env ids with descriptions")
+    ls.set_defaults(func=cmd_list)
+    ck = sub.add_parser("check", help="run every env check (gymnasium checker, determinism, expert, ...)")
+    ck.add_argument("env_id")
+    ck.add_argument("--tasks", type=int, default=3, help="expert tasks per split (default 3)")
+    ck.add_argument("--only", nargs="*", help="run only these checks")
+    ck.add_argument("-o", "--option", action="append", default=[], help="env option key=value (repeatable)")
+    ck.set_defaults(func=cmd_check)
+    pl = sub.add_parser("play", help="play an env in the terminal, typing tool calls")
+    pl.add_argument("env_id")
+    pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--task", type=int, default=None, help="task index (default: drawn from the seed)")
+    pl.add_argument("-o", "--option", action="append", default=[], help="env option key=value (repeatable)")
+    pl.set_defaults(func=cmd_play)
+
