@@ -1,0 +1,210 @@
+"""The data that flows from rollout to learner: trajectories as tokens, and their batch form.
+
+A :class:`Trajectory` is one episode, stored token-in/token-out: ``input_ids`` is exactly the
+sequence the engine saw and produced, in order (prompt, then for each turn the sampled tokens
+followed by the tokenized env reply). Per-token lists all have the same length T_i.
+
+``collate`` pads trajectories into a :class:`TrainBatch` of ``[B, T]`` tensors (right padding).
+Group ids come from the task id: the G trajectories sampled for the same task form a group
+(GRPO); ``sample_index`` tells them apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Trajectory:
+    """One episode as tokens plus its per-turn outcome.
+
+    Attributes:
+        task_id: stable task id (groups are formed by it).
+        sample_index: index of this sample within its group (0..G-1).
+        env_id: the Gymnasium id of the env that produced it.
+        input_ids: all tokens, prompt included.
+        loss_mask: True on tokens the policy generated (trained on); False on prompt,
+            env/tool tokens and anything the template added.
+        turn_ids: index (0-based) of the assistant turn that generated each token; -1 on
+            tokens the policy did not generate.
+        behavior_logprobs: log-probability of each generated token under the sampler (at the
+            sampling temperature); 0.0 where ``loss_mask`` is False.
+        policy_versions: version of the weights that sampled each token (train_step count at
+            sampling time); -1 where ``loss_mask`` is False.
+        turn_rewards: reward returned by ``env.step`` for each turn, length S (= num turns).
+        anchor_keys: per turn, a hash of the observation the turn was taken from (GiGPO step
+            groups); length S.
+        terminated, truncated: Gymnasium's flags at the end of the episode.
+        success: the env's ``info["success"]`` at the end.
+        failed: True when the episode could not be completed for a reason outside the policy
+            (sandbox crash, engine error, env exception); such trajectories are kept for
+            metrics and masked out of the loss.
+        failure_reason: why it failed (exception type and message), else None.
+        metrics: per-episode numbers for logging (tool errors, sandbox time, ...).
+        messages: the chat transcript (for debugging, eval reports, SFT data).
+    """
+
+    task_id: str
+    sample_index: int = 0
+    env_id: str = ""
+    input_ids: list[int] = field(default_factory=list)
+    loss_mask: list[bool] = field(default_factory=list)
+    turn_ids: list[int] = field(default_factory=list)
+    behavior_logprobs: list[float] = field(default_factory=list)
+    policy_versions: list[int] = field(default_factory=list)
+    turn_rewards: list[float] = field(default_factory=list)
+    anchor_keys: list[str] = field(default_factory=list)
+    terminated: bool = False
+    truncated: bool = False
+    success: bool = False
+    failed: bool = False
+    failure_reason: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def reward(self) -> float:
+        """Episode return: the sum of turn rewards."""
+        return float(sum(self.turn_rewards))
+
+    @property
+    def num_turns(self) -> int:
+        return len(self.turn_rewards)
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+    def append(self, ids: list[int], *, generated: bool, turn: int = -1, logprobs: list[float] | None = None, version: int = -1) -> None:
+        """Append tokens; ``generated`` ones carry their turn, logprobs and policy version."""
+        n = len(ids)
+        if generated and (logprobs is None or len(logprobs) != n):
+            raise ValueError(f"generated tokens need one logprob each: got {n} ids and {None if logprobs is None else len(logprobs)} logprobs")
+        self.input_ids.extend(ids)
+        self.loss_mask.extend([generated] * n)
+        self.turn_ids.extend([turn if generated else -1] * n)
+        self.behavior_logprobs.extend(logprobs if generated else [0.0] * n)  # type: ignore[arg-type]
+        self.policy_versions.extend([version if generated else -1] * n)
+
+    def check(self) -> None:
+        """Raise ValueError if the per-token lists disagree in length."""
+        n = len(self.input_ids)
+        for name in ("loss_mask", "turn_ids", "behavior_logprobs", "policy_versions"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"trajectory {self.task_id}#{self.sample_index}: {name} has {len(getattr(self, name))} entries, input_ids has {n}")
+        if len(self.anchor_keys) not in (0, len(self.turn_rewards)):
+            raise ValueError(f"trajectory {self.task_id}#{self.sample_index}: {len(self.anchor_keys)} anchor keys for {len(self.turn_rewards)} turns")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Trajectory:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+@dataclass
+class TrainBatch:
+    """Padded tensors for the learner. B trajectories, T padded tokens, S max turns.
+
+    Per-token ``[B, T]``: input_ids (long), attention_mask (bool, True on real tokens),
+    loss_mask (bool, True on generated tokens of non-failed trajectories), turn_ids (long, -1
+    off-policy), behavior_logprobs (float32), policy_versions (long, -1 off-policy).
+    Per-trajectory ``[B]``: rewards (float32), group_ids (long, same value = same task),
+    sample_index (long), terminated / truncated / success / failed (bool).
+    Per-turn ``[B, S]``: turn_rewards (float32, 0 past the last turn), turn_mask (bool),
+    anchor_ids (long, equal ids = identical anchor observation; -1 past the last turn).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    turn_ids: torch.Tensor
+    behavior_logprobs: torch.Tensor
+    policy_versions: torch.Tensor
+    rewards: torch.Tensor
+    group_ids: torch.Tensor
+    sample_index: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    success: torch.Tensor
+    failed: torch.Tensor
+    turn_rewards: torch.Tensor
+    turn_mask: torch.Tensor
+    anchor_ids: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def select(self, index: torch.Tensor | slice | list[int]) -> TrainBatch:
+        """Rows ``index`` of every tensor (a micro-batch)."""
+        return TrainBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        return TrainBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def collate(trajectories: list[Trajectory], *, pad_token_id: int) -> TrainBatch:
+    """Right-pad trajectories into a :class:`TrainBatch`.
+
+    Failed trajectories keep their rows (for shapes and metrics) with ``loss_mask`` all False.
+    Group ids number the distinct task ids in order of first appearance. Anchor ids number
+    the distinct (task id, anchor key) pairs, so only turns of the same task can share a step
+    group.
+    """
+    if not trajectories:
+        raise ValueError("collate() got no trajectories")
+    for t in trajectories:
+        t.check()
+    B = len(trajectories)
+    T = max(len(t.input_ids) for t in trajectories)
+    S = max(max(t.num_turns for t in trajectories), 1)
+    input_ids = torch.full((B, T), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, T), dtype=torch.bool)
+    loss_mask = torch.zeros((B, T), dtype=torch.bool)
+    turn_ids = torch.full((B, T), -1, dtype=torch.long)
+    behavior_logprobs = torch.zeros((B, T), dtype=torch.float32)
+    policy_versions = torch.full((B, T), -1, dtype=torch.long)
+    turn_rewards = torch.zeros((B, S), dtype=torch.float32)
+    turn_mask = torch.zeros((B, S), dtype=torch.bool)
+    anchor_ids = torch.full((B, S), -1, dtype=torch.long)
+    groups: dict[str, int] = {}
+    anchors: dict[tuple[str, str], int] = {}
+    for i, t in enumerate(trajectories):
+        n = len(t.input_ids)
+        input_ids[i, :n] = torch.tensor(t.input_ids, dtype=torch.long)
+        attention_mask[i, :n] = True
+        if not t.failed:
+            loss_mask[i, :n] = torch.tensor(t.loss_mask, dtype=torch.bool)
+        turn_ids[i, :n] = torch.tensor(t.turn_ids, dtype=torch.long)
+        behavior_logprobs[i, :n] = torch.tensor(t.behavior_logprobs, dtype=torch.float32)
+        policy_versions[i, :n] = torch.tensor(t.policy_versions, dtype=torch.long)
+        s = t.num_turns
+        if s:
+            turn_rewards[i, :s] = torch.tensor(t.turn_rewards, dtype=torch.float32)
+            turn_mask[i, :s] = True
+        for j, key in enumerate(t.anchor_keys):
+            anchor_ids[i, j] = anchors.setdefault((t.task_id, key), len(anchors))
+        groups.setdefault(t.task_id, len(groups))
+    return TrainBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        loss_mask=loss_mask,
+        turn_ids=turn_ids,
+        behavior_logprobs=behavior_logprobs,
+        policy_versions=policy_versions,
+        rewards=torch.tensor([t.reward for t in trajectories], dtype=torch.float32),
+        group_ids=torch.tensor([groups[t.task_id] for t in trajectories], dtype=torch.long),
+        sample_index=torch.tensor([t.sample_index for t in trajectories], dtype=torch.long),
+        terminated=torch.tensor([t.terminated for t in trajectories], dtype=torch.bool),
+        truncated=torch.tensor([t.truncated for t in trajectories], dtype=torch.bool),
+        success=torch.tensor([t.success for t in trajectories], dtype=torch.bool),
+        failed=torch.tensor([t.failed for t in trajectories], dtype=torch.bool),
+        turn_rewards=turn_rewards,
+        turn_mask=turn_mask,
+        anchor_ids=anchor_ids,
+    )
