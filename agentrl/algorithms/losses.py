@@ -1,0 +1,310 @@
+"""Policy losses: per-token surrogate -> aggregated scalar, ``(loss, metrics)``.
+
+Every loss is a pure function with keyword-only arguments:
+
+* tensors ``[B, T]``: ``logprobs`` (current policy, carries gradient), ``proximal_logprobs``
+  (the snapshot the ratio is taken against, detached), ``advantages`` (detached),
+  ``loss_mask`` (bool, True only on policy-generated tokens; prompt, tool output and padding are
+  False), plus ``entropy`` / ``ref_logprobs`` where a loss needs them;
+* scalars: the method's options with METHODS.md defaults;
+* ``aggregate``: ``aggregate(per_token, loss_mask) -> scalar`` (see :mod:`.aggregation`),
+  default token-mean over this call;
+* ``token_weights [B, T]`` float or None: detached per-token multipliers applied to the
+  per-token policy loss before aggregation (the 80/20 token mask, off-policy IS weights). The
+  aggregation denominator stays ``loss_mask``: a zero weight removes gradient, not the token's
+  place in the denominator (METHODS 3d).
+
+``ratio = exp(clamp(logprobs - proximal_logprobs, -20, 20))`` (verl's guard). Sign convention:
+the loss is ``-objective`` and is minimised. Values at ``loss_mask == False`` positions reach
+neither the loss nor its gradient (inputs are zeroed there first). Metrics are detached 0-dim
+float32 tensors; nothing here syncs with the host.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .aggregation import token_mean
+from .kl import kl_estimate
+from .ops import clamped_log_ratio, masked_mean, masked_quantile, zero_masked
+from .registry import LOSSES
+
+__all__ = ["ppo_loss", "cispo_loss", "clip_cov_loss", "kl_cov_loss", "archer_loss", "ppo_per_token"]
+
+Aggregate = Callable[[Tensor, Tensor], Tensor]
+_BASE = ("logprobs", "proximal_logprobs", "advantages", "loss_mask")
+
+
+def _clean(loss_mask: Tensor, *tensors: Tensor) -> list[Tensor]:
+    return [zero_masked(t, loss_mask) for t in tensors]
+
+
+def _weighted(per_token: Tensor, token_weights: Tensor | None) -> Tensor:
+    return per_token if token_weights is None else per_token * token_weights.detach()
+
+
+def _frac(flags: Tensor, loss_mask: Tensor) -> Tensor:
+    return masked_mean(flags.float(), loss_mask).detach()
+
+
+def ppo_per_token(ratio: Tensor, advantages: Tensor, eps_low: float | Tensor, eps_high: float | Tensor,
+                  clip_ratio_c: float | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """verl's vanilla per-token PPO loss and the branch flags.
+
+    ``pg1 = -A r``, ``pg2 = -A clip(r, 1-eps_low, 1+eps_high)``, ``L = max(pg1, pg2)``; with
+    ``clip_ratio_c`` set, ``L = min(L, -A c)`` where ``A < 0`` (dual clip, arXiv 1912.09729).
+    ``eps_low``/``eps_high`` may be floats or tensors broadcastable to ``ratio``.
+    Flags: ``high`` (A > 0, upper clip active: zero gradient), ``low`` (A < 0, lower clip
+    active: zero gradient), ``dual`` (A < 0, dual clip active: zero gradient).
+    """
+    pg1 = -advantages * ratio
+    pg2 = -advantages * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    clipped = pg2 > pg1
+    loss = torch.maximum(pg1, pg2)
+    flags = {"high": clipped & (advantages > 0), "low": clipped & (advantages < 0)}
+    if clip_ratio_c is not None:
+        pg3 = -advantages * clip_ratio_c
+        neg = advantages < 0
+        flags["dual"] = neg & (loss > pg3)
+        loss = torch.where(neg, torch.minimum(loss, pg3), loss)
+    return loss, flags
+
+
+def _clip_metrics(flags: dict[str, Tensor], loss_mask: Tensor) -> dict[str, Tensor]:
+    out = {"policy/clipfrac_low": _frac(flags["low"], loss_mask), "policy/clipfrac_high": _frac(flags["high"], loss_mask)}
+    if "dual" in flags:
+        out["policy/dualclip_frac"] = _frac(flags["dual"], loss_mask)
+    return out
+
+
+def _check_dual_clip(clip_ratio_c: float | None) -> None:
+    if clip_ratio_c is not None and not clip_ratio_c > 1.0:
+        raise ValueError(f"clip_ratio_c (dual clip) must be > 1 or null to disable, got {clip_ratio_c}")
+
+
+@LOSSES.register(
+    "ppo",
+    summary="clipped surrogate with decoupled eps_low/eps_high (DAPO clip-higher) and dual clip",
+    paper="arXiv 1707.06347 Eq. 7; arXiv 2503.14476 (DAPO) Sec. 3.1; arXiv 1912.09729 (dual clip)",
+    source="verl core_algos.compute_policy_loss_vanilla",
+    inputs=_BASE,
+)
+def ppo_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor,
+             eps_low: float | Tensor = 0.2, eps_high: float | Tensor = 0.2, clip_ratio_c: float | None = 3.0,
+             aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clip: ``L = max(-A r, -A clip(r, 1-eps_low, 1+eps_high))``, dual clip ``min(L, -A c)``
+    for ``A < 0`` (verl default ``c = 3``; DAPO scripts 10; ``None`` disables).
+
+    ``eps_*`` are epsilons (bounds ``1 - eps_low``, ``1 + eps_high``), not absolute bounds.
+    Gradient rule: a token gets no gradient when A > 0 and r > 1+eps_high, when A < 0 and
+    r < 1-eps_low, or when the dual clip is active (A < 0 and r > c). METHODS 1e (eps 0.2/0.28,
+    c 10): token-mean 0.078087.
+    """
+    _check_dual_clip(clip_ratio_c)
+    logprobs, proximal_logprobs, advantages = _clean(loss_mask, logprobs, proximal_logprobs, advantages)
+    ratio = torch.exp(clamped_log_ratio(logprobs, proximal_logprobs))
+    per_token, flags = ppo_per_token(ratio, advantages, eps_low, eps_high, clip_ratio_c)
+    loss = aggregate(_weighted(per_token, token_weights), loss_mask)
+    return loss, _clip_metrics(flags, loss_mask)
+
+
+@LOSSES.register(
+    "cispo",
+    summary="REINFORCE with a clipped, stop-gradient IS weight: every token keeps its gradient",
+    paper="arXiv 2506.13585 (MiniMax-M1, CISPO) Eqs. 4-5",
+    source="verl core_algos.compute_policy_loss_cispo; TRL grpo_trainer loss_type='cispo'",
+    inputs=_BASE,
+)
+def cispo_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor,
+               eps_low: float = 10.0, eps_high: float = 0.2, semantics: str = "verl",
+               aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """CISPO: ``L = -sg(w) * A * logprobs`` with the IS weight ``w`` clipped and detached.
+
+    ``semantics="verl"`` (default, verl example script): ``w = clip(r, 1 - eps_low, 1 + eps_high)``
+    with epsilons (defaults 10 / 0.2: lower bound inert, cap 1.2). ``semantics="trl"``: ``eps_high``
+    is the *absolute* cap, ``w = min(r, eps_high)`` (TRL ``epsilon_high``, ScaleRL recommends 5.0)
+    and ``eps_low`` is unused; a cap below 1 raises ValueError (a verl epsilon ported by mistake).
+    The paper's exact eps values for M1 are unverified (METHODS 4c).
+
+    Only the gradient is meaningful: ``dL/dlogp_t = -w_t A_t / N``. METHODS 4e (cap 1.2, N 4):
+    gradient [-0.3, -0.125, 0.275, 0.3].
+    """
+    if semantics not in ("verl", "trl"):
+        raise ValueError(f"cispo semantics must be 'verl' or 'trl', got {semantics!r}")
+    if semantics == "trl" and eps_high < 1.0:
+        raise ValueError(f"cispo semantics='trl' takes eps_high as the absolute cap on the ratio (e.g. 5.0); "
+                         f"got {eps_high}, which would cap every weight below 1. For verl epsilons use semantics='verl'.")
+    logprobs, proximal_logprobs, advantages = _clean(loss_mask, logprobs, proximal_logprobs, advantages)
+    ratio = torch.exp(clamped_log_ratio(logprobs, proximal_logprobs)).detach()
+    if semantics == "verl":
+        lower, upper = 1.0 - eps_low, 1.0 + eps_high
+        weight = torch.clamp(ratio, lower, upper)
+        low_flags = ratio < lower
+    else:
+        upper = eps_high
+        weight = torch.clamp(ratio, max=upper)
+        low_flags = torch.zeros_like(loss_mask)
+    per_token = -weight * advantages * logprobs
+    loss = aggregate(_weighted(per_token, token_weights), loss_mask)
+    metrics = {"policy/clipfrac_low": _frac(low_flags, loss_mask), "policy/clipfrac_high": _frac(ratio > upper, loss_mask)}
+    return loss, metrics
+
+
+def _covariance(advantages: Tensor, logprobs: Tensor, loss_mask: Tensor) -> Tensor:
+    a = advantages.detach()
+    lp = logprobs.detach()
+    return (a - masked_mean(a, loss_mask)) * (lp - masked_mean(lp, loss_mask))
+
+
+def _top_ranked(scores: Tensor, eligible: Tensor, count: Tensor, max_count: int) -> Tensor:
+    """Bool mask (shape of ``scores``) of the ``count`` highest-scoring eligible entries.
+
+    ``count`` is a 0-dim tensor (never read on the host); ``max_count`` a static upper bound
+    from shapes, so ``topk`` gets a Python int. Ineligible entries are never selected.
+    """
+    flat = torch.where(eligible, scores, torch.full((), -math.inf, dtype=scores.dtype, device=scores.device)).reshape(-1)
+    k = max(1, min(max_count, flat.numel()))
+    vals, idx = torch.topk(flat, k, largest=True, sorted=True)
+    rank = torch.arange(k, device=scores.device)
+    chosen = (rank < count) & (vals > -math.inf)
+    out = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device).scatter_(0, idx, chosen)
+    return out.reshape(scores.shape)
+
+
+def _fraction_count(ratio: float, loss_mask: Tensor) -> tuple[Tensor, int]:
+    """``max(1, floor(ratio * N_valid))`` as a tensor, and its static bound from the shape."""
+    n_valid = loss_mask.sum().to(torch.float64)
+    count = torch.clamp(torch.floor(ratio * n_valid), min=1)
+    return count, max(1, math.floor(ratio * loss_mask.numel()))
+
+
+@LOSSES.register(
+    "clip_cov",
+    summary="Clip-Cov: PPO, plus a random share of high-covariance tokens get no gradient",
+    paper="arXiv 2505.22617 (Entropy Mechanism of RL for Reasoning LMs), Clip-Cov",
+    source="verl core_algos.compute_policy_loss_clip_cov (PRIME-RL/Entropy-Mechanism-of-RL)",
+    inputs=_BASE,
+)
+def clip_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor,
+                  generator: torch.Generator, eps_low: float = 1.0, eps_high: float = 1.0,
+                  clip_cov_ratio: float = 2e-4, clip_cov_lb: float = 1.0, clip_cov_ub: float = 5.0,
+                  aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Clip-Cov (METHODS 2a): ``Cov_t = (A_t - mean A)(logp_t - mean logp)`` over the valid tokens
+    of *this call*; candidates are valid tokens not already clipped by PPO with
+    ``clip_cov_lb < Cov_t < clip_cov_ub``; ``max(1, floor(clip_cov_ratio * N_valid))`` of them,
+    drawn uniformly at random with ``generator`` (all of them if fewer), lose their loss and
+    gradient. The rest get ``max(-A r, -A clip(r, 1-eps_low, 1+eps_high))``; no dual clip.
+
+    Defaults: ratio 2e-4, lb 1, ub 5 (verl); eps 1/1 (authors' scripts: PPO range [0, 2], so
+    Clip-Cov does the work). Batch-dependent by design: the covariance means, N_valid and the
+    random draw are per call (per micro-batch), so splitting a batch changes the result.
+    The random subset is drawn as the top-k of uniform keys (same distribution as verl's
+    ``randperm``, different stream). METHODS 2e with ratio 0.5: token-mean 0.0.
+    """
+    logprobs, proximal_logprobs, advantages = _clean(loss_mask, logprobs, proximal_logprobs, advantages)
+    ratio = torch.exp(clamped_log_ratio(logprobs, proximal_logprobs))
+    per_token, flags = ppo_per_token(ratio, advantages, eps_low, eps_high, None)
+    clip_by_origin = flags["high"] | flags["low"]
+    cov = _covariance(advantages, logprobs, loss_mask)
+    candidates = loss_mask & ~clip_by_origin & (cov > clip_cov_lb) & (cov < clip_cov_ub)
+    count, bound = _fraction_count(clip_cov_ratio, loss_mask)
+    keys = torch.rand(cov.shape, generator=generator, device=cov.device)
+    selected = _top_ranked(keys, candidates, count, bound)
+    per_token = torch.where(selected, torch.zeros_like(per_token), per_token)
+    loss = aggregate(_weighted(per_token, token_weights), loss_mask)
+    metrics = _clip_metrics(flags, loss_mask)
+    metrics["clip_cov/selected_frac"] = _frac(selected, loss_mask)
+    metrics["clip_cov/candidate_frac"] = _frac(candidates, loss_mask)
+    return loss, metrics
+
+
+@LOSSES.register(
+    "kl_cov",
+    summary="KL-Cov: unclipped PG, plus |log ratio| penalty on the top-k covariance tokens",
+    paper="arXiv 2505.22617 (Entropy Mechanism of RL for Reasoning LMs), KL-Cov",
+    source="verl core_algos.compute_policy_loss_kl_cov (PRIME-RL/Entropy-Mechanism-of-RL)",
+    inputs=_BASE,
+)
+def kl_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor,
+                kl_cov_ratio: float = 2e-4, ppo_kl_coef: float = 1.0,
+                aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """KL-Cov (METHODS 2a): ``L_t = -A r + ppo_kl_coef * |logp - proximal_logp|`` on the
+    ``max(1, floor(kl_cov_ratio * N_valid))`` valid tokens with the largest ``Cov_t``, ``-A r``
+    elsewhere. No PPO clipping on any token.
+
+    Units: ``kl_cov_ratio`` is a fraction (verl); the original repo's ``k_percent`` is a percent
+    (0.2 there = 2e-3 here). The ``|.|`` term has zero gradient when the log-ratio is exactly 0
+    (first on-policy update). Batch-dependent by design (covariance means, N_valid and top-k per
+    call). METHODS 2e with ratio 0.25, coef 1: token-mean -0.017976.
+    """
+    logprobs, proximal_logprobs, advantages = _clean(loss_mask, logprobs, proximal_logprobs, advantages)
+    log_ratio = logprobs - proximal_logprobs
+    ratio = torch.exp(torch.clamp(log_ratio, -20.0, 20.0))
+    pg = -advantages * ratio
+    cov = _covariance(advantages, logprobs, loss_mask)
+    count, bound = _fraction_count(kl_cov_ratio, loss_mask)
+    selected = _top_ranked(cov, loss_mask, count, bound)
+    per_token = torch.where(selected, pg + ppo_kl_coef * log_ratio.abs(), pg)
+    loss = aggregate(_weighted(per_token, token_weights), loss_mask)
+    zeros = torch.zeros_like(loss_mask)
+    metrics = {
+        "policy/clipfrac_low": _frac(zeros, loss_mask),
+        "policy/clipfrac_high": _frac(zeros, loss_mask),
+        "kl_cov/selected_frac": _frac(selected, loss_mask),
+    }
+    return loss, metrics
+
+
+@LOSSES.register(
+    "archer",
+    summary="Archer dual-token: wider clip and no KL on each response's top-20% entropy tokens",
+    paper="arXiv 2507.15778 (Archer)",
+    source="wizard-III/ArcherCodeR dp_actor.update_policy, core_algos.compute_policy_loss",
+    inputs=(*_BASE, "entropy", "ref_logprobs"),
+)
+def archer_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor,
+                entropy: Tensor, ref_logprobs: Tensor | None = None, token_entropy_quantile: float = 0.8,
+                low_entropy_eps_low: float = 0.2, low_entropy_eps_high: float = 0.2,
+                high_entropy_eps_low: float = 0.5, high_entropy_eps_high: float = 0.5,
+                clip_ratio_c: float | None = 10.0, kl_coef_low: float = 0.001, kl_coef_high: float = 0.0,
+                kl_estimator: str = "k3",
+                aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Archer (METHODS 6a): per response, ``q_i = quantile(H_i over its valid tokens, 0.8)``
+    (linear, as ``nanquantile``); tokens with ``H <= q_i`` are low-entropy ("knowledge"), ``H > q_i``
+    high-entropy ("reasoning"). PPO clip per token with ``low_entropy_eps_*`` (0.2/0.2) or
+    ``high_entropy_eps_*`` (0.5/0.5), dual clip ``c = 10``. KL to the reference (k3) is
+    token-meaned separately within each group:
+    ``loss = agg(pg) + kl_coef_low * KL_low + kl_coef_high * KL_high``.
+
+    ``entropy [B, T]``: current policy entropy (used detached). ``ref_logprobs`` required when a
+    KL coefficient is non-zero (ValueError otherwise). The quantile is per response, so the PG
+    part is micro-batch invariant; the two KL group means are per call (batch-dependent).
+    All four clip values are explicit (the reference code's fallbacks cross over, METHODS 6d).
+    """
+    if (kl_coef_low or kl_coef_high) and ref_logprobs is None:
+        raise ValueError("archer: kl_coef_low/kl_coef_high are non-zero but ref_logprobs is None; "
+                         "compute reference logprobs or set both coefficients to 0")
+    _check_dual_clip(clip_ratio_c)
+    logprobs, proximal_logprobs, advantages = _clean(loss_mask, logprobs, proximal_logprobs, advantages)
+    ent = zero_masked(entropy.detach(), loss_mask)
+    q = masked_quantile(ent, loss_mask, token_entropy_quantile, dim=-1).unsqueeze(-1)
+    high = loss_mask & (ent > q)
+    low = loss_mask & ~high
+    eps_low = torch.where(high, high_entropy_eps_low, low_entropy_eps_low)
+    eps_high = torch.where(high, high_entropy_eps_high, low_entropy_eps_high)
+    ratio = torch.exp(clamped_log_ratio(logprobs, proximal_logprobs))
+    per_token, flags = ppo_per_token(ratio, advantages, eps_low, eps_high, clip_ratio_c)
+    loss = aggregate(_weighted(per_token, token_weights), loss_mask)
+    metrics = _clip_metrics(flags, loss_mask)
+    metrics["archer/high_entropy_frac"] = _frac(high, loss_mask)
+    if ref_logprobs is not None:
+        kl = kl_estimate(kl_estimator, logprobs=logprobs, ref_logprobs=zero_masked(ref_logprobs, loss_mask))
+        kl_low, kl_high = masked_mean(kl, low), masked_mean(kl, high)
+        loss = loss + kl_coef_low * kl_low + kl_coef_high * kl_high
+        metrics["archer/kl_low"] = kl_low.detach()
+        metrics["archer/kl_high"] = kl_high.detach()
+    return loss, metrics
