@@ -60,6 +60,7 @@ class RolloutBatch:
     proximal_logprobs / behavior_logprobs [B, T]: for the Skywork NLL measurement.
     entropy [B, T]: proximal-policy entropy at the sampling temperature, recomputed before the
     update (EMPG step entropy; ``entropy_source: proximal`` shaping and token masks).
+    A row whose loss_mask is all False (a failed episode) is left out of group statistics.
     """
 
     rewards: Tensor
@@ -243,7 +244,7 @@ class Algorithm:
                 metric = batch.correct.float() if batch.correct is not None else (batch.rewards > 0.5).float()
             else:
                 metric = rewards if rewards is not None else self.shape_rewards(batch)[0]
-            keep &= dynamic_sampling_keep(metric=metric, group_ids=batch.group_ids)
+            keep &= dynamic_sampling_keep(metric=metric, group_ids=batch.group_ids, valid=batch.loss_mask.any(dim=1))
         if self.config.overlong.filter_truncated and batch.truncated is not None:
             keep &= ~batch.truncated.bool()
         return keep
@@ -276,6 +277,7 @@ class Algorithm:
         inputs: dict[str, Any] = {
             "rewards": rewards, "group_ids": batch.group_ids, "correct": batch.correct, "turn_mask": turn_mask,
             "anchor_ids": batch.anchor_ids, "token_counts": loss_mask.sum(dim=1) * keep,
+            "valid": loss_mask.any(dim=1),
         }
         if "turn_returns" in self.estimator.inputs:
             inputs["turn_returns"] = self._turn_returns(batch, rewards, turn_mask)

@@ -163,7 +163,7 @@ class BAPOController(Controller):
         self.eps = float(eps)
 
     def _pos_neg(self, r: Tensor, a: Tensor, mask: Tensor, c_low: Tensor, c_high: Tensor) -> tuple[Tensor, Tensor]:
-        # r, a, mask: [N]; c_low / c_high: [K, 1] -> pos, neg: [K]
+        # r, a, mask: [N]; c_low / c_high: [K, 1] or [1, 1] -> pos, neg: [K]
         pos_w = torch.where(mask & (a >= 0), a, torch.zeros_like(a))
         neg_w = torch.where(mask & (a < 0), -a, torch.zeros_like(a))
         if self.metric == "code":
@@ -172,7 +172,8 @@ class BAPOController(Controller):
         else:
             pos = torch.where(r <= c_high, r * pos_w, torch.zeros_like(r)).sum(-1)
             neg = torch.where(r >= c_low, r * neg_w, torch.zeros_like(r)).sum(-1)
-        return pos, neg
+        k = max(c_low.shape[0], c_high.shape[0])
+        return pos.expand(k), neg.expand(k)
 
     def _ratio(self, pos: Tensor, neg: Tensor) -> Tensor:
         return torch.where(neg <= 0, torch.full_like(pos, math.inf), pos / (neg + self.eps))

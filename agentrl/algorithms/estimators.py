@@ -39,28 +39,40 @@ def _group_moments(values: Tensor, group_ids: Tensor, weights: Tensor | None = N
     return segment_stats(values.to(torch.float64), compact_ids(group_ids), weights)
 
 
+def _valid_weights(valid: Tensor | None) -> Tensor | None:
+    return None if valid is None else valid.to(torch.float64)
+
+
+def _finish(adv: Tensor, valid: Tensor | None) -> Tensor:
+    adv = adv.float()
+    return adv if valid is None else torch.where(valid, adv, torch.zeros_like(adv))
+
+
 @ESTIMATORS.register(
     "grpo",
     summary="(R - group mean) / (group std + eps); normalize_std=false gives Dr. GRPO's R - mean",
     paper="arXiv 2402.03300 (GRPO, outcome supervision); arXiv 2503.20783 (Dr. GRPO, no std)",
     source="verl core_algos.compute_grpo_outcome_advantage",
-    inputs=("rewards", "group_ids"),
+    inputs=("rewards", "group_ids", "valid"),
 )
-def grpo(*, rewards: Tensor, group_ids: Tensor, normalize_std: bool = True, eps: float = 1e-6) -> EstimatorOutput:
+def grpo(*, rewards: Tensor, group_ids: Tensor, valid: Tensor | None = None, normalize_std: bool = True,
+         eps: float = 1e-6) -> EstimatorOutput:
     """GRPO: ``A_i = (R_i - mean_g R) / (std_g R + eps)``, unbiased std (``torch.std``).
 
     A group of size 1 gets mean 0 and std 1 (so ``A = R / (1 + eps)``), as verl. All-equal
     rewards give A = 0. ``normalize_std=False``: ``A_i = R_i - mean_g R`` (Dr. GRPO).
-    METHODS 12e: rewards [1, 0, 0, 1] -> +/-0.8660.
+    METHODS 12e: rewards [1, 0, 0, 1] -> +/-0.8660. ``valid [B] bool`` (optional): rows that
+    count; others (failed episodes with no policy tokens) are left out of the group statistics
+    and get 0.
     """
-    count, mean, std = _group_moments(rewards, group_ids)
+    count, mean, std = _group_moments(rewards, group_ids, _valid_weights(valid))
     single = count <= 1
     mean = torch.where(single, torch.zeros_like(mean), mean)
     std = torch.where(single, torch.ones_like(std), std)
     adv = rewards.to(torch.float64) - mean
     if normalize_std:
         adv = adv / (std + eps)
-    return EstimatorOutput(adv.float())
+    return EstimatorOutput(_finish(adv, valid))
 
 
 @ESTIMATORS.register(
@@ -68,17 +80,18 @@ def grpo(*, rewards: Tensor, group_ids: Tensor, normalize_std: bool = True, eps:
     summary="leave-one-out baseline: R_i - mean of the other group members",
     paper="arXiv 2402.14740 (Back to Basics: RLOO)",
     source="verl core_algos.compute_rloo_outcome_advantage",
-    inputs=("rewards", "group_ids"),
+    inputs=("rewards", "group_ids", "valid"),
 )
-def rloo(*, rewards: Tensor, group_ids: Tensor) -> EstimatorOutput:
+def rloo(*, rewards: Tensor, group_ids: Tensor, valid: Tensor | None = None) -> EstimatorOutput:
     """RLOO: ``A_i = R_i - (sum_g R - R_i) / (n - 1)`` = ``n/(n-1) * (R_i - mean_g R)``.
 
-    A group of size 1 has no baseline: ``A = R`` (verl leaves the score unchanged).
+    A group of size 1 has no baseline: ``A = R`` (verl leaves the score unchanged). ``valid``:
+    as in :func:`grpo`.
     """
-    count, mean, _ = _group_moments(rewards, group_ids)
+    count, mean, _ = _group_moments(rewards, group_ids, _valid_weights(valid))
     r = rewards.to(torch.float64)
     loo = count / (count - 1).clamp(min=1) * (r - mean)
-    return EstimatorOutput(torch.where(count > 1, loo, r).float())
+    return EstimatorOutput(_finish(torch.where(count > 1, loo, r), valid))
 
 
 @ESTIMATORS.register(
@@ -94,16 +107,17 @@ def reinforce_pp_baseline(*, rewards: Tensor, group_ids: Tensor, token_counts: T
     unbiased var over *all policy tokens of the batch*.
 
     Because A0 is constant within a row, token-level statistics equal row statistics weighted
-    by ``token_counts [B]`` (policy tokens per row; 0 removes a row). Batch-dependent by design:
+    by ``token_counts [B]`` (policy tokens per row; 0 removes a row from the group and batch
+    statistics). Batch-dependent by design:
     the whitening uses the whole batch given.
     """
-    count, mean, _ = _group_moments(rewards, group_ids)
+    count, mean, _ = _group_moments(rewards, group_ids, (token_counts > 0).to(torch.float64))
     a0 = rewards.to(torch.float64) - torch.where(count > 1, mean, torch.zeros_like(mean))
     w = token_counts.to(torch.float64)
     n = w.sum()
     mu = (w * a0).sum() / n.clamp(min=1)
     var = (w * (a0 - mu) ** 2).sum() / (n - 1).clamp(min=1)
-    return EstimatorOutput(((a0 - mu) * torch.rsqrt(var + eps)).float())
+    return EstimatorOutput(_finish((a0 - mu) * torch.rsqrt(var + eps), token_counts > 0))
 
 
 def _correct(rewards: Tensor, correct: Tensor | None, success_threshold: float) -> Tensor:

@@ -32,18 +32,22 @@ def overlong_penalty(*, response_lengths: Tensor, max_response_tokens: int, buff
     return torch.clamp(-exceed / buffer_tokens * penalty_factor, max=0.0).float()
 
 
-def dynamic_sampling_keep(*, metric: Tensor, group_ids: Tensor) -> Tensor:
+def dynamic_sampling_keep(*, metric: Tensor, group_ids: Tensor, valid: Tensor | None = None) -> Tensor:
     """DAPO dynamic sampling filter ``keep [B] bool`` (verl-recipe ``dapo_ray_trainer.fit``):
     a group is kept when its metric is not uniform (std > 0) or when it has a single member.
 
     metric ``[B]`` float (``acc`` by default, or the shaped sequence reward), group_ids ``[B]``.
-    Uniformity is tested exactly (max == min), not through a float std.
+    Uniformity is tested exactly (max == min), not through a float std (numpy's std of equal
+    floats can be a tiny non-zero). ``valid [B] bool`` (optional): only these rows count (failed
+    episodes do not make a group look mixed); invalid rows are never kept.
     METHODS 1e: acc [1, 1, 1, 1] dropped, [1, 0, 0, 1] kept.
     """
     ids = compact_ids(group_ids)
     n = metric.shape[0]
     m = metric.to(torch.float64)
-    gmax = torch.full((n,), -torch.inf, dtype=m.dtype, device=m.device).scatter_reduce(0, ids, m, "amax")
-    gmin = torch.full((n,), torch.inf, dtype=m.dtype, device=m.device).scatter_reduce(0, ids, m, "amin")
-    count = segment_sum(torch.ones_like(m), ids, n)
-    return ((gmax > gmin) | (count == 1))[ids]
+    ok = torch.ones(n, dtype=torch.bool, device=m.device) if valid is None else valid.bool()
+    inf = torch.tensor(torch.inf, dtype=m.dtype, device=m.device)
+    gmax = torch.full((n,), -torch.inf, dtype=m.dtype, device=m.device).scatter_reduce(0, ids, torch.where(ok, m, -inf), "amax")
+    gmin = torch.full((n,), torch.inf, dtype=m.dtype, device=m.device).scatter_reduce(0, ids, torch.where(ok, m, inf), "amin")
+    count = segment_sum(ok.to(m.dtype), ids, n)
+    return ((gmax > gmin) | (count == 1))[ids] & ok
