@@ -1,0 +1,379 @@
+"""Typed experiment configs: dataclasses with a docstring per field, complete flat YAML files,
+dotted ``key=value`` overrides, and unknown keys rejected with a suggestion.
+
+    cfg = load_config("configs/quickstart.yaml", overrides=["trainer.total_steps=5"])
+
+Every problem is reported before any work starts (:class:`ConfigError`), with the file, the
+dotted key, what was received and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says where and how to fix."""
+
+
+@dataclass
+class RunConfig:
+    """What this run is and where it writes."""
+
+    name: str = "run"
+    """Run name (used in logs and reports)."""
+    output_dir: str = "runs/run"
+    """Folder for checkpoints, metrics.jsonl, plots and the resolved config."""
+    seed: int = 0
+    """Seed for model init, task order, sampling and the env."""
+    backend: str = "local"
+    """"local" (one process) or "ray" (rollout and learner as Ray actors)."""
+    mode: str = "sync"
+    """"sync" (generate then train) or "async" (rollouts keep going while the learner trains)."""
+    ray_address: str | None = None
+    """Ray cluster address for backend "ray"; None starts a local cluster."""
+    device: str = "cpu"
+    """Torch device of the learner ("cpu", "cuda")."""
+    resume: bool = True
+    """Continue from the latest checkpoint in output_dir when there is one."""
+
+
+@dataclass
+class ModelInitConfig:
+    """A tiny model to create locally when ``model.path`` does not exist yet."""
+
+    arch: str = "qwen2"
+    """"qwen2" or "llama"."""
+    template: str = "chatml"
+    """Chat template: "chatml", "llama3" or "qwen3"."""
+    vocab_size: int = 1024
+    """BPE vocabulary size (bytes + merges + special tokens)."""
+    hidden_size: int = 128
+    """Model width."""
+    num_layers: int = 4
+    """Transformer blocks."""
+    num_heads: int = 4
+    """Attention heads."""
+    num_kv_heads: int = 2
+    """Key/value heads (grouped-query attention)."""
+    corpus_episodes: int = 200
+    """Expert episodes of the training env used to train the tokenizer."""
+
+
+@dataclass
+class ModelConfig:
+    """The policy model."""
+
+    path: str = ""
+    """HF model name or local folder (loaded with AutoModelForCausalLM)."""
+    init: ModelInitConfig | None = None
+    """Create a tiny model at ``path`` first if the folder does not exist."""
+    chat_template: str | None = None
+    """Override the tokenizer's chat template with a shipped one ("chatml", "llama3", "qwen3")."""
+    dtype: str = "float32"
+    """Parameter dtype: "float32" or "bfloat16"."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+
+
+@dataclass
+class EnvConfig:
+    """The environment trained on."""
+
+    id: str = "agentrl/ShellQuest-v0"
+    """Gymnasium id of a registered agentrl env."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Options passed to the env constructor."""
+    eval_kwargs: dict[str, Any] | None = None
+    """Constructor options for evaluation envs (default: same as kwargs)."""
+    num_envs: int = 16
+    """Env instances, i.e. concurrent episodes during rollout."""
+    train_split: str = "train"
+    """Split the training tasks come from."""
+    eval_split: str = "test"
+    """Held-out split for evaluation."""
+
+
+@dataclass
+class RolloutConfig:
+    """How trajectories are sampled."""
+
+    engine: str = "hf"
+    """"hf" (transformers, CPU), "vllm" (GPU) or "openai" (HTTP server, eval only)."""
+    group_size: int = 8
+    """G: trajectories per task (a GRPO group)."""
+    tasks_per_step: int = 8
+    """Distinct tasks per train_step; the batch holds tasks_per_step * group_size trajectories."""
+    temperature: float = 1.0
+    """Sampling temperature (logprobs and entropy are computed at it)."""
+    top_p: float = 1.0
+    """Nucleus sampling."""
+    top_k: int = 0
+    """Top-k sampling (0: off)."""
+    max_new_tokens: int = 128
+    """Cap on tokens per assistant turn."""
+    max_total_tokens: int = 4096
+    """Token budget of an episode, prompt included; reaching it truncates the episode."""
+    eval_temperature: float = 1.0
+    """Temperature for evaluation episodes."""
+    max_staleness: int = 0
+    """Async mode: most train_steps a trajectory's oldest token may lag the learner."""
+    vllm: dict[str, Any] = field(default_factory=dict)
+    """Extra vllm.LLM arguments (gpu_memory_utilization, tensor_parallel_size, ...)."""
+    openai_base_url: str | None = None
+    """Base URL of an OpenAI-compatible server for engine "openai"."""
+
+
+@dataclass
+class SFTConfig:
+    """Supervised warm start on expert trajectories before RL."""
+
+    enabled: bool = False
+    """Run SFT before RL (skipped on resume when RL already started)."""
+    episodes: int = 400
+    """Expert episodes from the train split."""
+    epochs: int = 3
+    """Passes over the expert data."""
+    lr: float = 1e-3
+    """Learning rate."""
+    batch_size: int = 16
+    """Sequences per optimizer step."""
+    max_tokens: int = 4096
+    """Longest expert sequence kept."""
+
+
+@dataclass
+class TrainerConfig:
+    """The learner."""
+
+    total_steps: int = 100
+    """train_steps to run."""
+    lr: float = 1e-5
+    """AdamW learning rate."""
+    warmup_steps: int = 0
+    """Linear warmup steps."""
+    lr_schedule: str = "constant"
+    """"constant" or "cosine" after warmup."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Max global grad norm (0: off)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch."""
+    mini_batches: int = 1
+    """Optimizer steps per epoch (the batch is split into this many mini-batches)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
+    logits_chunk_size: int = 1024
+    """Tokens per chunk when computing logprobs/entropy through the LM head."""
+    checkpoint_every: int = 10
+    """Save a checkpoint every N train_steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk."""
+    eval_every: int = 0
+    """Evaluate on the held-out split every N train_steps (0: only before and after)."""
+    eval_episodes: int = 64
+    """Held-out episodes per evaluation."""
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics go."""
+
+    tensorboard: bool = True
+    """Also write TensorBoard events when tensorboard is installed."""
+    wandb: bool = False
+    """Also log to Weights & Biases when installed and configured."""
+    progress: bool = True
+    """Show a progress bar."""
+    log_trajectories: int = 2
+    """Transcripts saved per train_step (samples.jsonl)."""
+
+
+@dataclass
+class TrainConfig:
+    """A complete experiment: what ``agentrl train CONFIG.yaml`` runs."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    algorithm: dict[str, Any] = field(default_factory=dict)
+    """The methods library's algorithm section (validated by agentrl.algorithms)."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+# ----------------------------------------------------------------------------- parsing
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert ``value`` to annotation ``tp``; raises ConfigError."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {type(value).__name__} {value!r}")
+        return from_dict(tp, value, where)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is list or tp is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (arg,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, arg, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys with suggestions."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in hints:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {path!r}.{hint} Valid keys{' of ' + where if where else ''}: {', '.join(names)}.")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(cfg)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. trainer.total_steps=5)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a YAML experiment file, apply overrides, validate. Raises ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; see configs/ for complete examples (e.g. configs/quickstart.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    try:
+        cfg = from_dict(TrainConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    validate(cfg, source=str(path))
+    return cfg
+
+
+def validate(cfg: TrainConfig, source: str = "config") -> None:
+    """Cross-field checks that need no heavy imports; raise ConfigError before any work."""
+
+    def check(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{source}: {msg}")
+
+    check(cfg.run.backend in ("local", "ray"), f"run.backend must be 'local' or 'ray', got {cfg.run.backend!r}")
+    check(cfg.run.mode in ("sync", "async"), f"run.mode must be 'sync' or 'async', got {cfg.run.mode!r}")
+    check(cfg.rollout.engine in ("hf", "vllm", "openai"), f"rollout.engine must be 'hf', 'vllm' or 'openai', got {cfg.rollout.engine!r}")
+    check(bool(cfg.model.path), "model.path is empty; give an HF model name or a local folder (with model.init to create a tiny one)")
+    check(cfg.rollout.group_size >= 1 and cfg.rollout.tasks_per_step >= 1, "rollout.group_size and rollout.tasks_per_step must be >= 1")
+    batch = cfg.rollout.group_size * cfg.rollout.tasks_per_step
+    check(
+        batch % cfg.trainer.mini_batches == 0,
+        f"the batch of {batch} trajectories (tasks_per_step {cfg.rollout.tasks_per_step} x group_size {cfg.rollout.group_size}) "
+        f"does not divide into trainer.mini_batches={cfg.trainer.mini_batches}; pick mini_batches dividing {batch}",
+    )
+    mini = batch // cfg.trainer.mini_batches
+    check(
+        mini % cfg.trainer.micro_batch_size == 0 or cfg.trainer.micro_batch_size >= mini,
+        f"a mini-batch of {mini} trajectories does not divide into trainer.micro_batch_size={cfg.trainer.micro_batch_size}",
+    )
+    check(cfg.trainer.total_steps >= 0, "trainer.total_steps must be >= 0")
+    check(cfg.rollout.max_staleness >= 0, "rollout.max_staleness must be >= 0")
+    check(cfg.model.dtype in ("float32", "bfloat16"), f"model.dtype must be 'float32' or 'bfloat16', got {cfg.model.dtype!r}")

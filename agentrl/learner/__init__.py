@@ -1,0 +1,1 @@
+"""The learner: policy forward (chunked logprobs/entropy), updates, checkpoints, SFT."""

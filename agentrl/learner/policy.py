@@ -1,0 +1,75 @@
+"""The policy on the learner side: loading any HF causal LM, and per-token logprobs and entropy
+of whole trajectories computed through the LM head in chunks (bounded memory)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentrl.algorithms.logits import logprobs_and_entropy_from_hidden
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def load_tokenizer(path: str, chat_template: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    from agentrl.models.chat import load_template
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if chat_template:
+        tok.chat_template = load_template(chat_template)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, *, dtype: str = "float32", device: str = "cpu", gradient_checkpointing: bool = False) -> Any:
+    """``AutoModelForCausalLM.from_pretrained(path)``; raises FileNotFoundError with a fix
+    when a local-looking path does not exist (no hub access is attempted for it)."""
+    from transformers import AutoModelForCausalLM
+
+    looks_local = path.startswith((".", "/", "~")) or Path(path).parts[:1] == ("runs",) or Path(path).exists()
+    if looks_local and not Path(path).expanduser().exists():
+        raise FileNotFoundError(
+            f"model path {path!r} does not exist; create a tiny model with `agentrl model init --out {path}` "
+            f"or add a model.init section to the config"
+        )
+    model = AutoModelForCausalLM.from_pretrained(str(Path(path).expanduser()) if looks_local else path, dtype=DTYPES[dtype])
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model.to(device)
+
+
+def sequence_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    compute_entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token ``(logprobs, entropy)`` ``[B, T]`` float32 for right-padded sequences.
+
+    ``logprobs[:, t]`` is log p(input_ids[:, t] | input_ids[:, <t]) at ``temperature``;
+    ``entropy[:, t]`` is the full-vocabulary entropy of that same next-token distribution.
+    Column 0 (no context) is 0. Values on padding are meaningless; mask them.
+    Memory: hidden states ``[B, T, D]`` plus chunks of ``[chunk_size, V]``, never ``[B*T, V]``.
+    """
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    hidden = base(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
+    head = model.get_output_embeddings()
+    logp, ent = logprobs_and_entropy_from_hidden(
+        hidden[:, :-1], head.weight, input_ids[:, 1:], bias=getattr(head, "bias", None),
+        temperature=temperature, chunk_size=chunk_size, compute_entropy=compute_entropy,
+    )
+    zeros = logp.new_zeros((input_ids.shape[0], 1))
+    logp = torch.cat([zeros, logp], dim=1)
+    ent = torch.cat([zeros, ent], dim=1) if ent is not None else None
+    return logp, ent
