@@ -186,6 +186,13 @@ class Algorithm:
             return None
         return self.config.token_mask.options.get("entropy_source", self.token_mask.options().get("entropy_source"))
 
+    def _loss_needs_ref(self) -> bool:
+        if "ref_logprobs" not in self.loss_entry.inputs:
+            return False
+        opts = {**self.loss_entry.options(), **self.config.loss.options}
+        coefs = [v for k, v in opts.items() if k.startswith("kl_coef")]
+        return any(float(c) != 0 for c in coefs) if coefs else True
+
     def requirements(self) -> dict[str, bool]:
         """What the learner must provide. ``entropy``: current-policy entropy in micro-batches;
         ``entropy_grad``: that entropy must carry gradient; ``rollout_entropy``: proximal entropy
@@ -203,9 +210,7 @@ class Algorithm:
             "entropy": needs_current,
             "entropy_grad": entropy_grad,
             "rollout_entropy": needs_rollout,
-            "ref_logprobs": self.config.kl.coef > 0 or "ref_logprobs" in ctrl_req or (
-                self.loss_entry.name == "archer" and (self.config.loss.options.get("kl_coef_low", 0.001)
-                                                      or self.config.loss.options.get("kl_coef_high", 0.0))),
+            "ref_logprobs": self.config.kl.coef > 0 or "ref_logprobs" in ctrl_req or self._loss_needs_ref(),
             "anchor_ids": "anchor_ids" in self.estimator.inputs,
             "rollout_logprobs": skywork_nll,
         }
