@@ -15,7 +15,9 @@ from .tools import Tool, ToolOutput, tool
 
 # Built-in environments: (name, "module:Class", description). Each env module documents its
 # source, reward and horizon; the README lists them.
-BUILTIN: list[tuple[str, str, str]] = []
+BUILTIN: list[tuple[str, str, str]] = [
+    ("ShellQuest", "agentrl.envs.shellquest:ShellQuestEnv", "bash chores in a generated file tree; horizon 5-100+ turns; small-vocab mode for tiny models"),
+]
 
 for _name, _entry, _desc in BUILTIN:
     register_env(_name, _entry, description=_desc)
