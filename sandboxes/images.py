@@ -250,11 +250,13 @@ def plan_rootfs(python: str | None = None) -> RootfsPlan:
     plan.generated["/etc/passwd"] = _PASSWD.encode()
     plan.generated["/etc/group"] = _GROUP.encode()
     plan.generated["/etc/hostname"] = b"sandbox\n"
-    plan.generated["/etc/hosts"] = b"127.0.0.1 localhost sandbox\n"
+    plan.generated["/etc/hosts"] = b"127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost\n"
+    plan.generated["/etc/nsswitch.conf"] = b"passwd: files\ngroup: files\nhosts: files dns\n"
     plan.generated["/etc/agentrl-sandbox"] = f"builder {BUILDER_VERSION} python {ver}\n".encode()
     for d, mode in (("/work", 0o755), ("/tmp", 0o1777), ("/proc", 0o555), ("/sys", 0o555),
                     ("/dev", 0o755), ("/etc", 0o755), ("/root", 0o700), ("/usr/sbin", 0o755),
-                    ("/usr/lib64", 0o755), ("/var/tmp", 0o1777), ("/run", 0o755)):
+                    ("/usr/lib64", 0o755), ("/var/tmp", 0o1777), ("/run", 0o755),
+                    ("/opt/agentrl", 0o755)):
         plan.dirs[d] = mode
     return plan
 
@@ -352,7 +354,7 @@ def dockerfile_text(base: str = DEFAULT_BASE) -> str:
         f"FROM {base}\n"
         f"RUN groupadd -g {SANDBOX_UID} sandbox && useradd -u {SANDBOX_UID} -g {SANDBOX_UID} "
         f"-d /work -s /bin/bash sandbox \\\n"
-        f" && mkdir -p /work && chmod 755 /work\n"
+        f" && mkdir -p /work /opt/agentrl && chmod 755 /work /opt/agentrl\n"
         f'LABEL {LABEL}="{BUILDER_VERSION}"\n'
         "ENV LANG=C.UTF-8 PYTHONUTF8=1\n"
         "WORKDIR /work\n"
