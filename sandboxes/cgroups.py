@@ -83,6 +83,8 @@ def probe() -> tuple[CgroupRoot | None, str]:
         if mount is None or c not in own:
             return None, f"cgroup v1 controller {c!r} is not mounted under {MOUNT} (cgroup v2 host?)"
         dirs[c] = mount + own[c].rstrip("/")
+    for d in dict.fromkeys(dirs.values()):
+        _remove_stale(d, dirs)
     name = f"agentrl-{os.getpid()}-{next(_counter)}"
     made: list[str] = []
     try:
@@ -104,6 +106,19 @@ def probe() -> tuple[CgroupRoot | None, str]:
     return root, "cgroup v1: memory, pids, cpu, cpuacct, freezer"
 
 
+def _remove_stale(parent: str, dirs: dict[str, str]) -> None:
+    """Remove ``agentrl-<pid>-<n>`` roots left by supervisors that died without cleaning up."""
+    try:
+        names = [e.name for e in os.scandir(parent) if e.is_dir() and e.name.startswith("agentrl-")]
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if len(parts) != 3 or not parts[1].isdigit() or os.path.exists(f"/proc/{parts[1]}"):
+            continue
+        CgroupRoot({c: os.path.join(d, name) for c, d in dirs.items()}).remove()
+
+
 @dataclass
 class CgroupStats:
     oom_kills: int = 0
@@ -121,8 +136,11 @@ class CgroupRoot:
         self.memsw = False
         self._n = itertools.count()
         self.live: set[str] = set()  # names of call cgroups not yet removed
+        self.pending: list[CallCgroup] = []  # ended calls whose directories were still busy
 
     def create(self, *, memory_bytes: int, max_pids: int, cpus: float) -> CallCgroup:
+        if self.pending:
+            self.retry_pending()
         name = f"c{next(self._n)}"
         paths = {c: os.path.join(d, name) for c, d in self.dirs.items()}
         made: list[str] = []
@@ -148,7 +166,20 @@ class CgroupRoot:
                     pass
             raise
         self.live.add(name)
-        return CallCgroup(paths, on_remove=lambda: self.live.discard(name))
+        return CallCgroup(paths, on_remove=self._removed)
+
+    def _removed(self, cg: CallCgroup, ok: bool) -> None:
+        self.live.discard(os.path.basename(cg.paths["pids"]))
+        if not ok:
+            self.pending.append(cg)
+
+    def retry_pending(self) -> None:
+        """Try again to remove call cgroups that were busy when their call ended."""
+        pending, self.pending = self.pending, []
+        for cg in pending:
+            cg._on_remove = None
+            if not cg.remove(attempts=1):
+                self.pending.append(cg)
 
     def leftover_tasks(self) -> int:
         """Processes in this sandbox's cgroups that belong to no live call or session: tasks
@@ -181,7 +212,13 @@ class CgroupRoot:
         except OSError:
             names = []
         for name in names:
-            CallCgroup({c: os.path.join(d, name) for c, d in self.dirs.items()}).remove()
+            cg = CallCgroup({c: os.path.join(d, name) for c, d in self.dirs.items()})
+            for _ in range(100):  # up to ~2 s for busy directories (see CallCgroup.remove)
+                if cg.remove(attempts=10):
+                    break
+            else:
+                log.warning("could not remove cgroup %s", cg.paths)
+        self.pending.clear()
         for d in dict.fromkeys(self.dirs.values()):
             try:
                 os.rmdir(d)
@@ -233,10 +270,11 @@ class CallCgroup:
             pass
         return s
 
-    def kill_all(self, *, rounds: int = 50) -> int:
-        """Freeze, SIGKILL every task, thaw; repeat until empty. Returns tasks left (0 = ok)."""
+    def kill_all(self, *, rounds: int = 50, exclude: tuple[int, ...] = ()) -> int:
+        """Freeze, SIGKILL every task (but ``exclude``), thaw; repeat until only excluded
+        tasks remain. Returns how many other tasks are left (0 = done)."""
         freezer = os.path.join(self.paths["freezer"], "freezer.state")
-        left = self.pids()
+        left = [p for p in self.pids() if p not in exclude]
         for _ in range(rounds):
             if not left:
                 return 0
@@ -245,6 +283,8 @@ class CallCgroup:
             except OSError:
                 pass
             for pid in self.pids():
+                if pid in exclude:
+                    continue
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -253,27 +293,30 @@ class CallCgroup:
                 _write(freezer, "THAWED")
             except OSError:
                 pass
-            time.sleep(0.002)
-            left = self.pids()
+            left = [p for p in self.pids() if p not in exclude]
+            if left:
+                time.sleep(0.001)
         return len(left)
 
-    def remove(self) -> bool:
-        """rmdir in every hierarchy (killing leftovers first); False if something stayed."""
-        ok = True
-        if self.kill_all():
-            ok = False
+    def remove(self, *, attempts: int = 3) -> bool:
+        """Kill leftovers, then rmdir in every hierarchy. False if a directory stays: the
+        kernel may report EBUSY for a moment after the last task is reaped (a pids or memory
+        cgroup whose exiting tasks are still freeing a large tmpfs); the owner retries later
+        (:meth:`CgroupRoot.retry_pending`) instead of blocking the event loop."""
+        ok = not self.kill_all()
         for p in dict.fromkeys(self.paths.values()):
-            for attempt in range(20):
+            for attempt in range(attempts):
                 try:
                     os.rmdir(p)
                     break
                 except FileNotFoundError:
                     break
                 except OSError as e:
-                    if attempt == 19:
-                        log.warning("could not remove cgroup %s: %s", p, e)
+                    if attempt == attempts - 1:
+                        log.debug("cgroup %s not removable yet: %s", p, e)
                         ok = False
-                    time.sleep(0.005)
-        if ok and self._on_remove is not None:
-            self._on_remove()
+                    else:
+                        time.sleep(0.002)
+        if self._on_remove is not None:
+            self._on_remove(self, ok)
         return ok
