@@ -85,7 +85,8 @@ def seq_mean_token_mean(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Ten
 )
 def seq_mean_token_sum(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Tensor | float | None = None,
                        num_seqs: Tensor | float | None = None) -> Tensor:
-    """``mean_i( sum_t L*mask )`` over sequences with at least one policy token."""
+    """``mean_i( sum_t L*mask )`` over sequences with at least one policy token (``num_seqs``:
+    the global sequence count, see module doc). Longer sequences weigh more."""
     seq = masked_sum(per_token, loss_mask, dim=-1)
     return seq.sum() / _denominator(num_seqs, _seq_count(loss_mask, per_token.dtype))
 

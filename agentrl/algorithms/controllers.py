@@ -129,7 +129,8 @@ class BAPOController(Controller):
     (summed across ranks), ``ratio = pos / (neg + eps)`` (inf if ``neg == 0``). Step ``c_low`` up
     until ``ratio >= target_ratio`` or its max, then ``c_high`` likewise; feed the bounds to the
     ``ppo`` loss (as ``eps_low = 1 - c_low``, ``eps_high = c_high - 1``). No state carries over
-    between calls (reference code), so ``state_dict`` is empty.
+    between calls (reference code), so ``state_dict`` is empty. Batch-dependent by design: the
+    bounds are searched per micro-batch (globally across ranks with an all-reduce).
 
     Options (``recipe/bapo/config/bapo_trainer.yaml``): ``target_ratio`` 1.0 in code units
     pos/neg (the paper's positive fraction rho_0 is ``target/(1+target)``; rho_0 = 0.5 <-> 1.0);

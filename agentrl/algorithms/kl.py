@@ -23,7 +23,8 @@ _INPUTS = ("logprobs", "ref_logprobs")
                         paper="Schulman 2020 'Approximating KL Divergence' k1", source="verl kl_penalty 'kl'",
                         inputs=_INPUTS)
 def kl_k1(*, logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """``k1 = logprobs - ref_logprobs``."""
+    """``k1 = logprobs - ref_logprobs`` per token ``[B, T]``: unbiased for KL(pi || ref) under
+    samples from pi, but high variance and negative on some tokens."""
     return logprobs - ref_logprobs
 
 
@@ -31,7 +32,8 @@ def kl_k1(*, logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
                         paper="Schulman 2020 'Approximating KL Divergence' k2", source="verl kl_penalty 'mse'",
                         inputs=_INPUTS)
 def kl_k2(*, logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """``k2 = 0.5 * (logprobs - ref_logprobs)^2``."""
+    """``k2 = 0.5 * (logprobs - ref_logprobs)^2`` per token ``[B, T]``: always >= 0, low variance,
+    biased (exact to second order when the policies are close)."""
     return 0.5 * (logprobs - ref_logprobs) ** 2
 
 

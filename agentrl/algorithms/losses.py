@@ -115,7 +115,7 @@ def ppo_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor,
 @LOSSES.register(
     "cispo",
     summary="REINFORCE with a clipped, stop-gradient IS weight: every token keeps its gradient",
-    paper="arXiv 2506.13585 (MiniMax-M1, CISPO) Eqs. 4-5",
+    paper="arXiv 2506.13585 (MiniMax-M1), CISPO objective",
     source="verl core_algos.compute_policy_loss_cispo; TRL grpo_trainer loss_type='cispo'",
     inputs=_BASE,
 )
