@@ -17,6 +17,7 @@ from .tools import Tool, ToolOutput, tool
 # source, reward and horizon; the README lists them.
 BUILTIN: list[tuple[str, str, str]] = [
     ("ShellQuest", "agentrl.envs.shellquest:ShellQuestEnv", "bash chores in a generated file tree; horizon 5-100+ turns; small-vocab mode for tiny models"),
+    ("SQL", "agentrl.envs.sql:SQLEnv", "SQLite questions (select, join, group by, subquery) on a generated database; reward by result match"),
 ]
 
 for _name, _entry, _desc in BUILTIN:
