@@ -55,13 +55,21 @@ import socket
 import time
 import uuid
 import weakref
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import files as _files
 from . import images
 from .base import WORK_DIR, FileMap, Language, Sandbox
+from .docker_pool import (
+    Box,
+    Channel,
+    ContainerPool,
+    DockerStream,
+    decode,
+    docker_client,
+    pool_key,
+)
 from .metrics import SandboxMetrics
 from .pool import ConcurrencyLimiter
 from .runtime import arun
@@ -75,18 +83,11 @@ from .types import (
     Status,
     sandbox_error,
 )
-from .worker import FrameDecoder, ProtocolError, encode_frame, worker_sources
+from .worker import ProtocolError, worker_sources
 from .worker_client import WorkerDied, WorkerProcess, WorkerSession, encode_code
 
 log = logging.getLogger(__name__)
 
-ENV_SOCKET = "AGENTRL_DOCKER_SOCKET"
-DEFAULT_ENGINE_SOCKET = "/run/agentrl-docker.sock"
-_START_HINT = (
-    "Start one with `source .ci/docker_engine.sh && start_docker_engine` and "
-    "`export DOCKER_HOST=unix://$AGENTRL_DOCKER_SOCKET` (installs Debian's docker.io if needed), "
-    "or use the daemon-less backend: get_sandbox('bwrap')."
-)
 OWNER_LABEL = f"{images.LABEL}.owner"
 #: MiB added to the container's memory cgroup for the supervisor and docker-init (the program
 #: itself is held to Limits.memory_limit_mb plus this slack at most).
@@ -102,260 +103,6 @@ _ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8", "TMPDIR": "/tmp",
     "USER": "sandbox", "LOGNAME": "sandbox", "SHELL": "/bin/bash", "TERM": "dumb",
 }
-
-
-def docker_client(timeout_s: float = 60.0) -> Any:
-    """A ``docker.DockerClient`` for the first engine that answers, or BackendUnavailableError.
-
-    Tries ``DOCKER_HOST``, then ``/var/run/docker.sock``, then ``$AGENTRL_DOCKER_SOCKET``.
-    """
-    try:
-        import docker
-    except ImportError as e:  # pragma: no cover - docker is a declared dependency
-        raise BackendUnavailableError(f"the docker SDK is not installed ({e}); pip install docker.") from e
-    candidates = []
-    if os.environ.get("DOCKER_HOST"):
-        candidates.append(os.environ["DOCKER_HOST"])
-    for path in ("/var/run/docker.sock", os.environ.get(ENV_SOCKET, DEFAULT_ENGINE_SOCKET)):
-        if os.path.exists(path):
-            candidates.append(f"unix://{path}")
-    errors = []
-    for url in dict.fromkeys(candidates):
-        if url.startswith(("https://", "ssh://")) or os.environ.get("DOCKER_TLS_VERIFY"):
-            errors.append(f"{url}: TLS and ssh engines are not supported (use a unix socket)")
-            continue
-        try:
-            client = docker.DockerClient(base_url=url, timeout=int(timeout_s))
-            client.ping()
-            return client
-        except Exception as e:  # noqa: BLE001 - any failure means "not this one"
-            errors.append(f"{url}: {e}")
-    tried = "; ".join(errors) if errors else "no DOCKER_HOST and no socket file found"
-    raise BackendUnavailableError(f"No Docker engine answers ({tried}). {_START_HINT}")
-
-
-def _decode(b: bytes) -> str:
-    return b.decode("utf-8", "replace")
-
-
-def _pool_key(limits: Limits) -> tuple:
-    """The limits a container is created with (the rest are applied per call)."""
-    return (
-        limits.memory_limit_mb, limits.max_processes, limits.cpus, limits.network,
-        limits.work_dir_size_mb, limits.max_open_files, limits.max_file_size_mb,
-    )
-
-
-class _DockerStream:
-    """One attached docker stream (container attach or ``exec -i``) on a raw socket, read with
-    asyncio. Demultiplexes docker's 8-byte-header frames: stdout is returned by
-    :meth:`read_stdout`, stderr is kept as a short diagnostic tail."""
-
-    def __init__(self, sockio: Any) -> None:
-        self._keep = sockio  # holds the HTTP response (and so the connection) alive
-        self.sock: socket.socket = getattr(sockio, "_sock", sockio)
-        self.sock.setblocking(False)
-        self._mux = bytearray()
-        self._out: deque[bytes] = deque()
-        self.stderr_tail = bytearray()
-        self.eof = False
-
-    async def write(self, data: bytes) -> None:
-        await asyncio.get_running_loop().sock_sendall(self.sock, data)
-
-    async def read_stdout(self) -> bytes:
-        """Some stdout bytes; b"" once the stream ended."""
-        loop = asyncio.get_running_loop()
-        while not self._out:
-            if self.eof:
-                return b""
-            try:
-                data = await loop.sock_recv(self.sock, 1 << 18)
-            except OSError:
-                data = b""
-            if not data:
-                self.eof = True
-                continue
-            self._mux += data
-            while len(self._mux) >= 8:
-                kind, size = self._mux[0], int.from_bytes(self._mux[4:8], "big")
-                if len(self._mux) < 8 + size:
-                    break
-                payload = bytes(self._mux[8 : 8 + size])
-                del self._mux[: 8 + size]
-                if kind == 1:
-                    self._out.append(payload)
-                else:
-                    self.stderr_tail += payload
-                    del self.stderr_tail[:-4096]
-        return self._out.popleft()
-
-    def diag(self) -> str:
-        return _decode(bytes(self.stderr_tail))[-800:]
-
-    def close(self) -> None:
-        for obj in (self.sock, self._keep):
-            with contextlib.suppress(Exception):
-                obj.close()
-
-
-class _Channel:
-    """ARL1 frames (:mod:`agentrl.sandboxes.worker`) to and from the in-container supervisor."""
-
-    def __init__(self, sockio: Any, *, max_blob_bytes: int) -> None:
-        self.stream = _DockerStream(sockio)
-        self._frames = FrameDecoder(max_blob_bytes=max_blob_bytes)
-        self._pending: deque[tuple[dict, bytes]] = deque()
-
-    async def send(self, header: dict, blob: bytes = b"") -> None:
-        await self.stream.write(encode_frame(header, blob))
-
-    async def recv(self) -> tuple[dict, bytes]:
-        """The next frame; EOFError when the stream ended, ProtocolError on garbage."""
-        while not self._pending:
-            chunk = await self.stream.read_stdout()
-            if not chunk:
-                raise EOFError("the supervisor's stream closed")
-            self._pending.extend(self._frames.feed(chunk))
-        return self._pending.popleft()
-
-    async def request(self, header: dict, blob: bytes = b"", *, timeout_s: float = 30.0) -> tuple[dict, bytes]:
-        """Send one request and wait for the frame answering it (same op), skipping others."""
-        await self.send(header, blob)
-        op = {"ping": "pong", "run": "result"}.get(header["op"], header["op"])
-        return await asyncio.wait_for(self.expect(op), timeout_s)
-
-    async def expect(self, op: str) -> tuple[dict, bytes]:
-        while True:
-            reply, blob = await self.recv()
-            if reply.get("op") == op:
-                return reply, blob
-            if reply.get("ok") is False:
-                raise ProtocolError(f"supervisor error: {reply.get('error')}")
-
-    def close(self) -> None:
-        self.stream.close()
-
-
-class _Box:
-    """One container and its supervisor channel."""
-
-    def __init__(self, cid: str, name: str, chan: _Channel, key: tuple) -> None:
-        self.cid, self.name, self.chan, self.key = cid, name, chan, key
-        self.runs = 0
-        self.ids = 0
-
-    def next_id(self) -> int:
-        self.ids += 1
-        return self.ids
-
-
-class _Pool:
-    """Idle clean containers for one limits key, with a cap on containers in use (back-pressure).
-
-    ``acquire`` returns an idle container, or creates one while under ``max_containers``, or
-    waits. ``release`` puts a clean container back; ``discard`` destroys one (in the
-    background) and refills the idle set up to ``warm`` containers.
-    """
-
-    def __init__(self, owner: DockerSandbox, key: tuple, limits: Limits, warm: int, max_containers: int):
-        self.owner, self.key, self.limits = owner, key, limits
-        self.warm, self.max_containers = warm, max_containers
-        self.idle: deque[_Box] = deque()
-        self.in_use = 0
-        self.creating = 0
-        self.cleaning = 0
-        self.warming = 0  # of ``creating``: background pre-starts
-        self.cond = asyncio.Condition()
-
-    def total(self) -> int:
-        return len(self.idle) + self.in_use + self.creating + self.cleaning
-
-    async def acquire(self, *, for_session: bool = False) -> _Box:
-        async with self.cond:
-            while True:
-                if self.idle:
-                    box = self.idle.popleft()
-                    if not for_session:
-                        self.in_use += 1
-                    self._refill()
-                    return box
-                # Containers being wiped or pre-started are about to be idle: wait for them
-                # rather than start yet another (a start costs ~0.5 s of CPU on vfs storage).
-                soon = self.cleaning + self.warming
-                if (for_session and not soon) or (self.total() < self.max_containers and not soon):
-                    self.creating += 1
-                    break
-                await self.cond.wait()
-        try:
-            box = await self.owner._create_box(self.key, self.limits)
-        except BaseException:
-            async with self.cond:
-                self.creating -= 1
-                self.cond.notify_all()
-            raise
-        async with self.cond:
-            self.creating -= 1
-            if not for_session:
-                self.in_use += 1
-            self.cond.notify_all()
-        return box
-
-    async def release(self, box: _Box, *, cleaning: asyncio.Future | None = None) -> None:
-        """Return a container after a run; ``cleaning`` resolves to True once it is wiped."""
-        async with self.cond:
-            self.in_use -= 1
-            self.cleaning += 1
-        ok = False
-        try:
-            ok = bool(await cleaning) if cleaning is not None else True
-        except Exception:  # noqa: BLE001
-            ok = False
-        async with self.cond:
-            self.cleaning -= 1
-            if ok and not self.owner._closed:
-                self.idle.append(box)
-            self.cond.notify_all()
-        if not ok:
-            self.owner._destroy_soon(box)
-            self._refill()
-
-    async def discard(self, box: _Box, *, in_use: bool = True) -> None:
-        async with self.cond:
-            if in_use:
-                self.in_use -= 1
-            self.cond.notify_all()
-        self.owner._destroy_soon(box)
-        self._refill()
-
-    def _refill(self) -> None:
-        if self.owner._closed:
-            return
-        # Containers in use by runs and being wiped come back; session containers do not.
-        missing = self.warm - len(self.idle) - self.creating - self.cleaning - self.in_use
-        for _ in range(max(0, missing)):
-            self.creating += 1
-            self.warming += 1
-            self.owner._spawn(self._warm_one())
-
-    async def _warm_one(self) -> None:
-        box = None
-        try:
-            box = await self.owner._create_box(self.key, self.limits)
-        except Exception as e:  # noqa: BLE001 - logged; acquire() will retry and report
-            log.warning("docker sandbox: could not pre-start a container: %s", e)
-        async with self.cond:
-            self.creating -= 1
-            self.warming -= 1
-            if box is not None:
-                if self.owner._closed:
-                    self.owner._destroy_soon(box)
-                else:
-                    self.idle.append(box)
-            self.cond.notify_all()
-
-    def prestart(self) -> None:
-        self._refill()
 
 
 def _check_limits(limits: Limits | None, default: Limits) -> Limits:
@@ -461,8 +208,8 @@ class DockerSandbox(Sandbox):
         self.max_sessions = max_sessions
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="agentrl-docker")
-        self._pools: dict[tuple, _Pool] = {}
-        self._boxes: dict[str, _Box] = {}
+        self._pools: dict[tuple, ContainerPool] = {}
+        self._boxes: dict[str, Box] = {}
         self._sessions: set[DockerSession] = set()
         self._tasks: set[asyncio.Future] = set()
         self._closed = False
@@ -534,12 +281,12 @@ class DockerSandbox(Sandbox):
             with contextlib.suppress(Exception):
                 c.remove(force=True)
 
-    def _pool_for(self, limits: Limits) -> _Pool:
-        key = _pool_key(limits)
+    def _pool_for(self, limits: Limits) -> ContainerPool:
+        key = pool_key(limits)
         pool = self._pools.get(key)
         if pool is None:
-            warm = self.pool_size if key == _pool_key(self.limits) else 0
-            pool = self._pools[key] = _Pool(self, key, limits, warm, self.limiter.max_concurrency)
+            warm = self.pool_size if key == pool_key(self.limits) else 0
+            pool = self._pools[key] = ContainerPool(self, key, limits, warm, self.limiter.max_concurrency)
         return pool
 
     def _host_config(self, limits: Limits) -> dict:
@@ -607,7 +354,7 @@ class DockerSandbox(Sandbox):
             raise
         return cid, name, sockio
 
-    async def _create_box(self, key: tuple, limits: Limits) -> _Box:
+    async def _create_box(self, key: tuple, limits: Limits) -> Box:
         await self._ensure_started()
         if limits.network and not await self._blocking(self._has_bridge):
             raise BackendUnavailableError(
@@ -615,8 +362,8 @@ class DockerSandbox(Sandbox):
                 "(started with --bridge=none, like .ci/docker_engine.sh's); use the bwrap backend."
             )
         cid, name, sockio = await self._blocking(self._create_blocking, limits)
-        chan = _Channel(sockio, max_blob_bytes=2 * limits.max_output_bytes + (1 << 20))
-        box = _Box(cid, name, chan, key)
+        chan = Channel(sockio, max_blob_bytes=2 * limits.max_output_bytes + (1 << 20))
+        box = Box(cid, name, chan, key)
         self._boxes[cid] = box
         self.counters["containers_created"] += 1
         try:
@@ -637,7 +384,7 @@ class DockerSandbox(Sandbox):
         except Exception:  # noqa: BLE001
             return False
 
-    def _destroy_soon(self, box: _Box) -> None:
+    def _destroy_soon(self, box: Box) -> None:
         """Forget a container and remove it (SIGKILL + delete) in the background."""
         self._boxes.pop(box.cid, None)
         box.chan.close()
@@ -651,13 +398,13 @@ class DockerSandbox(Sandbox):
         except Exception as e:  # noqa: BLE001
             log.debug("docker sandbox: removing %s: %s", cid[:12], e)
 
-    async def _kill_now(self, box: _Box) -> None:
+    async def _kill_now(self, box: Box) -> None:
         """SIGKILL the whole container now (every process in it dies), remove it later."""
         with contextlib.suppress(Exception):
             await self._blocking(self.client.api.kill, box.cid, "SIGKILL")
         self._destroy_soon(box)
 
-    async def _oom_killed(self, box: _Box) -> bool:
+    async def _oom_killed(self, box: Box) -> bool:
         try:
             info = await self._blocking(self.client.api.inspect_container, box.cid)
             return bool(info["State"].get("OOMKilled"))
@@ -705,7 +452,7 @@ class DockerSandbox(Sandbox):
                              queue_wait_s=waited)
         return result
 
-    async def _run_in(self, pool: _Pool, box: _Box, code: bytes, language: str, stdin: bytes | None,
+    async def _run_in(self, pool: ContainerPool, box: Box, code: bytes, language: str, stdin: bytes | None,
                       files: dict[str, bytes], limits: Limits) -> ExecResult:
         t0 = time.monotonic()
         argv, main = _command(language)
@@ -745,8 +492,8 @@ class DockerSandbox(Sandbox):
             status=status,
             exit_code=None if status is Status.TIMEOUT else reply.get("exit_code"),
             signal=reply.get("signal"),
-            stdout=_decode(stdout),
-            stderr=_decode(stderr),
+            stdout=decode(stdout),
+            stderr=decode(stderr),
             stdout_truncated=bool(reply.get("stdout_truncated")),
             stderr_truncated=bool(reply.get("stderr_truncated")),
             wall_time_s=float(reply.get("wall_time_s", 0.0)),
@@ -771,7 +518,7 @@ class DockerSandbox(Sandbox):
         return result
 
     @staticmethod
-    async def _await_clean(box: _Box) -> bool:
+    async def _await_clean(box: Box) -> bool:
         try:
             reply, _ = await asyncio.wait_for(box.chan.expect("clean"), 30)
             return bool(reply.get("ok"))
@@ -822,7 +569,7 @@ class DockerSandbox(Sandbox):
         except BaseException:
             await self._kill_now(box)
             raise
-        stream = _DockerStream(sockio)
+        stream = DockerStream(sockio)
         # `read` first in the exec'd shell: the worker starts (and says "ready") only once we
         # hold the socket, so no byte can be lost in the HTTP upgrade.
         await stream.write(b"go\n")
@@ -915,7 +662,7 @@ class DockerSandbox(Sandbox):
 class _DockerWorker(WorkerProcess):
     """The session worker in its own container, as :class:`WorkerSession` drives it."""
 
-    def __init__(self, sb: DockerSandbox, box: _Box, stream: _DockerStream, stats: dict) -> None:
+    def __init__(self, sb: DockerSandbox, box: Box, stream: DockerStream, stats: dict) -> None:
         self.sb, self.box, self.stream = sb, box, stream
         self.baseline = (int(stats.get("oom_kills", 0)), int(stats.get("pids_max_events", 0)))
         self.final: dict | None = None

@@ -578,7 +578,11 @@ class Supervisor:
 
 def seccomp_exec(argv):
     """``--seccomp-exec FILTER_FILE PROGRAM ARGS...``: install the filter, exec the program
-    (how session workers, started by ``docker exec``, get the same filter as runs)."""
+    (how session workers, started by ``docker exec``, get the same filter, OOM-killer
+    preference and CPU priority as runs)."""
+    with open("/proc/self/oom_score_adj", "w") as fh:
+        fh.write("1000")
+    os.nice(10)
     with open(argv[0], "rb") as fh:
         seccomp_installer(fh.read())()
     os.execv(argv[1], argv[1:])
