@@ -401,7 +401,7 @@ def ensure_image(client: Any, *, image: str | None = None, method: str = "auto")
 
 
 def _cmd_build_image(args: argparse.Namespace) -> int:
-    from .docker_backend import docker_client
+    from .docker_pool import docker_client
 
     client = docker_client()
     t0 = time.monotonic()

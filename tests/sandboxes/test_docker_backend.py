@@ -18,15 +18,15 @@ import tarfile
 import time
 
 import pytest
-
 from agentrl.sandboxes import (
     BackendUnavailableError,
     Limits,
     SandboxConfigError,
     Status,
     get_sandbox,
+    images,
+    run_sync,
 )
-from agentrl.sandboxes import images, run_sync
 from agentrl.sandboxes.docker_backend import OWNER_LABEL, _status_from_reply
 
 SUPERVISOR = os.path.join(os.path.dirname(images.__file__), "docker_supervisor.py")
