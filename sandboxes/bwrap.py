@@ -201,7 +201,7 @@ class _Spawned:
         try:
             _, status, ru = os.wait4(self.proc.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
-            self.rusage_cpu = ru.ru_utime + ru.ru_stime
+            self.rusage_cpu = max(self.rusage_cpu, ru.ru_utime + ru.ru_stime)
         except ChildProcessError:
             self.returncode = self.proc.poll() if self.proc.returncode is None else self.proc.returncode
         self.proc.returncode = self.returncode
@@ -217,6 +217,22 @@ class _Spawned:
         except (OSError, ValueError):
             return []
 
+    def _tree_cpu_s(self) -> float:
+        """CPU seconds of bwrap and every live descendant (rlimits mode has no cpuacct; used
+        for accounting just before a kill, never to decide what to kill)."""
+        total, todo, tick = 0.0, [self.proc.pid], os.sysconf("SC_CLK_TCK")
+        while todo:
+            pid = todo.pop()
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+                total += sum(int(x) for x in fields[11:15]) / tick  # utime stime cutime cstime
+                with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                    todo.extend(int(x) for x in fh.read().split())
+            except (OSError, ValueError, IndexError):
+                continue
+        return total
+
     def kill(self) -> None:
         """SIGKILL everything in the sandbox: the cgroup's tasks and the sandbox's pid 1 (the
         kernel then kills the whole pid namespace). bwrap itself is spared when it already
@@ -227,6 +243,8 @@ class _Spawned:
                 self.cg.kill_all()
             return
         inner = self._inner_pids()
+        if self.cg is None:
+            self.rusage_cpu = max(self.rusage_cpu, self._tree_cpu_s())
         if self.cg is not None:
             self.cg.kill_all(exclude=() if not inner else (self.proc.pid,))
         for pid in inner:
@@ -662,6 +680,16 @@ class _Supervisor:
             os.set_blocking(in_w, False)
             self.loop.add_writer(in_w, self._on_write)
         self.timer = self.loop.call_later(limits.timeout_s, self._kill, "timeout")
+        self.sampler = None
+        if sp.cg is None:
+            # rlimits mode has no cpuacct and bwrap does not wait for its pid 1, so the
+            # program's CPU never reaches bwrap's rusage: sample the process tree instead.
+            self.sampler = self.loop.call_later(0.05, self._sample_cpu)
+
+    def _sample_cpu(self) -> None:
+        if self.sp.returncode is None:
+            self.sp.rusage_cpu = max(self.sp.rusage_cpu, self.sp._tree_cpu_s())
+            self.sampler = self.loop.call_later(0.05, self._sample_cpu)
 
     def _on_read(self, fd: int) -> None:
         idx = self.fds[fd]
@@ -730,6 +758,8 @@ class _Supervisor:
             raise
         finally:
             self.timer.cancel()
+            if self.sampler is not None:
+                self.sampler.cancel()
             for fd in list(self.open):
                 self._close_read(fd)
             self._close_stdin()
@@ -778,7 +808,8 @@ class _Supervisor:
             r.detail = f"output passed max_output_bytes={lim.max_output_bytes}; the sandbox was killed"
         elif pids_hit:
             r.status = Status.RESOURCE_LIMIT
-            r.detail = f"hit the cap of {lim.max_processes} processes+threads ({st.pids_max_hits} refused forks)"
+            refused = f" ({st.pids_max_hits} refused forks)" if st is not None else ""
+            r.detail = f"hit the cap of {lim.max_processes} processes+threads{refused}"
             if self.reason == "timeout":
                 r.detail += f"; killed at the {lim.timeout_s:g} s timeout"
         elif self.reason == "timeout":

@@ -12,8 +12,9 @@ under, the statuses that count as contained, and checks on the result. After eve
 - marker paths the attacks try to create on the host never appear;
 - protected host files (``/etc/hosts``, ``/etc/passwd``, ``/bin/bash``, the system Python's
   ``os.py``) keep their size, mtime and inode, and no ``sitecustomize.py`` appears;
-- host ``/dev/shm`` and ``/tmp`` usage did not grow by more than 256 MiB and the root
-  file system did not lose more than 1 GiB (other work on the machine makes small changes).
+- host ``/dev/shm`` (and ``/tmp`` when it is its own tmpfs) usage did not grow by more than
+  256 MiB and the root file system did not lose more than 1 GiB (other work on the machine
+  makes small changes; an escaped 4 GB fill would not fit in these bounds).
 
 :func:`run_suite` returns one :class:`Row` per attack: ``(attack, status, wall_time_s,
 passed, detail)``. ``tests/sandboxes`` and ``agentrl sandbox selftest`` both use it, so every
@@ -162,7 +163,7 @@ def _json_tail(r: ExecResult) -> dict:
 
 
 def _cpu_reported(r: ExecResult, ctx: Ctx) -> None:
-    if r.cpu_time_s <= 0.2:
+    if r.cpu_time_s <= 0.05:
         ctx.fail(f"expected the spinner's CPU time to be reported, got cpu_time_s={r.cpu_time_s:.3f}")
 
 
@@ -1036,7 +1037,15 @@ class HostWatch:
             f"/usr/lib/python3.{sys.version_info.minor}", "/usr/lib/python3/dist-packages",
             f"/usr/local/lib/python3.{sys.version_info.minor}/dist-packages")]
         self.site_before = {p: os.path.exists(p) for p in self.site}
-        self.used = {p: _used(p) for p in ("/dev/shm", "/tmp", "/")}
+        # /tmp gets its own (tight) bound only when it is a separate file system (tmpfs);
+        # otherwise it is the root file system, shared with all other work on the machine.
+        watched = ["/dev/shm", "/"]
+        try:
+            if os.stat("/tmp").st_dev != os.stat("/").st_dev:
+                watched.append("/tmp")
+        except OSError:
+            pass
+        self.used = {p: _used(p) for p in watched}
 
     def check(self, ctx: Ctx) -> None:
         left = tagged_processes(ctx.tag)

