@@ -16,6 +16,8 @@ import sys
 COMMANDS: list[str] = [
     "agentrl.sandboxes.cli",
     "agentrl.envs.cli",
+    "agentrl.algorithms.cli",
+    "agentrl.train_cli",
 ]
 
 

@@ -1,0 +1,230 @@
+"""The learner's update: one rollout batch in, optimizer steps out.
+
+Per train_step (called by ``agentrl/train.py``):
+
+1. no-grad forwards for what the algorithm needs at batch level: proximal logprobs (when
+   there is more than one optimizer step per batch, or in async mode), proximal entropy
+   (EMPG, proximal token masks), reference logprobs (KL);
+2. ``algorithm.compute_advantages`` (phase 1);
+3. ``ppo_epochs`` x ``mini_batches`` optimizer steps, each accumulating gradients over
+   micro-batches of ``micro_batch_size`` sequences with the mini-batch's global token and
+   sequence counts as denominators (so accumulation equals the whole mini-batch);
+4. ``algorithm.end_train_step`` (controllers), and the ProRL reference reset when asked.
+
+Metrics include per-turn entropy ``entropy/step/<k>`` and per-turn clip fractions
+``policy/clipfrac/turn_<k>`` (k = assistant turn index).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from agentrl.algorithms.algorithm import Algorithm, MicroBatch, RolloutBatch
+from agentrl.config import TrainerConfig
+from agentrl.types import TrainBatch
+
+from .policy import sequence_logprobs
+
+log = logging.getLogger(__name__)
+
+MAX_TURN_METRICS = 64  # per-turn metric keys beyond this turn index are folded into the last
+
+
+@dataclass
+class LearnerState:
+    step: int = 0
+
+
+def _lr_lambda(cfg: TrainerConfig):
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "cosine":
+            span = max(cfg.total_steps * cfg.ppo_epochs * cfg.mini_batches - cfg.warmup_steps, 1)
+            return 0.5 * (1 + math.cos(math.pi * min(step - cfg.warmup_steps, span) / span))
+        return 1.0
+
+    return f
+
+
+class Learner:
+    """Owns the trainable policy, the optional reference model, the optimizer and the algorithm.
+
+    Args:
+        model: HF causal LM (trained in place).
+        algorithm: the composed method (:func:`agentrl.algorithms.build_algorithm`).
+        cfg: trainer settings.
+        temperature: sampling temperature (logprobs and entropy are computed at it).
+        async_mode: proximal logprobs are always recomputed (behavior != proximal).
+    """
+
+    def __init__(self, model: Any, algorithm: Algorithm, cfg: TrainerConfig, *, temperature: float = 1.0, async_mode: bool = False, seed: int = 0) -> None:
+        self.model = model
+        self.algorithm = algorithm
+        self.cfg = cfg
+        self.temperature = temperature
+        self.async_mode = async_mode
+        self.req = algorithm.requirements()
+        self.ref_model = self._make_ref() if self.req["ref_logprobs"] else None
+        self.optimizer = self._make_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = next(model.parameters()).device
+        self.optimizer_steps = 0
+
+    def _make_ref(self) -> Any:
+        ref = copy.deepcopy(self.model).eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return ref
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay)
+
+    # ------------------------------------------------------------------ forwards
+    def _forward(self, model: Any, batch: TrainBatch, *, entropy: bool, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        with torch.set_grad_enabled(grad):
+            return sequence_logprobs(
+                model, batch.input_ids, batch.attention_mask, temperature=self.temperature,
+                chunk_size=self.cfg.logits_chunk_size, compute_entropy=entropy,
+            )
+
+    def _no_grad_pass(self, model: Any, batch: TrainBatch, *, entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logps, ents = [], []
+        was = model.training
+        model.eval()
+        for start in range(0, batch.batch_size, self.cfg.micro_batch_size):
+            mb = batch.select(slice(start, start + self.cfg.micro_batch_size))
+            lp, ent = self._forward(model, mb, entropy=entropy, grad=False)
+            logps.append(lp)
+            ents.append(ent)
+        model.train(was)
+        return torch.cat(logps), (torch.cat(ents) if entropy else None)
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: TrainBatch) -> dict[str, float]:
+        """One train_step on ``batch``; returns float metrics (host sync happens here, once)."""
+        batch = batch.to(self.device)
+        steps_per_batch = self.cfg.ppo_epochs * self.cfg.mini_batches
+        need_proximal = steps_per_batch > 1 or self.async_mode
+        proximal = proximal_entropy = None
+        if need_proximal or self.req["rollout_entropy"]:
+            proximal, proximal_entropy = self._no_grad_pass(self.model, batch, entropy=self.req["rollout_entropy"])
+        ref = self._no_grad_pass(self.ref_model, batch, entropy=False)[0] if self.ref_model is not None else None
+        rb = RolloutBatch(
+            rewards=batch.rewards, group_ids=batch.group_ids, loss_mask=batch.loss_mask, turn_ids=batch.turn_ids,
+            turn_rewards=batch.turn_rewards, anchor_ids=batch.anchor_ids if self.req["anchor_ids"] else None,
+            correct=batch.success, terminated=batch.terminated, truncated=batch.truncated,
+            proximal_logprobs=proximal if proximal is not None else batch.behavior_logprobs,
+            behavior_logprobs=batch.behavior_logprobs, entropy=proximal_entropy,
+        )
+        adv = self.algorithm.compute_advantages(rb)
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
+        counts: dict[str, int] = defaultdict(int)
+        turn_stats = torch.zeros((4, MAX_TURN_METRICS), device=self.device)  # entropy sum, tokens, clipped, tokens
+        B = batch.batch_size
+        mini_size = B // self.cfg.mini_batches
+        grad_norms = []
+        for _ in range(self.cfg.ppo_epochs):
+            order = torch.randperm(B, generator=self.generator) if self.cfg.mini_batches > 1 else torch.arange(B)
+            for m in range(self.cfg.mini_batches):
+                rows = order[m * mini_size : (m + 1) * mini_size]
+                mini_mask = adv.loss_mask[rows]
+                num_tokens = mini_mask.sum()
+                num_seqs = mini_mask.any(dim=1).sum()
+                self.optimizer.zero_grad(set_to_none=True)
+                for start in range(0, len(rows), self.cfg.micro_batch_size):
+                    idx = rows[start : start + self.cfg.micro_batch_size]
+                    mb_batch = batch.select(idx)
+                    # entropy is always computed: entropy/step/* and policy/entropy are logged for every method
+                    logp, ent = self._forward(self.model, mb_batch, entropy=True, grad=True)
+                    mb = MicroBatch(
+                        logprobs=logp,
+                        proximal_logprobs=proximal[idx] if proximal is not None else logp.detach(),
+                        advantages=adv.advantages[idx],
+                        loss_mask=adv.loss_mask[idx],
+                        entropy=ent if self.req["entropy_grad"] else ent.detach(),
+                        ref_logprobs=ref[idx] if ref is not None else None,
+                        behavior_logprobs=mb_batch.behavior_logprobs if self.async_mode else None,
+                        token_mask=adv.token_mask[idx] if adv.token_mask is not None else None,
+                    )
+                    loss, metrics = self.algorithm.loss(mb, num_tokens=num_tokens, num_seqs=num_seqs, micro_batch_fraction=len(idx) / len(rows))
+                    loss.backward()
+                    for k, v in metrics.items():
+                        sums[k] = sums[k] + v.detach().float()
+                        counts[k] += 1
+                    self._turn_stats(turn_stats, mb, ent, mb_batch.turn_ids)
+                if self.cfg.grad_clip > 0:
+                    grad_norms.append(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer_steps += 1
+        step = self.algorithm.end_train_step()
+        reset = bool(step.reset_reference) if not isinstance(step.reset_reference, torch.Tensor) else bool(step.reset_reference.item())
+        if reset:
+            self.reset_reference()
+        out = {k: float(sums[k] / counts[k]) for k in sums}
+        out.update({k: float(v) for k, v in adv.metrics.items()})
+        out.update({k: float(v) for k, v in step.metrics.items()})
+        if grad_norms:
+            out["policy/grad_norm"] = float(torch.stack(grad_norms).mean())
+        out["policy/lr"] = float(self.scheduler.get_last_lr()[0])
+        out["policy/reference_reset"] = float(reset)
+        ent_sum, ent_n, clip_n, tok_n = turn_stats.cpu()
+        for k in range(MAX_TURN_METRICS):
+            if ent_n[k] > 0:
+                out[f"entropy/step/{k}"] = float(ent_sum[k] / ent_n[k])
+            if tok_n[k] > 0:
+                out[f"policy/clipfrac/turn_{k}"] = float(clip_n[k] / tok_n[k])
+        return out
+
+    def _turn_stats(self, acc: torch.Tensor, mb: MicroBatch, ent: torch.Tensor | None, turn_ids: torch.Tensor) -> None:
+        """Per-turn entropy and clip fraction (tokens whose ratio left [1-eps_low, 1+eps_high]
+        in the direction the PPO clip acts on). Scatter-adds on the device: no host sync."""
+        w = mb.loss_mask.flatten().float()
+        turns = turn_ids.clamp(0, MAX_TURN_METRICS - 1).flatten()
+        if ent is not None:
+            acc[0].index_add_(0, turns, ent.detach().flatten().float() * w)
+            acc[1].index_add_(0, turns, w)
+        opts = self.algorithm.config.loss.options
+        eps_low, eps_high = float(opts.get("eps_low", 0.2)), float(opts.get("eps_high", opts.get("eps_low", 0.2)))
+        ratio = torch.exp((mb.logprobs.detach() - mb.proximal_logprobs).clamp(-20, 20)).flatten()
+        a = mb.advantages.flatten()
+        clipped = ((a > 0) & (ratio > 1 + eps_high)) | ((a < 0) & (ratio < 1 - eps_low))
+        acc[2].index_add_(0, turns, clipped.float() * w)
+        acc[3].index_add_(0, turns, w)
+
+    def reset_reference(self) -> None:
+        """ProRL: the reference becomes a copy of the current policy; optimizer state is reset."""
+        if self.ref_model is not None:
+            self.ref_model.load_state_dict(self.model.state_dict())
+        self.optimizer = self._make_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(self.cfg), last_epoch=-1)
+        log.info("reference policy reset to the current policy; optimizer state re-initialised")
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "algorithm": self.algorithm.state_dict(),
+            "generator": self.generator.get_state(),
+            "optimizer_steps": self.optimizer_steps,
+            "ref_model": self.ref_model.state_dict() if self.ref_model is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.algorithm.load_state_dict(state["algorithm"])
+        self.generator.set_state(state["generator"])
+        self.optimizer_steps = int(state["optimizer_steps"])
+        if self.ref_model is not None and state.get("ref_model") is not None:
+            self.ref_model.load_state_dict(state["ref_model"])

@@ -1,0 +1,71 @@
+"""Metrics sinks: JSONL always, TensorBoard and W&B when installed. Keys follow DESIGN.md
+(``loss/*``, ``policy/*``, ``entropy/step/*``, ``rollout/*``, ``env/<id>/*``, ``sandbox/*``,
+``time/*``, ``throughput/*``); one row per train_step with ``train_step`` set."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class MetricsLogger:
+    """Append-only metrics for one run folder.
+
+    ``truncate_after(step)`` drops rows of train_steps after ``step`` (used on resume, so a
+    run killed after logging but before checkpointing never shows a train_step twice).
+    """
+
+    def __init__(self, out_dir: str | Path, *, tensorboard: bool = True, wandb: bool = False, run_name: str = "run", config: dict[str, Any] | None = None) -> None:
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "metrics.jsonl"
+        self._tb = None
+        self._wandb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+            except Exception as e:  # tensorboard not installed
+                log.debug("TensorBoard disabled: %s", e)
+        if wandb:
+            try:
+                import wandb as wb
+
+                self._wandb = wb.init(project="agentrl", name=run_name, config=config or {}, dir=str(self.dir))
+            except Exception as e:
+                log.warning("W&B disabled: %s", e)
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        rows = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if json.loads(r).get("train_step", -1) <= step]
+        self.path.write_text("".join(r + "\n" for r in kept))
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        row = {"train_step": step, **{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

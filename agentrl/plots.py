@@ -1,0 +1,63 @@
+"""Training plots (PNG): reward, success and entropy per train_step, and entropy by turn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agentrl.metrics import read_metrics
+
+
+def plot_training(run_dir: str | Path) -> list[Path]:
+    """Write ``training.png`` (reward, success, entropy, clip fraction over train_steps) and
+    ``entropy_by_turn.png`` into the run folder; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "rollout/reward_mean" in r]
+    if not rows:
+        return []
+    steps = [r["train_step"] for r in rows]
+    panels = [
+        ("rollout/reward_mean", "mean episode return"),
+        ("rollout/success", "success rate (fraction of episodes)"),
+        ("policy/entropy", "token entropy (nats)"),
+        ("rollout/turns_mean", "turns per episode"),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for ax, (key, label) in zip(axes.flat, panels):
+        ys = [r.get(key) for r in rows]
+        ax.plot(steps, [y if y is not None else float("nan") for y in ys], marker=".")
+        ax.set_xlabel("train_step")
+        ax.set_ylabel(label)
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    fig.suptitle(run_dir.name)
+    fig.tight_layout()
+    out = [run_dir / "training.png"]
+    fig.savefig(out[0], dpi=110)
+    plt.close(fig)
+    turn_keys = sorted({k for r in rows for k in r if k.startswith("entropy/step/")}, key=lambda k: int(k.rsplit("/", 1)[1]))
+    if turn_keys:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        thirds = [rows[: max(len(rows) // 3, 1)], rows[-max(len(rows) // 3, 1) :]]
+        for label, part in zip(("first third of training", "last third of training"), thirds):
+            xs, ys = [], []
+            for k in turn_keys:
+                vals = [r[k] for r in part if r.get(k) is not None]
+                if vals:
+                    xs.append(int(k.rsplit("/", 1)[1]))
+                    ys.append(sum(vals) / len(vals))
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set_xlabel("assistant turn index")
+        ax.set_ylabel("mean token entropy (nats)")
+        ax.set_title("entropy by turn")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        out.append(run_dir / "entropy_by_turn.png")
+        fig.savefig(out[-1], dpi=110)
+        plt.close(fig)
+    return out

@@ -1,0 +1,111 @@
+"""Rollouts in the training process (``run.backend: local``): one engine, ``env.num_envs``
+env instances, episodes run concurrently on the sandbox event loop."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from typing import Any
+
+from agentrl.config import TrainConfig
+from agentrl.models.chat import ChatFormat
+from agentrl.types import Trajectory
+
+from .agent_loop import AgentLoop, EpisodeSpec
+from .engines import Engine, HFEngine, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+def make_engine(cfg: TrainConfig, model: Any, tokenizer: Any) -> Engine:
+    """The configured engine; "hf" shares ``model`` with the learner (no weight copies)."""
+    if cfg.rollout.engine == "hf":
+        return HFEngine(model, pad_token_id=tokenizer.pad_token_id, max_batch_size=max(cfg.env.num_envs, 1), seed=cfg.run.seed)
+    if cfg.rollout.engine == "vllm":
+        from .vllm_engine import VLLMEngine
+
+        return VLLMEngine(cfg.model.path, seed=cfg.run.seed, **cfg.rollout.vllm)
+    if cfg.rollout.engine == "openai":
+        from .openai_engine import OpenAIEngine
+
+        return OpenAIEngine(cfg.rollout.openai_base_url or "http://localhost:8000/v1", model=cfg.model.path)
+    raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; use 'hf', 'vllm' or 'openai'")
+
+
+def summarize(trajs: list[Trajectory], env_id: str = "", prefix: str = "rollout") -> dict[str, float]:
+    """Rollout metrics: reward, success, turns, tokens, truncation, failures, tool errors."""
+    if not trajs:
+        return {}
+    ok = [t for t in trajs if not t.failed] or trajs
+
+    def mean(xs: list[float]) -> float:
+        return float(statistics.fmean(xs)) if xs else 0.0
+
+    out = {
+        f"{prefix}/reward_mean": mean([t.reward for t in ok]),
+        f"{prefix}/reward_std": float(statistics.pstdev([t.reward for t in ok])) if len(ok) > 1 else 0.0,
+        f"{prefix}/success": mean([float(t.success) for t in ok]),
+        f"{prefix}/turns_mean": mean([t.num_turns for t in ok]),
+        f"{prefix}/turns_max": float(max(t.num_turns for t in ok)),
+        f"{prefix}/generated_tokens_mean": mean([t.num_generated_tokens for t in ok]),
+        f"{prefix}/total_tokens_mean": mean([len(t.input_ids) for t in ok]),
+        f"{prefix}/truncated_frac": mean([float(t.truncated) for t in ok]),
+        f"{prefix}/failed_frac": mean([float(t.failed) for t in trajs]),
+        f"{prefix}/tool_errors_mean": mean([t.metrics.get("tool_errors", 0.0) for t in ok]),
+        f"{prefix}/episodes": float(len(trajs)),
+    }
+    if env_id:
+        short = env_id.split("/", 1)[-1]
+        out[f"env/{short}/success"] = out[f"{prefix}/success"]
+        out[f"env/{short}/reward_mean"] = out[f"{prefix}/reward_mean"]
+    return out
+
+
+class LocalRollout:
+    """Engine + env instances for training and held-out evaluation."""
+
+    def __init__(self, cfg: TrainConfig, model: Any, tokenizer: Any, *, engine: Engine | None = None) -> None:
+        import agentrl.envs as envs
+
+        self.cfg = cfg
+        self.chat = ChatFormat(tokenizer)
+        self.engine = engine or make_engine(cfg, model, tokenizer)
+        r = cfg.rollout
+        self.params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
+        self.eval_params = SamplingParams(temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
+        self.loop = AgentLoop([envs.make(cfg.env.id, **cfg.env.kwargs) for _ in range(cfg.env.num_envs)], self.engine, self.chat, self.params, max_total_tokens=r.max_total_tokens)
+        self._eval_loop: AgentLoop | None = None
+
+    def num_tasks(self, split: str) -> int:
+        return self.loop.envs[0].unwrapped.num_tasks(split)
+
+    def collect(self, specs: list[EpisodeSpec], on_done: Any = None) -> list[Trajectory]:
+        from agentrl.sandboxes import run_sync
+
+        return run_sync(self.loop.collect(specs, on_done=on_done))
+
+    def evaluate(self, specs: list[EpisodeSpec]) -> list[Trajectory]:
+        import agentrl.envs as envs
+        from agentrl.sandboxes import run_sync
+
+        if self._eval_loop is None:
+            kwargs = self.cfg.env.eval_kwargs if self.cfg.env.eval_kwargs is not None else self.cfg.env.kwargs
+            self._eval_loop = AgentLoop([envs.make(self.cfg.env.id, **kwargs) for _ in range(self.cfg.env.num_envs)], self.engine, self.chat, self.eval_params, max_total_tokens=self.cfg.rollout.max_total_tokens)
+        return run_sync(self._eval_loop.collect(specs))
+
+    def sync_weights(self, model: Any, version: int) -> None:
+        """Local HF engine shares the module: only the version changes. vLLM gets the weights."""
+        self.engine.update_weights(None if isinstance(self.engine, HFEngine) else model.state_dict(), version)
+
+    def sandbox_metrics(self) -> dict[str, float]:
+        env = self.loop.envs[0].unwrapped
+        try:
+            return dict(env.sandbox.metrics()) if hasattr(env, "sandbox") else {}
+        except Exception:  # an env without a sandbox
+            return {}
+
+    def close(self) -> None:
+        self.loop.close()
+        if self._eval_loop is not None:
+            self._eval_loop.close()
+        self.engine.close()

@@ -1,0 +1,243 @@
+"""``agentrl train CONFIG.yaml``: the training loop, top to bottom.
+
+    prepare run folder -> model (create a tiny one if asked) -> resume or SFT warm start
+    -> evaluate before RL -> for each train_step:
+           tasks -> rollout (multi-turn episodes, G per task) -> collate
+           -> learner.update (advantages, minibatch updates, controllers)
+           -> sync weights to the engine -> log -> checkpoint
+    -> evaluate after RL -> summary, plots
+
+Components do the work (rollout, learner, algorithms, checkpoint, metrics); this file only
+calls them in order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from agentrl.config import TrainConfig, to_dict
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- setup helpers
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def write_run_info(cfg: TrainConfig, out: Path) -> None:
+    """Resolved config, git commit and package versions next to the results."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+    except Exception:
+        commit = ""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("agentrl", "torch", "transformers", "gymnasium", "ray", "vllm", "trl"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    info = {"git_commit": commit, "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
+    (out / "run_info.json").write_text(json.dumps(info, indent=2))
+
+
+def ensure_model(cfg: TrainConfig) -> None:
+    """Create the tiny model at ``model.path`` from ``model.init`` when the folder is missing."""
+    path = Path(cfg.model.path)
+    if cfg.model.init is None or (path / "config.json").exists():
+        return
+    from agentrl.models.tiny import create_tiny_model, env_corpus
+
+    init = cfg.model.init
+    log.info("creating a tiny %s model at %s (tokenizer trained on %d expert episodes of %s)", init.arch, path, init.corpus_episodes, cfg.env.id)
+    texts = env_corpus([cfg.env.id], episodes=init.corpus_episodes, template=init.template, env_kwargs={cfg.env.id: cfg.env.kwargs}, seed=cfg.run.seed)
+    create_tiny_model(
+        path, texts, template=init.template, arch=init.arch, vocab_size=init.vocab_size, seed=cfg.run.seed,
+        hidden_size=init.hidden_size, num_layers=init.num_layers, num_heads=init.num_heads, num_kv_heads=init.num_kv_heads,
+    )
+
+
+def check_config(cfg: TrainConfig) -> Any:
+    """Everything that can be checked before work starts: env id, algorithm names and keys,
+    model path. Returns the built algorithm config. Raises with a clear message."""
+    import agentrl.envs as envs
+    from agentrl.algorithms.config import AlgorithmConfig
+    from agentrl.config import ConfigError
+
+    known = envs.list_envs()
+    if cfg.env.id not in known:
+        from agentrl.envs.base import suggest
+
+        raise ConfigError(f"env.id: unknown environment {cfg.env.id!r}.{suggest(cfg.env.id, known)} Registered: {', '.join(known)}")
+    try:
+        algo_cfg = AlgorithmConfig.from_dict(cfg.algorithm)
+        algo_cfg.validate()
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"algorithm: {e}") from None
+    path = Path(cfg.model.path)
+    if cfg.model.init is None and not path.exists() and (cfg.model.path.startswith((".", "/", "~")) or path.parts[:1] == ("runs",)):
+        raise ConfigError(f"model.path {cfg.model.path!r} does not exist; run `agentrl model init --out {cfg.model.path}` or add a model.init section")
+    return algo_cfg
+
+
+def evaluate(rollout: Any, cfg: TrainConfig, label: str) -> dict[str, float]:
+    """Success on the held-out split with fixed tasks and seeds (same before and after)."""
+    from agentrl.rollout.local import summarize
+    from agentrl.rollout.tasks import eval_specs
+
+    n = rollout.num_tasks(cfg.env.eval_split)
+    specs = eval_specs(n, cfg.trainer.eval_episodes, split=cfg.env.eval_split, seed=cfg.run.seed)
+    t0 = time.perf_counter()
+    trajs = rollout.evaluate(specs)
+    out = summarize(trajs, prefix=f"eval/{label}")
+    out[f"eval/{label}/time_s"] = time.perf_counter() - t0
+    log.info("eval %s: success %.3f over %d held-out episodes", label, out[f"eval/{label}/success"], len(trajs))
+    return out
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run the experiment described by ``cfg``; returns the summary (also in summary.json)."""
+    from agentrl.algorithms import build_algorithm
+    from agentrl.learner.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
+    from agentrl.learner.learner import Learner
+    from agentrl.learner.policy import load_model, load_tokenizer
+    from agentrl.learner.sft import sft
+    from agentrl.metrics import MetricsLogger
+    from agentrl.rollout.expert import expert_trajectories
+    from agentrl.rollout.local import summarize
+    from agentrl.rollout.tasks import TaskSampler
+    from agentrl.types import collate
+
+    algo_cfg = check_config(cfg)
+    out = Path(cfg.run.output_dir)
+    write_run_info(cfg, out)
+    seed_everything(cfg.run.seed)
+    ensure_model(cfg)
+    ckpt = latest_checkpoint(out) if cfg.run.resume else None
+    model_path = str(ckpt / "model") if ckpt else cfg.model.path
+    tokenizer = load_tokenizer(model_path, cfg.model.chat_template)
+    model = load_model(model_path, dtype=cfg.model.dtype, device=cfg.run.device, gradient_checkpointing=cfg.model.gradient_checkpointing)
+    learner = Learner(model, build_algorithm(algo_cfg), cfg.trainer, temperature=cfg.rollout.temperature, async_mode=cfg.run.mode == "async", seed=cfg.run.seed)
+    rollout = make_rollout(cfg, model, tokenizer)
+    sampler = TaskSampler(rollout.num_tasks(cfg.env.train_split), seed=cfg.run.seed, split=cfg.env.train_split)
+    logger = MetricsLogger(out, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb, run_name=cfg.run.name, config=to_dict(cfg))
+    summary: dict[str, Any] = {"run": cfg.run.name, "output_dir": str(out)}
+
+    step = 0
+    if ckpt is not None:
+        state = load_state(ckpt)
+        learner.load_state_dict(state["learner"])
+        sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        summary.update(state.get("summary", {}))
+        step = int(state["step"])
+        log.info("resumed from %s at train_step %d", ckpt, step)
+    else:
+        if cfg.sft.enabled:
+            t0 = time.perf_counter()
+            data = expert_trajectories(cfg.env.id, rollout.chat, episodes=cfg.sft.episodes, env_kwargs=cfg.env.kwargs, split=cfg.env.train_split, seed=cfg.run.seed)
+            losses = sft(model, data, pad_token_id=tokenizer.pad_token_id, epochs=cfg.sft.epochs, lr=cfg.sft.lr, batch_size=cfg.sft.batch_size, max_tokens=cfg.sft.max_tokens, seed=cfg.run.seed, progress=cfg.logging.progress)
+            summary["sft"] = {"episodes": len(data), "epoch_losses": losses, "time_s": time.perf_counter() - t0}
+        summary["before_rl"] = evaluate(rollout, cfg, "before_rl")
+        logger.log(0, summary["before_rl"])
+        save_checkpoint(out, 0, model=model, tokenizer=tokenizer, state=_state(learner, sampler, summary), keep=cfg.trainer.keep_checkpoints)
+    logger.truncate_after(step)
+    rollout.sync_weights(model, step)
+
+    bar = _progress(cfg, step)
+    env_short = cfg.env.id.split("/", 1)[-1]
+    while step < cfg.trainer.total_steps:
+        t0 = time.perf_counter()
+        specs = sampler.next_specs(cfg.rollout.tasks_per_step, cfg.rollout.group_size)
+        trajs = rollout.collect(specs)
+        t1 = time.perf_counter()
+        batch = collate(trajs, pad_token_id=tokenizer.pad_token_id)
+        metrics = learner.update(batch)
+        t2 = time.perf_counter()
+        step += 1
+        rollout.sync_weights(model, step)
+        metrics.update(summarize(trajs, cfg.env.id))
+        metrics.update(rollout.sandbox_metrics())
+        gen_tokens = float(batch.loss_mask.sum())
+        metrics.update({
+            "time/rollout_s": t1 - t0, "time/learner_s": t2 - t1, "time/step_s": time.perf_counter() - t0,
+            "throughput/rollout_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+            "throughput/learner_tokens_per_s": float(batch.attention_mask.sum()) * cfg.trainer.ppo_epochs / max(t2 - t1, 1e-9),
+        })
+        if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.total_steps:
+            metrics.update(evaluate(rollout, cfg, f"step_{step}"))
+        logger.log(step, metrics)
+        _save_samples(out, step, trajs, cfg.logging.log_trajectories)
+        if step % cfg.trainer.checkpoint_every == 0 or step == cfg.trainer.total_steps:
+            save_checkpoint(out, step, model=model, tokenizer=tokenizer, state=_state(learner, sampler, summary), keep=cfg.trainer.keep_checkpoints)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.2f}", success=f"{metrics['rollout/success']:.2f}", entropy=f"{metrics.get('policy/entropy', float('nan')):.2f}")
+    if bar is not None:
+        bar.close()
+
+    if "after_rl" not in summary or summary.get("after_rl_step") != step:
+        summary["after_rl"] = evaluate(rollout, cfg, "after_rl")
+        summary["after_rl_step"] = step
+        logger.log(step, summary["after_rl"])
+        save_checkpoint(out, step, model=model, tokenizer=tokenizer, state=_state(learner, sampler, summary), keep=cfg.trainer.keep_checkpoints)
+    summary["train_steps"] = step
+    summary["env"] = env_short
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    try:
+        from agentrl.plots import plot_training
+
+        summary["plots"] = [str(p) for p in plot_training(out)]
+    except Exception as e:  # plotting must never lose a finished run
+        log.warning("plotting failed: %s", e)
+    logger.close()
+    rollout.close()
+    return summary
+
+
+def make_rollout(cfg: TrainConfig, model: Any, tokenizer: Any) -> Any:
+    if cfg.run.backend == "ray":
+        from agentrl.distributed.ray_backend import RayRollout
+
+        return RayRollout(cfg, model, tokenizer)
+    from agentrl.rollout.local import LocalRollout
+
+    return LocalRollout(cfg, model, tokenizer)
+
+
+def _state(learner: Any, sampler: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    return {"learner": learner.state_dict(), "sampler": sampler.state_dict(), "summary": summary}
+
+
+def _progress(cfg: TrainConfig, start: int) -> Any:
+    if not cfg.logging.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.trainer.total_steps, initial=start, desc=f"train {cfg.run.name}", unit="step")
+
+
+def _save_samples(out: Path, step: int, trajs: list[Any], n: int) -> None:
+    if n <= 0:
+        return
+    with (out / "samples.jsonl").open("a") as f:
+        for t in trajs[:n]:
+            f.write(json.dumps({"train_step": step, "task_id": t.task_id, "reward": t.reward, "success": t.success, "messages": t.messages}) + "\n")

@@ -1,0 +1,114 @@
+"""``agentrl train``, ``agentrl model init``, ``agentrl sft``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from agentrl.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, overrides=args.overrides)
+        from agentrl.train import check_config, train
+
+        check_config(cfg)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = train(cfg)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"agentrl train: {summary.get('run')} ({summary.get('train_steps')} train_steps)")
+    table.add_column("held-out evaluation")
+    table.add_column("success")
+    table.add_column("mean return")
+    table.add_column("episodes")
+    for label in ("before_rl", "after_rl"):
+        ev = summary.get(label) or {}
+        key = f"eval/{label}"
+        if ev:
+            table.add_row(label.replace("_", " "), f"{ev[key + '/success']:.3f}", f"{ev[key + '/reward_mean']:.3f}", f"{int(ev[key + '/episodes'])}")
+    console.print(table)
+    out = summary.get("output_dir")
+    console.print(f"run folder: {out}  (metrics.jsonl, summary.json, checkpoints/, samples.jsonl, tensorboard/)")
+    for p in summary.get("plots", []):
+        console.print(f"plot: {p}")
+
+
+def cmd_model_init(args: argparse.Namespace) -> int:
+    from agentrl.models.tiny import create_tiny_model, env_corpus
+
+    envs_ = args.env or ["agentrl/ShellQuest-v0"]
+    kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
+    texts = env_corpus(envs_, episodes=args.episodes, template=args.template, env_kwargs={e: kwargs for e in envs_}, seed=args.seed)
+    path = create_tiny_model(
+        args.out, texts, template=args.template, arch=args.arch, vocab_size=args.vocab_size, seed=args.seed,
+        hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads, num_kv_heads=args.num_kv_heads,
+    )
+    print(f"saved {args.arch} model + tokenizer ({args.template} template) to {path}")
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from agentrl.learner.policy import load_model, load_tokenizer
+    from agentrl.learner.sft import sft
+    from agentrl.models.chat import ChatFormat
+    from agentrl.rollout.expert import expert_trajectories
+
+    tok = load_tokenizer(args.model)
+    model = load_model(args.model)
+    kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
+    data = []
+    for env_id in args.env:
+        data += expert_trajectories(env_id, ChatFormat(tok), episodes=args.episodes, env_kwargs=kwargs, seed=args.seed)
+    losses = sft(model, data, pad_token_id=tok.pad_token_id, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    model.save_pretrained(args.out)
+    tok.save_pretrained(args.out)
+    print(f"SFT on {len(data)} expert episodes: loss per epoch {[round(x, 4) for x in losses]}; saved to {args.out}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train an agent: agentrl train CONFIG.yaml [section.key=value ...]")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.total_steps=5")
+    p.set_defaults(func=cmd_train)
+
+    m = subparsers.add_parser("model", help="create models")
+    msub = m.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
+    mi = msub.add_parser("init", help="a tiny Qwen2/Llama model with a tokenizer trained on env transcripts")
+    mi.add_argument("--out", required=True)
+    mi.add_argument("--arch", default="qwen2", choices=["qwen2", "llama"])
+    mi.add_argument("--template", default="chatml", choices=["chatml", "llama3", "qwen3"])
+    mi.add_argument("--env", action="append", help="env id(s) whose expert transcripts train the tokenizer")
+    mi.add_argument("--env-kwargs", default=None, help="JSON options for the env(s)")
+    mi.add_argument("--episodes", type=int, default=200)
+    mi.add_argument("--vocab-size", type=int, default=1024)
+    mi.add_argument("--hidden-size", type=int, default=128)
+    mi.add_argument("--num-layers", type=int, default=4)
+    mi.add_argument("--num-heads", type=int, default=4)
+    mi.add_argument("--num-kv-heads", type=int, default=2)
+    mi.add_argument("--seed", type=int, default=0)
+    mi.set_defaults(func=cmd_model_init)
+
+    s = subparsers.add_parser("sft", help="supervised warm start on expert trajectories")
+    s.add_argument("--model", required=True)
+    s.add_argument("--env", action="append", required=True)
+    s.add_argument("--env-kwargs", default=None)
+    s.add_argument("--out", required=True)
+    s.add_argument("--episodes", type=int, default=400)
+    s.add_argument("--epochs", type=int, default=3)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_sft)
