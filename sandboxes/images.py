@@ -132,17 +132,49 @@ def _python_info(python: str) -> dict[str, str]:
     return json.loads(out.stdout)
 
 
-def _ldd(path: str) -> list[str]:
-    """Absolute paths of the shared libraries (and loader) ``path`` needs, as ldd prints them."""
+def _ldd(paths: list[str]) -> list[str]:
+    """Absolute paths of the shared libraries (and loader) that ``paths`` need, as ldd prints
+    them; one ldd call per 200 files (ldd per file made planning take seconds)."""
+    libs: dict[str, None] = {}
+    for i in range(0, len(paths), 200):
+        try:
+            out = subprocess.run(["ldd", *paths[i : i + 200]], capture_output=True, text=True,
+                                 timeout=120).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        for line in out.splitlines():
+            m = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
+            if m:
+                libs[m.group(1)] = None
+    return list(libs)
+
+
+def _ldd_cached(paths: list[str]) -> list[str]:
+    """:func:`_ldd`, remembered on disk by the paths, sizes and mtimes of ``paths`` (ldd takes
+    about a second for the ~130 ELF files of the image; the libraries it names are stat'ed
+    again for the image tag, so an updated library still changes the tag)."""
+    h = hashlib.sha256(f"ldd {BUILDER_VERSION}\n".encode())
+    for p in sorted(paths):
+        st = os.stat(p)
+        h.update(f"{p} {st.st_size} {st.st_mtime_ns}\n".encode())
+    key = h.hexdigest()[:24]
+    cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "agentrl")
+    path = os.path.join(cache_dir, f"ldd-{key}.json")
     try:
-        out = subprocess.run(["ldd", path], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    libs = []
-    for line in out.splitlines():
-        m = re.search(r"(?:=>\s*)?(/\S+)\s+\(0x", line)
-        if m:
-            libs.append(m.group(1))
+        with open(path) as fh:
+            libs = json.load(fh)
+        if isinstance(libs, list) and all(isinstance(x, str) and os.path.exists(x) for x in libs):
+            return libs
+    except (OSError, ValueError):
+        pass
+    libs = _ldd(paths)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=cache_dir, delete=False, suffix=".tmp") as fh:
+            json.dump(libs, fh)
+        os.replace(fh.name, path)
+    except OSError:
+        pass
     return libs
 
 
@@ -151,6 +183,7 @@ class _Collector:
 
     def __init__(self, plan: RootfsPlan) -> None:
         self.plan = plan
+        self.elf: list[str] = []
 
     def add(self, host_path: str, dest: str | None = None) -> None:
         """Add ``host_path`` at ``dest`` (default: the same path), following symlinks by adding
@@ -185,8 +218,12 @@ class _Collector:
                 return
 
     def add_with_libs(self, host_path: str, dest: str | None = None) -> None:
+        """Add an ELF file; its libraries are added by :meth:`add_libraries` (one ldd run)."""
         self.add(host_path, dest)
-        for lib in _ldd(host_path):
+        self.elf.append(host_path)
+
+    def add_libraries(self) -> None:
+        for lib in _ldd_cached(self.elf):
             self.add(lib)
 
 
@@ -224,8 +261,7 @@ def plan_rootfs(python: str | None = None) -> RootfsPlan:
                 dest = os.path.normpath(os.path.join(stdlib_dest, rel, name))
                 plan.files[dest] = src
                 if name.endswith(".so"):
-                    for lib in _ldd(src):
-                        col.add(lib)
+                    col.elf.append(src)
 
     for tool in _TOOLS:
         found = shutil.which(tool, path="/usr/bin:/bin:/usr/local/bin")
@@ -236,6 +272,8 @@ def plan_rootfs(python: str | None = None) -> RootfsPlan:
             plan.symlinks[dest] = "dash" if shutil.which("dash") else "bash"
             continue
         col.add_with_libs(os.path.realpath(found), dest)
+
+    col.add_libraries()
 
     locale = "/usr/lib/locale/C.utf8"
     if os.path.isdir(locale):
@@ -345,6 +383,10 @@ def build_local_image(client: Any, *, python: str | None = None, force: bool = F
     if not image_exists(client, tag):
         raise RuntimeError(f"docker import of {tag} did not produce an image: {out!r}")
     log.info("built sandbox image %s in %.1f s", tag, time.monotonic() - t0)
+    try:  # a forced rebuild leaves the old image untagged: ~50 MB of vfs storage each
+        client.images.prune(filters={"dangling": True, "label": LABEL})
+    except Exception:  # noqa: BLE001 - housekeeping only
+        pass
     return tag
 
 
