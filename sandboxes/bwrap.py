@@ -30,11 +30,18 @@ What one sandbox isolates:
   ``RLIMIT_NOFILE``, ``RLIMIT_FSIZE``, ``RLIMIT_CORE=0``. Without cgroups ("rlimits" mode:
   non-root laptops, cgroup v2 hosts), memory falls back to ``RLIMIT_AS`` (address space, so
   a program may hit it earlier than its resident size suggests), processes to
-  ``RLIMIT_NPROC`` set inside the new user namespace, and there is no CPU quota.
+  ``RLIMIT_NPROC`` set inside the new user namespace, there is no CPU quota, and
+  ``cpu_time_s`` is sampled from the process tree every 50 ms (approximate).
 - **Time and output**: a wall-clock watchdog kills the whole sandbox at ``timeout_s``; both
   output streams are drained while the program runs and the sandbox is killed when one passes
-  ``max_output_bytes``. Killing is by cgroup (freeze + SIGKILL every task) and by the pid
-  namespace dying with bwrap, never by walking a process tree.
+  ``max_output_bytes``. Killing is by cgroup (freeze + SIGKILL every task) and by SIGKILL of
+  the sandbox's pid 1, which makes the kernel kill the whole pid namespace; never by walking
+  a process tree. A call returns only after bwrap has exited, and bwrap exits only after its
+  pid namespace is empty, so nothing the call started is alive when ``run()`` returns.
+- **Host view from inside**: bwrap and its pid-1 reaper get a two-variable environment and
+  their options through ``--args`` (a memfd), so ``/proc/1/environ`` and ``/proc/1/cmdline``
+  show no host secrets or paths; as root the bwrap binary is copied execute-only, which makes
+  ``/proc/1/exe`` unreadable.
 
 What it does not isolate: the host kernel is shared (a kernel bug is an escape; use gVisor or
 a VM for hostile-at-scale workloads); CPU caches and timing side channels; ``/proc`` and
