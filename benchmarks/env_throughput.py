@@ -43,10 +43,10 @@ async def _play(env: Any, episodes: int, offset: int) -> dict[str, float]:
     sandbox_s = reset_s = 0.0
     for k in range(episodes):
         t0 = time.perf_counter()
-        await core.areset(seed=offset + k, options={"task_index": (offset + k) % core.num_tasks(core.split)})
+        obs, _ = await core.areset(seed=offset + k, options={"task_index": (offset + k) % core.num_tasks(core.split)})
         reset_s += time.perf_counter() - t0
         policy = core.expert()
-        obs, done, info = None, False, {}
+        done, info = False, {}
         while not done:
             obs, _, terminated, truncated, info = await core.astep(policy(obs))
             steps += 1
