@@ -469,6 +469,11 @@ class DockerSandbox(Sandbox):
         host_deadline = limits.timeout_s * 1.1 + 3.0
         try:
             reply, out = await box.chan.request(header, blob, timeout_s=host_deadline)
+        except asyncio.CancelledError:
+            # The caller gave up (e.g. its own wait_for): the program may still run, so the
+            # container is killed and dropped, in a task of its own.
+            self._spawn(self._abandon(pool, box))
+            raise
         except (asyncio.TimeoutError, EOFError, ProtocolError, OSError) as e:
             oom = not isinstance(e, asyncio.TimeoutError) and await self._oom_killed(box)
             await self._kill_now(box)
@@ -516,6 +521,11 @@ class DockerSandbox(Sandbox):
             self.counters["containers_replaced"] += 1
             await pool.discard(box)
         return result
+
+    async def _abandon(self, pool: ContainerPool, box: Box) -> None:
+        await self._kill_now(box)
+        await pool.discard(box)
+        self.counters["containers_replaced"] += 1
 
     @staticmethod
     async def _await_clean(box: Box) -> bool:
@@ -601,6 +611,7 @@ class DockerSandbox(Sandbox):
                                   self.limits.replace(timeout_s=max(5.0, min(self.limits.timeout_s, 30.0))))
             info.update(
                 ok=res.status is Status.OK and res.stdout == "ok\n", image=self.image,
+                mode=f"container pool (engine {info['engine']}, seccomp {'on' if self._seccomp else 'off'})",
                 status=str(res.status), detail=res.detail or res.stderr[-500:],
                 latency_s=time.monotonic() - t0, containers=len(self._boxes),
                 idle=sum(len(p.idle) for p in self._pools.values()), sessions=len(self._sessions),

@@ -125,6 +125,19 @@ class DockerStream:
                     del self.stderr_tail[:-4096]
         return self._out.popleft()
 
+    def alive(self) -> bool:
+        """True when the peer has not closed the stream and sent nothing unasked (a cheap,
+        non-blocking peek: used before handing out an idle container)."""
+        if self.eof or self._out or self._mux:
+            return False
+        try:
+            data = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False
+        return False  # b"" (EOF), or bytes an idle supervisor should never send
+
     def diag(self) -> str:
         return decode(bytes(self.stderr_tail))[-800:]
 
@@ -211,6 +224,9 @@ class ContainerPool:
             while True:
                 if self.idle:
                     box = self.idle.popleft()
+                    if not box.chan.stream.alive():  # died while idle (engine restart, docker rm)
+                        self.owner._destroy_soon(box)
+                        continue
                     if not for_session:
                         self.in_use += 1
                     self._refill()

@@ -56,6 +56,8 @@ import sys
 import time
 
 MAGIC = b"ARL1"
+#: Seconds processes left behind by a finished program may run on before the sweep.
+LINGER_S = 0.1
 _HEAD = struct.Struct(">4sIQ")
 CG = "/sys/fs/cgroup"
 
@@ -348,16 +350,21 @@ class Supervisor:
         except (AttributeError, OSError):
             pidfd = None
         status, timed_out, overflow, peak = None, False, False, 0
+        swept, linger_until = False, 0.0
         stdin_view = memoryview(stdin_data)
         while True:
             if status is None:
                 got, st, ru = os.wait4(pid, os.WNOHANG)
                 if got:
                     status, peak = st, ru.ru_maxrss
-                    # The program is done: whatever it left running dies with it (like the
-                    # end of a pid namespace), so its pipes reach EOF now.
-                    kill_all()
-            if status is not None and not open_fds:
+                    linger_until = min(time.monotonic() + LINGER_S, deadline)
+            if status is not None and not swept and (time.monotonic() >= linger_until or not others()):
+                # The program is done: whatever it left running dies with it (like the end of
+                # a pid namespace), so its pipes reach EOF now. Leftovers get LINGER_S first,
+                # to flush output (and a fork bomb started in the background meets its cap).
+                kill_all()
+                swept = True
+            if swept and not open_fds:
                 break
             now = time.monotonic()
             if now >= deadline:
@@ -367,7 +374,12 @@ class Supervisor:
             if pidfd is not None and status is None:
                 rlist.append(pidfd)
             wlist = [in_w] if in_w is not None else []
-            wait = deadline - now if (pidfd is not None or status is not None) else min(deadline - now, 0.005)
+            if status is not None and not swept:
+                wait = 0.005
+            elif pidfd is not None or status is not None:
+                wait = deadline - now
+            else:
+                wait = min(deadline - now, 0.005)
             try:
                 r, w, _ = select.select(rlist, wlist, [], wait)
             except InterruptedError:
