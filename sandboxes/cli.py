@@ -60,10 +60,10 @@ def _open(name: str):
 
 
 def _selftest(args: argparse.Namespace) -> int:
-    from rich.console import Console  # noqa: PLC0415 - CLI-only dependency
-    from rich.table import Table  # noqa: PLC0415
+    from rich.console import Console
+    from rich.table import Table
 
-    from .selftest import run_suite, select_attacks  # noqa: PLC0415
+    from .selftest import run_suite, select_attacks
 
     try:
         attacks = select_attacks(args.only)

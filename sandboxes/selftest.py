@@ -572,10 +572,10 @@ async def _tamper(ctx: Ctx) -> ExecResult:
 
 async def _file_tricks(ctx: Ctx) -> ExecResult:
     """Symlink and tar tricks on file transfer (session put/get)."""
-    import io  # noqa: PLC0415
-    import tarfile  # noqa: PLC0415
+    import io
+    import tarfile
 
-    from . import files as _files  # noqa: PLC0415
+    from . import files as _files
 
     t0 = time.monotonic()
     session = await ctx.sandbox.session("bash")
@@ -1003,7 +1003,7 @@ def descendants(root: int | None = None) -> list[int]:
 
 
 def _python_os_py() -> str:
-    return "/usr/lib/python3.{}/os.py".format(sys.version_info.minor)
+    return f"/usr/lib/python3.{sys.version_info.minor}/os.py"
 
 
 _PROTECTED = ["/etc/hosts", "/etc/passwd", "/bin/bash", "/usr/bin/python3"]
@@ -1084,7 +1084,7 @@ def measure_slowness(samples: int = 5) -> float:
     bare ``python3 -I -S -c pass`` over 25 ms (SANDBOXES.md measured 10-13 ms on 2 vCPU),
     clamped to [1, 10]. Wall-clock bounds get ``GRACE_S * (slowness - 1)`` extra, so a
     machine loaded by other work does not fail attacks that were contained."""
-    import subprocess  # noqa: PLC0415
+    import subprocess
 
     times = []
     for _ in range(samples):
@@ -1141,7 +1141,7 @@ async def run_suite(sandbox: Sandbox, *, only: str | Iterable[str] | None = None
             if progress is not None:
                 progress(row)
     finally:
-        import shutil  # noqa: PLC0415
+        import shutil
 
         shutil.rmtree(scratch, ignore_errors=True)
     return rows

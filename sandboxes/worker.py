@@ -154,10 +154,10 @@ def worker_sources() -> dict[str, str]:
 def _load_files_module():
     """``files.py``: from the package on the host, from next to this script in a sandbox."""
     if __package__:
-        from . import files  # noqa: PLC0415
+        from . import files
 
         return files
-    import importlib.util  # noqa: PLC0415
+    import importlib.util
 
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "files.py")
     spec = importlib.util.spec_from_file_location("agentrl_sandbox_files", path)
@@ -345,8 +345,8 @@ class Worker:
             raise _OutputLimit()
 
     def _exec_python(self, code: bytes) -> dict:
-        import linecache  # noqa: PLC0415
-        import traceback  # noqa: PLC0415
+        import linecache
+        import traceback
 
         self.cells += 1
         name = f"<cell-{self.cells}>"
@@ -397,8 +397,8 @@ class Worker:
     )
 
     def _start_bash(self) -> None:
-        import subprocess  # noqa: PLC0415
-        import tempfile  # noqa: PLC0415
+        import subprocess
+        import tempfile
 
         self.cell_dir = tempfile.mkdtemp(prefix=".agentrl-worker-")
         cmd_r, self.cmd_w = os.pipe()
@@ -461,7 +461,7 @@ class Worker:
         return {"ok": True}, data
 
     def _get_dir(self, header: dict) -> tuple[dict, bytes]:
-        import tarfile  # noqa: PLC0415
+        import tarfile
 
         rel = self.files.validate_relpath(header.get("path", "."), allow_root=True)
         max_bytes = int(header.get("max_bytes", self.files.MAX_TOTAL_BYTES))

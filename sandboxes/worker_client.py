@@ -28,7 +28,14 @@ from . import files as _files
 from .base import FileMap, Language, Session
 from .metrics import SandboxMetrics
 from .pool import ConcurrencyLimiter
-from .types import ExecResult, Limits, SandboxConfigError, SandboxError, Status, UnsafePathError
+from .types import (
+    ExecResult,
+    Limits,
+    SandboxConfigError,
+    SandboxError,
+    Status,
+    UnsafePathError,
+)
 from .worker import FrameDecoder, ProtocolError, encode_frame
 
 _ERRORS: dict[str, type[Exception]] = {

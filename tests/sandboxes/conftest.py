@@ -8,7 +8,6 @@ backend's own message saying how to start one (CI starts one; see .ci/run).
 from __future__ import annotations
 
 import pytest
-
 from agentrl.sandboxes import get_sandbox, run_sync
 
 BACKENDS = [

@@ -12,9 +12,13 @@ from __future__ import annotations
 import tempfile
 
 import pytest
-
 from agentrl.sandboxes import Status, run_sync
-from agentrl.sandboxes.selftest import ATTACKS, measure_slowness, run_attack, select_attacks
+from agentrl.sandboxes.selftest import (
+    ATTACKS,
+    measure_slowness,
+    run_attack,
+    select_attacks,
+)
 
 
 @pytest.fixture(scope="module")

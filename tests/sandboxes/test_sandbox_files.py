@@ -8,7 +8,6 @@ import stat
 import tarfile
 
 import pytest
-
 from agentrl.sandboxes import UnsafePathError
 from agentrl.sandboxes import files as F
 

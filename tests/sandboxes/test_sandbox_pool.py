@@ -6,10 +6,21 @@ import asyncio
 import time
 
 import pytest
-
-from agentrl.sandboxes import ExecResult, Limits, SandboxConfigError, Status, get_sandbox, run_sync
+from agentrl.sandboxes import (
+    ExecResult,
+    Limits,
+    SandboxConfigError,
+    Status,
+    get_sandbox,
+    run_sync,
+)
 from agentrl.sandboxes.metrics import METRIC_KEYS, SandboxMetrics, percentile
-from agentrl.sandboxes.pool import ConcurrencyLimiter, PoolFullError, SandboxPool, default_concurrency
+from agentrl.sandboxes.pool import (
+    ConcurrencyLimiter,
+    PoolFullError,
+    SandboxPool,
+    default_concurrency,
+)
 from agentrl.sandboxes.worker import FrameDecoder, ProtocolError, encode_frame
 
 

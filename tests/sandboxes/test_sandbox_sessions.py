@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from agentrl.sandboxes import SandboxError, Status, UnsafePathError, run_sync
 
 
