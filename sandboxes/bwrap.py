@@ -52,6 +52,7 @@ caps. Results printed by the program are whatever it printed: graders must not t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -379,6 +380,15 @@ class BwrapSandbox(Sandbox):
             prefix += [self._setpriv, f"--reuid={self._uid}", f"--regid={self._uid}", "--clear-groups"]
         return prefix
 
+    def _prepare_cgroups(self, limits: Limits) -> None:
+        if self._cgroot is None or self._closed:
+            return
+        try:
+            self._cgroot.prepare(memory_bytes=int(limits.memory_limit_mb) << 20,
+                                 max_pids=int(limits.max_processes), cpus=float(limits.cpus))
+        except OSError as e:  # made on demand instead
+            log.debug("could not prepare cgroups: %s", e)
+
     def _spawn(self, argv: list[str], memfds: Memfds, limits: Limits, *, stdin, stdout, stderr) -> Spawned:
         cg = None
         if self._cgroot is not None:
@@ -436,6 +446,9 @@ class BwrapSandbox(Sandbox):
                 result = ExecResult(Status.SANDBOX_ERROR, backend=self.name, detail=f"{type(e).__name__}: {e}")
         result.extra["queue_wait_s"] = waited
         result.extra["mode"] = self.mode
+        if self._cgroot is not None and not self._closed:
+            # Make the next calls' cgroups now, while the caller digests this result.
+            asyncio.get_running_loop().call_soon(self._prepare_cgroups, limits)
         self._metrics.record(result, latency_s=result.wall_time_s + waited, queue_wait_s=waited)
         return result
 

@@ -151,7 +151,8 @@ class Spawned:
                     self.cg.kill_all(rounds=1)
                 await asyncio.sleep(0.005)
             self.stats = self.cg.stats()
-            self.cg.remove()
+            # rmdir after the caller has its result: the directories are empty already.
+            asyncio.get_running_loop().call_soon(self.cg.remove)
         try:
             os.close(self.pidfd)
         except OSError:
