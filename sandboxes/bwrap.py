@@ -104,6 +104,8 @@ _ETC = {
     "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
 }
 _SHM_MB = 64
+# More files than this travel as one tar unpacked inside (bwrap accepts at most 9000 args).
+_MAX_FILE_ARGS = 200
 # bwrap and its reaper (the sandbox's pid 1, readable at /proc/1/environ by the sandbox user)
 # inherit this environment, never the supervisor's (which may hold API keys).
 _LAUNCH_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
@@ -321,12 +323,21 @@ class BwrapSandbox(Sandbox):
         a += ["--size", str(min(_SHM_MB, limits.work_dir_size_mb) << 20), "--tmpfs", "/dev/shm"]
         a += ["--remount-ro", "/dev"]
         a += ["--size", str(size), "--tmpfs", WORK_DIR, "--size", str(size), "--tmpfs", "/tmp"]
-        for d in _files.parent_dirs(files):
-            a += ["--dir", f"{WORK_DIR}/{d}"]
-        for rel, data in files.items():
-            a += ["--perms", "0644", "--file", str(m.add(data, "file")), f"{WORK_DIR}/{rel}"]
-        if main is not None or worker:
+        untar = len(files) > _MAX_FILE_ARGS
+        if not untar:
+            for d in _files.parent_dirs(files):
+                a += ["--dir", f"{WORK_DIR}/{d}"]
+            for rel, data in files.items():
+                a += ["--perms", "0644", "--file", str(m.add(data, "file")), f"{WORK_DIR}/{rel}"]
+        if main is not None or worker or untar:
             a += ["--dir", _OPT]
+        if untar:
+            # Many files: one tar (built here from validated paths, regular files only),
+            # unpacked inside the sandbox by the sandbox user before the program starts.
+            tar = _files.tar_from_files(files)
+            a += ["--perms", "0444", "--file", str(m.add(tar, "files")), f"{_OPT}/files.tar"]
+            command = ["/bin/sh", "-c", f'tar -xf {_OPT}/files.tar -C {WORK_DIR} || exit 125; exec "$@"',
+                       "sh", *command]
         if main is not None:
             a += ["--perms", "0444", "--file", str(m.add(main[1], "main")), f"{_OPT}/{main[0]}"]
         if worker:

@@ -147,3 +147,10 @@ def test_use_cgroups_true_fails_clearly_when_unavailable(monkeypatch):
     monkeypatch.setattr(cgroups, "probe", lambda: (None, "not running as root: cgroup v1 directories are not writable"))
     with pytest.raises(BackendUnavailableError, match="use_cgroups=True but not running as root"):
         get_sandbox("bwrap", use_cgroups=True)
+
+
+def test_many_files_arrive_intact(sandbox):
+    files = {f"d{i % 7}/f{i}.txt": str(i) for i in range(500)}
+    code = "import os\nn = sum(len(fs) for _, _, fs in os.walk('.'))\nprint(n, open('d3/f493.txt').read())"
+    r = sandbox.run_sync(code, files=files)
+    assert r.ok and r.stdout == "500 493\n", (r.status, r.stderr[-300:])
