@@ -211,11 +211,12 @@ class Candidate:
                 os.setsid()
                 null = os.open(os.devnull, os.O_RDWR)
                 out = self.capture_fd if self.capture_fd is not None else null
-                # Park the fds high first so no dup2 below clobbers another one.
-                for src, high in ((req_r, 100), (resp_w, 101), (null, 102), (out, 103)):
-                    os.dup2(src, high)
-                for high, low in ((102, 0), (103, 1), (103, 2), (100, 3), (101, 4)):
-                    os.dup2(high, low)
+                # Park the fds above all of them first so no dup2 below clobbers another one.
+                park = max(req_r, resp_w, null, out) + 1
+                for i, src in enumerate((null, out, req_r, resp_w)):
+                    os.dup2(src, park + i)
+                for i, low in ((0, 0), (1, 1), (1, 2), (2, 3), (3, 4)):
+                    os.dup2(park + i, low)
                 os.closerange(5, 1 << 16)
                 os.execve(sys.executable, argv, env)
             finally:

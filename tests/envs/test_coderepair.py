@@ -4,6 +4,7 @@ through the bwrap sandbox, including the expert on all 164 HumanEval problems.""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import agentrl.envs as envs
@@ -323,6 +324,8 @@ def test_expert_solves_all_164_through_the_sandbox():
                 obs, reward, terminated, truncated, _ = await e.astep(policy(obs))
                 total, done, turns = total + reward, terminated or truncated, turns + 1
             await e.teardown()
+            visible = next(m["content"] for m in e.transcript if m.get("name") == "run_tests")
+            assert re.match(r"Visible tests: (\d+)/\1 passed\.", visible), (info["task_id"], visible)
             return info["task_id"], total, turns
 
     async def all_episodes():
