@@ -178,6 +178,9 @@ def _ldd_cached(paths: list[str]) -> list[str]:
     return libs
 
 
+_SYSTEM_LIB_DIRS = ("/lib/", "/lib64/", "/usr/lib/", "/usr/lib64/")
+
+
 class _Collector:
     """Adds host paths to a plan, keeping every symlink on the way (like ``cp -P --parents``)."""
 
@@ -225,6 +228,10 @@ class _Collector:
     def add_libraries(self) -> None:
         for lib in _ldd_cached(self.elf):
             self.add(lib)
+            if not lib.startswith(_SYSTEM_LIB_DIRS):
+                # e.g. pyenv's libpython, found through an $ORIGIN rpath that points elsewhere
+                # once the binary sits in /usr/bin: also put it where the loader always looks.
+                self.plan.files.setdefault(f"/usr/lib/{os.path.basename(lib)}", os.path.realpath(lib))
 
 
 def plan_rootfs(python: str | None = None) -> RootfsPlan:
