@@ -5,8 +5,10 @@ How a call runs. Every container is created once from the sandbox image (see
 
     network none (unless Limits.network), read-only root, tmpfs /work and /tmp (size-capped),
     /dev/shm capped, cap_drop ALL + cap_add SETUID/SETGID/KILL (supervisor only, see below),
-    no-new-privileges, default seccomp, pids/memory(+swap, same)/CPU limits, nofile/fsize/core
-    ulimits, docker-init as PID 1, log driver none, a private IPC namespace.
+    no-new-privileges, docker's default seccomp profile, pids/memory(+swap, same)/CPU limits,
+    nofile/fsize/core ulimits, docker-init as PID 1, log driver none, a private IPC namespace;
+    programs and session workers also get the bwrap backend's seccomp deny list
+    (:mod:`agentrl.sandboxes.seccomp`: ptrace, mount, unshare, keyctl, bpf, TIOCSTI...).
 
 Its main process is the in-container supervisor (:mod:`agentrl.sandboxes.docker_supervisor`),
 reached over the container's attached stdin/stdout (one socket per container, read with
@@ -41,6 +43,8 @@ channels, and disk I/O bandwidth (no blkio limits on this engine).
 Requires a reachable Docker engine: ``DOCKER_HOST``, else ``/var/run/docker.sock``, else
 ``$AGENTRL_DOCKER_SOCKET`` (default ``/run/agentrl-docker.sock``, what
 ``.ci/docker_engine.sh`` starts). Unix-socket or plain-TCP engines (not TLS, not ssh).
+The engine connection, attached streams and the container pool live in
+:mod:`agentrl.sandboxes.docker_pool`; this module is the backend and its sessions.
 """
 
 from __future__ import annotations
