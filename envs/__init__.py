@@ -21,6 +21,7 @@ BUILTIN: list[tuple[str, str, str]] = [
     ("CodeRepair", "agentrl.envs.coderepair:CodeRepairEnv", "HumanEval (164): write or repair a function, run visible tests, submit; hidden tests grade; horizon 3-16"),
     ("PythonTool", "agentrl.envs.pythontool:PythonToolEnv", "reasoning-gym procedural tasks (8 generators) with a stateful Python session; scorer reward; horizon 3-10"),
     ("ScienceWorld", "agentrl.envs.scienceworld:ScienceWorldEnv", "ScienceWorld (30 science task types, train/dev/test variations); native score reward; horizon 3-750 turns"),
+    ("TextWorld", "agentrl.envs.textworld_env:TextWorldEnv", "TextWorld quests generated offline and cached; native score reward; horizon quest_length to ~8x"),
 ]
 
 for _name, _entry, _desc in BUILTIN:
