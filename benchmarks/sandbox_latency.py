@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -47,6 +48,11 @@ def stats(samples: list[float]) -> dict[str, float]:
     }
 
 
+def _cpu(who: int) -> float:
+    ru = resource.getrusage(who)
+    return ru.ru_utime + ru.ru_stime
+
+
 def floor_once() -> float:
     t0 = time.perf_counter()
     subprocess.run(FLOOR_CMD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
@@ -69,15 +75,29 @@ async def bench_backend(name: str, n: int, rounds: int) -> dict:
             await sandbox.run("pass")
             floor_once()
         floor, cold = [], []
+        floor_cpu = run_cpu = sandbox_cpu = 0.0
         for _ in range(n):
+            c0 = _cpu(resource.RUSAGE_CHILDREN)
             floor.append(await asyncio.get_running_loop().run_in_executor(None, floor_once))
+            floor_cpu += _cpu(resource.RUSAGE_CHILDREN) - c0
+            s0 = _cpu(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             r = await sandbox.run("pass")
             cold.append(time.perf_counter() - t0)
+            run_cpu += _cpu(resource.RUSAGE_SELF) - s0
+            sandbox_cpu += r.cpu_time_s
             if not r.ok:
                 raise RuntimeError(f"{name}: 'pass' did not run: {r.status} {r.detail} {r.stderr[-300:]}")
         out["floor"] = stats(floor)
         out["cold_run"] = stats(cold)
+        # CPU cost per call, less sensitive to machine load than wall time: the floor's process
+        # vs the supervisor's own CPU plus the sandbox's (cgroup cpuacct where the backend
+        # has it; a container engine's work is not visible here).
+        out["cpu_ms_per_call"] = {
+            "floor_process": round(floor_cpu / n * 1000, 3),
+            "supervisor": round(run_cpu / n * 1000, 3),
+            "sandbox_reported": round(sandbox_cpu / n * 1000, 3),
+        }
 
         session = await sandbox.session("python")
         try:
@@ -147,6 +167,10 @@ def print_table(report: dict) -> None:
             s = r[key]
             note = f"{r[conc]['runs_per_s']} runs/s" if key == conc else ""
             table.add_row(name, label, f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['mean_ms']:.2f}", str(s["n"]), note)
+        cpu = r["cpu_ms_per_call"]
+        table.add_row(name, "CPU ms per call: floor / supervisor + sandbox", f"{cpu['floor_process']:.2f}",
+                      "", f"{cpu['supervisor'] + cpu['sandbox_reported']:.2f}", "",
+                      f"supervisor {cpu['supervisor']:.2f} + sandbox {cpu['sandbox_reported']:.2f}")
         for tname, tv in r["targets"].items():
             table.add_row(name, f"target {tname}", f"{tv['value_ms']:.2f}", "", "", "",
                           "[green]hit[/]" if tv["hit"] else "[red]miss[/]")
