@@ -252,7 +252,7 @@ class BwrapSandbox(Sandbox):
             else:
                 self.mode_reason = reason
         self.mode = "cgroup-v1" if self._cgroot is not None else "rlimits"
-        self._sessions: set[WorkerSession] = set()
+        self._sessions: weakref.WeakSet[WorkerSession] = weakref.WeakSet()  # closed at close()
         self._closed = False
         # Runs at close(), garbage collection or interpreter exit, whichever comes first.
         self._finalizer = weakref.finalize(self, _release, self._cgroot, self._tmp)

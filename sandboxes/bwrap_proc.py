@@ -381,10 +381,10 @@ class BwrapWorker(WorkerProcess):
                 return b""
             fut = self.loop.create_future()
             self.loop.add_reader(self.out_r, lambda: fut.done() or fut.set_result(None))
-            done = asyncio.ensure_future(fut)
             try:
-                await asyncio.wait([done, asyncio.ensure_future(asyncio.shield(self.sp.exited))],
-                                   return_when=asyncio.FIRST_COMPLETED)
+                # Plain futures: asyncio.wait detaches its callbacks afterwards, so a long
+                # session does not accumulate one pending wrapper per read.
+                await asyncio.wait([fut, self.sp.exited], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 self.loop.remove_reader(self.out_r)
             if not fut.done():
