@@ -175,6 +175,9 @@ class Algorithm:
         self._rollout_nll: Tensor | None = None
         self._rollout_entropy: Tensor | None = None
         self._req = self.requirements()
+        # KL to the reference is computed in phase 2 only when it is used: as a loss term or by a
+        # controller (ProRL). A loss with its own KL (Archer) reports it under its own keys.
+        self._track_kl = config.kl.coef > 0 or any("ref_logprobs" in c.requires for c in self.controllers)
 
     # ------------------------------------------------------------------ requirements
     def _shaping_with_source(self, source: str) -> list[tuple[Any, dict[str, Any]]]:
@@ -276,6 +279,7 @@ class Algorithm:
         turn_ids = batch.turn_ids if batch.turn_ids is not None else default_turn_ids(loss_mask)
         torch._assert_async(((turn_ids >= 0) | ~loss_mask).all(), "loss_mask is True on a token with turn id -1")
         s = next((x.shape[1] for x in (batch.turn_rewards, batch.anchor_ids) if x is not None), t)
+        torch._assert_async(((turn_ids < s) | ~loss_mask).all(), "a turn id is >= S, the width of turn_rewards/anchor_ids")
         turn_mask = turn_token_counts(turn_ids, loss_mask, s) > 0
         rewards, metrics = self.shape_rewards(batch)
         keep = self.keep_groups(batch, rewards)
@@ -340,8 +344,10 @@ class Algorithm:
         (see :mod:`.aggregation`); ``micro_batch_fraction``: rows here / rows in the mini-batch.
         Metric keys: ``loss/total``, ``loss/policy``, ``loss/kl``, ``loss/entropy_bonus``,
         ``loss/controllers``, ``policy/ratio_mean``, ``policy/approx_kl``,
-        ``policy/clipfrac_low``, ``policy/clipfrac_high``, ``policy/entropy`` and
-        ``policy/kl_ref`` (when given), plus the method's own (``bapo/*``, ``entropic/*``, ...).
+        ``policy/clipfrac_low``, ``policy/clipfrac_high``; ``policy/entropy`` when entropy is
+        given; ``policy/kl_ref`` when a KL term or controller uses the reference;
+        ``policy/behavior_kl`` (and ``policy/behavior_is_mean``) when behavior logprobs are given;
+        plus the method's own (``bapo/*``, ``entropic/*``, ``skywork/*``, ...).
         """
         req = self._req
         if req["entropy"] and mb.entropy is None:
@@ -367,6 +373,9 @@ class Algorithm:
             weights = mb.token_mask.float()
         if weights is not None:
             metrics["policy/token_mask_frac"] = _stat(masked_mean(weights, mask))
+        if mb.behavior_logprobs is not None:  # sampler vs proximal mismatch (k3 of KL(behavior || proximal))
+            lr = clamped_log_ratio(zero_masked(mb.proximal_logprobs, mask), zero_masked(mb.behavior_logprobs, mask))
+            metrics["policy/behavior_kl"] = _stat(masked_mean(torch.exp(lr) - 1 - lr, mask))
         cap = cfg.off_policy.behavior_is_cap
         if cap is not None and mb.behavior_logprobs is not None:
             isw = torch.exp(clamped_log_ratio(mb.proximal_logprobs, mb.behavior_logprobs)).clamp(max=cap).detach()
@@ -390,16 +399,19 @@ class Algorithm:
         total = policy
         zero = policy.new_zeros(())
         kl_term, ent_term, ctrl_term = zero, zero, zero
-        if mb.ref_logprobs is not None:
+        n_tok = mask.sum()
+        if mb.ref_logprobs is not None and self._track_kl:
             kl_tok = kl_estimate(cfg.kl.estimator, logprobs=zero_masked(mb.logprobs, mask),
                                  ref_logprobs=zero_masked(mb.ref_logprobs, mask), **cfg.kl.options)
-            metrics["policy/kl_ref"] = _stat(masked_mean(kl_tok, mask))
-            self._accumulate("kl_ref", masked_sum(kl_tok, mask), mask.sum())
+            kl_sum = masked_sum(kl_tok.detach(), mask)
+            metrics["policy/kl_ref"] = _stat(kl_sum / n_tok.clamp(min=1))
+            self._accumulate("kl_ref", kl_sum, n_tok)
             if cfg.kl.coef > 0:
                 kl_term = cfg.kl.coef * agg(kl_tok, mask)
         if mb.entropy is not None:
-            metrics["policy/entropy"] = _stat(masked_mean(mb.entropy, mask))
-            self._accumulate("entropy", masked_sum(mb.entropy, mask), mask.sum())
+            ent_sum = masked_sum(mb.entropy.detach(), mask)
+            metrics["policy/entropy"] = _stat(ent_sum / n_tok.clamp(min=1))
+            self._accumulate("entropy", ent_sum, n_tok)
             if cfg.entropy_coef > 0:
                 ent_term = -cfg.entropy_coef * agg(mb.entropy, mask)
         for out in ctrl:

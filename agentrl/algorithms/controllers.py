@@ -101,8 +101,9 @@ class Controller:
             setattr(self, "_" + key, torch.as_tensor(value, dtype=torch.float32).clone())
 
 
-def _scalar(value: float, like: Tensor | None = None) -> Tensor:
-    return torch.tensor(float(value), dtype=torch.float32, device=None if like is None else like.device)
+def _scalar(value: float) -> Tensor:
+    """A 0-dim float32 CPU tensor; controllers move their state to the data's device on first use."""
+    return torch.tensor(float(value), dtype=torch.float32)
 
 
 def _grid(start: float, maximum: float, step: float) -> list[float]:
@@ -162,19 +163,42 @@ class BAPOController(Controller):
         self.high_grid = _grid(ratio_upper_start, max(ratio_upper_max, ratio_upper_start), max(ratio_upper_step, 0.0))
         self.metric = metric
         self.eps = float(eps)
+        self._grids: dict[str, tuple[Tensor, Tensor]] = {}
 
-    def _pos_neg(self, r: Tensor, a: Tensor, mask: Tensor, c_low: Tensor, c_high: Tensor) -> tuple[Tensor, Tensor]:
-        # r, a, mask: [N]; c_low / c_high: [K, 1] or [1, 1] -> pos, neg: [K]
-        pos_w = torch.where(mask & (a >= 0), a, torch.zeros_like(a))
-        neg_w = torch.where(mask & (a < 0), -a, torch.zeros_like(a))
-        if self.metric == "code":
-            pos = (torch.minimum(r, c_high) * pos_w).sum(-1)
-            neg = (torch.maximum(r, c_low) * neg_w).sum(-1)
-        else:
-            pos = torch.where(r <= c_high, r * pos_w, torch.zeros_like(r)).sum(-1)
-            neg = torch.where(r >= c_low, r * neg_w, torch.zeros_like(r)).sum(-1)
-        k = max(c_low.shape[0], c_high.shape[0])
-        return pos.expand(k), neg.expand(k)
+    def _grid_tensors(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The candidate bounds as float64 tensors on ``device``, built once per device (no
+        host-to-device copy per micro-batch)."""
+        key = str(device)
+        if key not in self._grids:
+            self._grids[key] = (torch.as_tensor(self.low_grid, dtype=torch.float64).to(device),
+                                torch.as_tensor(self.high_grid, dtype=torch.float64).to(device))
+        return self._grids[key]
+
+    def _contributions(self, r: Tensor, a: Tensor, mask: Tensor, lows: Tensor, highs: Tensor) -> tuple[Tensor, Tensor]:
+        """``pos`` at every upper candidate ``[K_high]`` and ``neg`` at every lower one ``[K_low]``.
+
+        ``pos`` depends only on c_high and ``neg`` only on c_low, so both curves come from one
+        bucketing of the tokens by candidate: O(N log K), not O(N K). Ties ``r == c`` give the same
+        value on either side of ``min``/``max``, so the bucket edge convention does not matter
+        for the code metric; the paper metric uses ``r <= c_high`` and ``r >= c_low``.
+        """
+        zero = torch.zeros((), dtype=r.dtype, device=r.device)
+        pos_w = torch.where(mask & (a >= 0), a, zero)
+        neg_w = torch.where(mask & (a < 0), -a, zero)
+        # upper: b = #candidates < r, so r <= highs[j] <=> b <= j
+        b = torch.bucketize(r, highs)
+        kh = highs.numel() + 1
+        rw = torch.zeros(kh, dtype=r.dtype, device=r.device).index_add_(0, b, r * pos_w).cumsum(0)[:-1]
+        ww = torch.zeros(kh, dtype=r.dtype, device=r.device).index_add_(0, b, pos_w).cumsum(0)[:-1]
+        pos = rw if self.metric == "paper" else rw + highs * (pos_w.sum() - ww)
+        # lower: b = #candidates <= r, so r >= lows[j] <=> b > j
+        b = torch.bucketize(r, lows, right=True)
+        kl = lows.numel() + 1
+        rw = torch.zeros(kl, dtype=r.dtype, device=r.device).index_add_(0, b, r * neg_w).cumsum(0)[:-1]
+        ww = torch.zeros(kl, dtype=r.dtype, device=r.device).index_add_(0, b, neg_w).cumsum(0)[:-1]
+        above = (r * neg_w).sum() - rw
+        neg = above if self.metric == "paper" else above + lows * ww
+        return pos, neg
 
     def _ratio(self, pos: Tensor, neg: Tensor) -> Tensor:
         return torch.where(neg <= 0, torch.full_like(pos, math.inf), pos / (neg + self.eps))
@@ -182,25 +206,17 @@ class BAPOController(Controller):
     def search(self, *, ratio: Tensor, advantages: Tensor, loss_mask: Tensor,
                all_reduce: AllReduce | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``(c_low, c_high, pos_neg_ratio)`` as 0-dim float64 tensors for one micro-batch."""
-        dev = ratio.device
         r = ratio.detach().reshape(-1).to(torch.float64)
         a = advantages.detach().reshape(-1).to(torch.float64)
-        m = loss_mask.reshape(-1)
-        lows = torch.tensor(self.low_grid, dtype=torch.float64, device=dev)
-        highs = torch.tensor(self.high_grid, dtype=torch.float64, device=dev)
-        h0 = highs[:1].unsqueeze(1)
-        pos_l, neg_l = self._pos_neg(r, a, m, lows.unsqueeze(1), h0)
-        stats = torch.cat([pos_l, neg_l])
-        stats = stats if all_reduce is None else all_reduce(stats)
-        pos_l, neg_l = stats[: len(lows)], stats[len(lows):]
-        k = first_true_index(self._ratio(pos_l, neg_l) >= self.target)
-        c_low = lows[k]
-        pos_h, neg_h = self._pos_neg(r, a, m, c_low.reshape(1, 1), highs.unsqueeze(1))
-        stats = torch.cat([pos_h, neg_h])
-        stats = stats if all_reduce is None else all_reduce(stats)
-        ratios = self._ratio(stats[: len(highs)], stats[len(highs):])
+        lows, highs = self._grid_tensors(r.device)
+        pos, neg = self._contributions(r, a, loss_mask.reshape(-1), lows, highs)
+        if all_reduce is not None:
+            both = all_reduce(torch.cat([pos, neg]))
+            pos, neg = both[: highs.numel()], both[highs.numel():]
+        k = first_true_index(self._ratio(pos[:1].expand_as(neg), neg) >= self.target)
+        ratios = self._ratio(pos, neg[k].expand_as(pos))
         j = first_true_index(ratios >= self.target)
-        return c_low, highs[j], ratios[j]
+        return lows[k], highs[j], ratios[j]
 
     def micro_batch(self, view: LossView) -> ControllerOutput:
         ratio = torch.exp(clamped_log_ratio(view.logprobs.detach(), view.proximal_logprobs))
@@ -328,7 +344,8 @@ class SkyworkEntropyController(Controller):
     def micro_batch(self, view: LossView) -> ControllerOutput:
         if view.entropy is None:
             raise ValueError("skywork controller needs the current policy's entropy in the micro-batch")
-        coef = self.effective_coef.to(view.entropy.device)
+        self._coef, self._gate = self._coef.to(view.entropy.device), self._gate.to(view.entropy.device)
+        coef = self.effective_coef
         bonus = view.aggregate(view.entropy, view.loss_mask)
         metrics = {"skywork/coef": self._coef.detach().clone(), "skywork/gate": self._gate.detach().clone(),
                    "skywork/effective_coef": coef.detach()}

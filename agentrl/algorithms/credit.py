@@ -92,7 +92,7 @@ def discounted_turn_returns(turn_rewards: Tensor, turn_mask: Tensor, gamma: floa
     num_turns = turn_rewards.shape[1]
     s = torch.arange(num_turns, device=turn_rewards.device, dtype=torch.float64)
     diff = s.unsqueeze(1) - s.unsqueeze(0)  # [s', s] = s' - s
-    disc = torch.where(diff >= 0, torch.pow(torch.tensor(gamma, dtype=torch.float64), diff.clamp(min=0)),
+    disc = torch.where(diff >= 0, torch.pow(float(gamma), diff.clamp(min=0)),
                        torch.zeros((), dtype=torch.float64))
     r = torch.where(turn_mask, turn_rewards.to(torch.float64), torch.zeros((), dtype=torch.float64))
     ret = r @ disc

@@ -45,7 +45,7 @@ def _chunk_stats(z: Tensor, targets: Tensor, compute_entropy: bool) -> tuple[Ten
         return logp, None
     logp_all = z - lse.unsqueeze(-1)
     p = logp_all.exp()
-    ent = -(p.unsqueeze(-2) @ logp_all.unsqueeze(-1)).reshape(lse.shape)
+    ent = -torch.linalg.vecdot(p, logp_all)
     return logp, ent
 
 
@@ -116,7 +116,7 @@ class _HiddenHead(torch.autograd.Function):
                 if compute_entropy:
                     z.sub_(lse.unsqueeze(-1))  # z is now log p
                     p = z.exp()
-                    ent[s:e] = -(p.unsqueeze(-2) @ z.unsqueeze(-1)).reshape(-1)
+                    ent[s:e] = -torch.linalg.vecdot(p, z)
                     del p
                 del z
         ctx.save_for_backward(hidden, weight, bias, targets, lse_all, ent)

@@ -51,26 +51,27 @@ def _frac(flags: Tensor, loss_mask: Tensor) -> Tensor:
     return masked_mean(flags.float(), loss_mask).detach()
 
 
-def ppo_per_token(ratio: Tensor, advantages: Tensor, eps_low: float | Tensor, eps_high: float | Tensor,
+def ppo_per_token(ratio: Tensor, advantages: Tensor, lower: float | Tensor, upper: float | Tensor,
                   clip_ratio_c: float | None) -> tuple[Tensor, dict[str, Tensor]]:
-    """verl's vanilla per-token PPO loss and the branch flags.
+    """verl's vanilla per-token PPO loss with *absolute* ratio bounds, and the branch flags.
 
-    ``pg1 = -A r``, ``pg2 = -A clip(r, 1-eps_low, 1+eps_high)``, ``L = max(pg1, pg2)``; with
+    ``pg1 = -A r``, ``pg2 = -A clip(r, lower, upper)``, ``L = max(pg1, pg2)``; with
     ``clip_ratio_c`` set, ``L = min(L, -A c)`` where ``A < 0`` (dual clip, arXiv 1912.09729).
-    ``eps_low``/``eps_high`` may be floats or tensors broadcastable to ``ratio``.
-    Flags: ``high`` (A > 0, upper clip active: zero gradient), ``low`` (A < 0, lower clip
-    active: zero gradient), ``dual`` (A < 0, dual clip active: zero gradient).
+    Bounds may be floats or tensors broadcastable to ``ratio`` (callers turn epsilons into
+    ``1 - eps_low``, ``1 + eps_high``). Flags: ``high`` (A > 0, upper clip active: zero gradient),
+    ``low`` (A < 0, lower clip active: zero gradient), ``dual`` (A < 0, dual clip active).
     """
     pg1 = -advantages * ratio
-    pg2 = -advantages * torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    pg2 = -advantages * torch.clamp(ratio, lower, upper)
     clipped = pg2 > pg1
     loss = torch.maximum(pg1, pg2)
-    flags = {"high": clipped & (advantages > 0), "low": clipped & (advantages < 0)}
+    pos = advantages > 0
+    flags = {"high": clipped & pos, "low": clipped & ~pos}  # clipped implies A != 0
     if clip_ratio_c is not None:
         pg3 = -advantages * clip_ratio_c
-        neg = advantages < 0
-        flags["dual"] = neg & (loss > pg3)
-        loss = torch.where(neg, torch.minimum(loss, pg3), loss)
+        dual = (advantages < 0) & (loss > pg3)
+        flags["dual"] = dual
+        loss = torch.where(dual, pg3, loss)
     return loss, flags
 
 
@@ -107,7 +108,7 @@ def ppo_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor,
     _check_dual_clip(clip_ratio_c)
     logprobs, proximal_logprobs, advantages = _clean(loss_mask, logprobs, proximal_logprobs, advantages)
     ratio = torch.exp(clamped_log_ratio(logprobs, proximal_logprobs))
-    per_token, flags = ppo_per_token(ratio, advantages, eps_low, eps_high, clip_ratio_c)
+    per_token, flags = ppo_per_token(ratio, advantages, 1.0 - eps_low, 1.0 + eps_high, clip_ratio_c)
     loss = aggregate(_weighted(per_token, token_weights), loss_mask)
     return loss, _clip_metrics(flags, loss_mask)
 
@@ -207,7 +208,7 @@ def clip_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Te
     """
     logprobs, proximal_logprobs, advantages = _clean(loss_mask, logprobs, proximal_logprobs, advantages)
     ratio = torch.exp(clamped_log_ratio(logprobs, proximal_logprobs))
-    per_token, flags = ppo_per_token(ratio, advantages, eps_low, eps_high, None)
+    per_token, flags = ppo_per_token(ratio, advantages, 1.0 - eps_low, 1.0 + eps_high, None)
     clip_by_origin = flags["high"] | flags["low"]
     cov = _covariance(advantages, logprobs, loss_mask)
     candidates = loss_mask & ~clip_by_origin & (cov > clip_cov_lb) & (cov < clip_cov_ub)
@@ -294,10 +295,10 @@ def archer_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tens
     q = masked_quantile(ent, loss_mask, token_entropy_quantile, dim=-1).unsqueeze(-1)
     high = loss_mask & (ent > q)
     low = loss_mask & ~high
-    eps_low = torch.where(high, high_entropy_eps_low, low_entropy_eps_low)
-    eps_high = torch.where(high, high_entropy_eps_high, low_entropy_eps_high)
+    lower = torch.where(high, 1.0 - high_entropy_eps_low, 1.0 - low_entropy_eps_low)
+    upper = torch.where(high, 1.0 + high_entropy_eps_high, 1.0 + low_entropy_eps_high)
     ratio = torch.exp(clamped_log_ratio(logprobs, proximal_logprobs))
-    per_token, flags = ppo_per_token(ratio, advantages, eps_low, eps_high, clip_ratio_c)
+    per_token, flags = ppo_per_token(ratio, advantages, lower, upper, clip_ratio_c)
     loss = aggregate(_weighted(per_token, token_weights), loss_mask)
     metrics = _clip_metrics(flags, loss_mask)
     metrics["archer/high_entropy_frac"] = _frac(high, loss_mask)

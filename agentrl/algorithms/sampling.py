@@ -46,7 +46,7 @@ def dynamic_sampling_keep(*, metric: Tensor, group_ids: Tensor, valid: Tensor | 
     n = metric.shape[0]
     m = metric.to(torch.float64)
     ok = torch.ones(n, dtype=torch.bool, device=m.device) if valid is None else valid.bool()
-    inf = torch.tensor(torch.inf, dtype=m.dtype, device=m.device)
+    inf = torch.full((), torch.inf, dtype=m.dtype, device=m.device)
     gmax = torch.full((n,), -torch.inf, dtype=m.dtype, device=m.device).scatter_reduce(0, ids, torch.where(ok, m, -inf), "amax")
     gmin = torch.full((n,), torch.inf, dtype=m.dtype, device=m.device).scatter_reduce(0, ids, torch.where(ok, m, inf), "amin")
     count = segment_sum(ok.to(m.dtype), ids, n)

@@ -77,7 +77,7 @@ def empg(*, turn_advantages: Tensor, step_entropy: Tensor, turn_mask: Tensor, k:
     """
     m = turn_mask
     h = step_entropy.detach().to(torch.float64)
-    inf = torch.tensor(math.inf, dtype=h.dtype, device=h.device)
+    inf = torch.full((), math.inf, dtype=h.dtype, device=h.device)
     h_min = torch.where(m, h, inf).amin()
     h_max = torch.where(m, h, -inf).amax()
     hn = zero_masked((h - h_min) / (h_max - h_min + eps), m)

@@ -17,7 +17,7 @@ from .synthetic import micro_batch, multi_turn_batch, rollout_batch
 ROOT = Path(__file__).resolve().parents[2]
 METHOD_FILES = sorted((ROOT / "configs" / "methods").glob("*.yaml"))
 COMMON_KEYS = {"loss/total", "loss/policy", "loss/kl", "loss/entropy_bonus", "loss/controllers", "policy/ratio_mean",
-               "policy/approx_kl", "policy/clipfrac_low", "policy/clipfrac_high", "policy/entropy", "policy/kl_ref"}
+               "policy/approx_kl", "policy/clipfrac_low", "policy/clipfrac_high", "policy/entropy", "policy/behavior_kl"}
 METHOD_KEYS = {"bapo": "bapo/c_high", "entropic": "entropic/alpha", "skywork": "skywork/coef", "empg": "empg/g_mean",
                "forking_tokens": "forking/threshold", "clip_cov": "clip_cov/selected_frac",
                "kl_cov": "kl_cov/selected_frac", "archer": "archer/high_entropy_frac",
@@ -55,6 +55,8 @@ def test_every_method_file_runs_both_phases(path):
     assert not logp.grad[~adv.loss_mask].any()
     missing = COMMON_KEYS - set(metrics)
     assert not missing, missing
+    if cfg.kl.coef > 0:
+        assert "policy/kl_ref" in metrics
     for name, key in METHOD_KEYS.items():
         used = name in (cfg.loss.name, cfg.estimator.name) or name in [s.name for s in cfg.shaping + cfg.controllers] \
             or (cfg.token_mask is not None and cfg.token_mask.name == name)
@@ -113,6 +115,10 @@ def test_missing_required_inputs_are_clear_errors():
         rb2 = rollout_batch(d)
         rb2.anchor_ids = None
         build_algorithm({"estimator": "gigpo"}).compute_advantages(rb2)
+    bad = rollout_batch(d)
+    bad.turn_ids = torch.where(bad.loss_mask, -1, bad.turn_ids)  # policy tokens without a turn id
+    with pytest.raises(RuntimeError, match="turn id"):
+        build_algorithm({}).compute_advantages(bad)
     with pytest.raises(ValueError, match="group_ids"):
         RolloutBatch(rewards=torch.zeros(2), group_ids=torch.zeros(3, dtype=torch.long),
                      loss_mask=torch.ones(2, 4, dtype=torch.bool)).validate()

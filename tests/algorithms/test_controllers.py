@@ -222,3 +222,47 @@ def test_controller_state_round_trip():
     with pytest.raises(KeyError):
         p2.load_state_dict({"bogus": 1.0})
     assert t is not None
+
+
+def _reference_bapo(r, a, metric, target=1.0, low=(0.6, 0.8, 0.05), high=(1.2, 2.0, 0.05), eps=1e-8):
+    """Direct port of the reference while-loops (recipe/bapo/policy_loss.py), float64, Python."""
+    def ratio(cl, ch):
+        pos = neg = 0.0
+        for ri, ai in zip(r, a):
+            if metric == "code":
+                eff = min(ri, ch) if ai >= 0 else max(ri, cl)
+                pos += max(eff * ai, 0.0)
+                neg += max(-eff * ai, 0.0)
+            else:
+                if ai >= 0 and ri <= ch:
+                    pos += ri * ai
+                if ai < 0 and ri >= cl:
+                    neg += -ri * ai
+        return math.inf if neg <= 0 else pos / (neg + eps)
+
+    cl, ch = low[0], high[0]
+    cur = ratio(cl, ch)
+    while cur < target and cl < low[1]:
+        cl = min(cl + low[2], low[1])
+        cur = ratio(cl, ch)
+        if cur >= target:
+            break
+    while cur < target and ch < high[1]:
+        ch = min(ch + high[2], high[1])
+        cur = ratio(cl, ch)
+        if cur >= target:
+            break
+    return cl, ch
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.05, 4.0), st.floats(-2.0, 2.0)), min_size=1, max_size=16),
+       st.sampled_from(["code", "paper"]), st.floats(0.3, 2.0))
+def test_bapo_vectorised_search_matches_reference_loops(pairs, metric, target):
+    r = [p[0] for p in pairs]
+    a = [p[1] for p in pairs]
+    want = _reference_bapo(r, a, metric, target)
+    got = BAPOController(metric=metric, target_ratio=target).search(
+        ratio=torch.tensor([r], dtype=torch.float64), advantages=torch.tensor([a], dtype=torch.float64),
+        loss_mask=torch.ones(1, len(r), dtype=torch.bool))
+    assert float(got[0]) == pytest.approx(want[0], abs=1e-12) and float(got[1]) == pytest.approx(want[1], abs=1e-12)

@@ -45,6 +45,9 @@ def test_no_host_sync_calls(path):
                 bad.append(f"{path.name}:{node.lineno} {name}()")
             if name in RANDOM_FNS and not any(k.arg == "generator" for k in node.keywords):
                 bad.append(f"{path.name}:{node.lineno} {name}() without generator=")
+            if name == "tensor" and any(k.arg == "device" for k in node.keywords):
+                bad.append(f"{path.name}:{node.lineno} torch.tensor(..., device=) copies host data to the device; "
+                           f"use torch.full/zeros or cache the tensor")
     assert not bad, "host syncs / unseeded randomness in the methods code:\n" + "\n".join(bad)
 
 
