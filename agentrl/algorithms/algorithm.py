@@ -349,13 +349,7 @@ class Algorithm:
         ``policy/behavior_kl`` (and ``policy/behavior_is_mean``) when behavior logprobs are given;
         plus the method's own (``bapo/*``, ``entropic/*``, ``skywork/*``, ...).
         """
-        req = self._req
-        if req["entropy"] and mb.entropy is None:
-            raise ValueError("this algorithm needs MicroBatch.entropy (current-policy entropy per token)")
-        if req["entropy_grad"] and mb.entropy is not None and not mb.entropy.requires_grad and torch.is_grad_enabled():
-            raise ValueError("the entropy bonus needs MicroBatch.entropy with gradient (compute it without no_grad)")
-        if req["ref_logprobs"] and mb.ref_logprobs is None:
-            raise ValueError("this algorithm needs MicroBatch.ref_logprobs (kl.coef > 0, prorl or archer KL)")
+        self._check_micro_batch(mb)
         cfg = self.config
         mask = mb.loss_mask
         agg = make_aggregate(cfg.aggregation.name, num_tokens=num_tokens, num_seqs=num_seqs, **cfg.aggregation.options)
@@ -364,24 +358,7 @@ class Algorithm:
         for entry, opts in self._shaping_with_source("current"):
             adv, m = entry.obj(advantages=adv, entropy=mb.entropy, loss_mask=mask, **opts)
             metrics.update(m)
-        weights = None
-        if self._token_mask_source() == "current":
-            tm, m = self.token_mask.obj(entropy=mb.entropy, loss_mask=mask, **cfg.token_mask.options)
-            metrics.update(m)
-            weights = tm.float()
-        elif mb.token_mask is not None:
-            weights = mb.token_mask.float()
-        if weights is not None:
-            metrics["policy/token_mask_frac"] = _stat(masked_mean(weights, mask))
-        if mb.behavior_logprobs is not None:  # sampler vs proximal mismatch (k3 of KL(behavior || proximal))
-            lr = clamped_log_ratio(zero_masked(mb.proximal_logprobs, mask), zero_masked(mb.behavior_logprobs, mask))
-            metrics["policy/behavior_kl"] = _stat(masked_mean(torch.exp(lr) - 1 - lr, mask))
-        cap = cfg.off_policy.behavior_is_cap
-        if cap is not None and mb.behavior_logprobs is not None:
-            isw = torch.exp(clamped_log_ratio(mb.proximal_logprobs, mb.behavior_logprobs)).clamp(max=cap).detach()
-            isw = zero_masked(isw, mask)
-            metrics["policy/behavior_is_mean"] = _stat(masked_mean(isw, mask))
-            weights = isw if weights is None else weights * isw
+        weights = self._token_weights(mb, metrics)
         view = LossView(logprobs=mb.logprobs, proximal_logprobs=mb.proximal_logprobs, advantages=adv, loss_mask=mask,
                         aggregate=agg, entropy=mb.entropy, micro_batch_fraction=micro_batch_fraction,
                         all_reduce=self.all_reduce)
@@ -396,9 +373,61 @@ class Algorithm:
         policy, loss_metrics = self.loss_entry.obj(**{k: tensors[k] for k in self.loss_entry.inputs}, **options,
                                                    aggregate=agg, token_weights=weights, **extra)
         metrics.update(loss_metrics)
-        total = policy
-        zero = policy.new_zeros(())
-        kl_term, ent_term, ctrl_term = zero, zero, zero
+        kl_term, ent_term = self._regularisers(mb, agg, metrics)
+        ctrl_term = policy.new_zeros(())
+        for out in ctrl:
+            if out.extra_loss is not None:
+                ctrl_term = ctrl_term + out.extra_loss
+        total = policy + kl_term + ent_term + ctrl_term
+        log_ratio = clamped_log_ratio(zero_masked(mb.logprobs.detach(), mask), zero_masked(mb.proximal_logprobs, mask))
+        ratio = torch.exp(log_ratio)
+        metrics.update({
+            "loss/total": _stat(total), "loss/policy": _stat(policy), "loss/kl": _stat(kl_term),
+            "loss/entropy_bonus": _stat(ent_term), "loss/controllers": _stat(ctrl_term),
+            "policy/ratio_mean": _stat(masked_mean(ratio, mask)),
+            "policy/approx_kl": _stat(masked_mean((ratio - 1) - log_ratio, mask)),
+        })
+        return total, metrics
+
+    def _check_micro_batch(self, mb: MicroBatch) -> None:
+        req = self._req
+        if req["entropy"] and mb.entropy is None:
+            raise ValueError("this algorithm needs MicroBatch.entropy (current-policy entropy per token)")
+        if req["entropy_grad"] and mb.entropy is not None and not mb.entropy.requires_grad and torch.is_grad_enabled():
+            raise ValueError("the entropy bonus needs MicroBatch.entropy with gradient (compute it without no_grad)")
+        if req["ref_logprobs"] and mb.ref_logprobs is None:
+            raise ValueError("this algorithm needs MicroBatch.ref_logprobs (kl.coef > 0, prorl or archer KL)")
+
+    def _token_weights(self, mb: MicroBatch, metrics: dict[str, Tensor]) -> Tensor | None:
+        """Detached per-token multipliers of the policy loss: the token mask (current scope, or
+        the batch-scope slice carried by the micro-batch) times the truncated behavior IS weight."""
+        mask = mb.loss_mask
+        weights = None
+        if self._token_mask_source() == "current":
+            tm, m = self.token_mask.obj(entropy=mb.entropy, loss_mask=mask, **self.config.token_mask.options)
+            metrics.update(m)
+            weights = tm.float()
+        elif mb.token_mask is not None:
+            weights = mb.token_mask.float()
+        if weights is not None:
+            metrics["policy/token_mask_frac"] = _stat(masked_mean(weights, mask))
+        if mb.behavior_logprobs is not None:  # sampler vs proximal mismatch (k3 of KL(behavior || proximal))
+            lr = clamped_log_ratio(zero_masked(mb.proximal_logprobs, mask), zero_masked(mb.behavior_logprobs, mask))
+            metrics["policy/behavior_kl"] = _stat(masked_mean(torch.exp(lr) - 1 - lr, mask))
+            cap = self.config.off_policy.behavior_is_cap
+            if cap is not None:
+                isw = zero_masked(torch.exp(lr).clamp(max=cap).detach(), mask)
+                metrics["policy/behavior_is_mean"] = _stat(masked_mean(isw, mask))
+                weights = isw if weights is None else weights * isw
+        return weights
+
+    def _regularisers(self, mb: MicroBatch, agg: Callable[[Tensor, Tensor], Tensor],
+                      metrics: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(kl_term, entropy_term)``: ``kl.coef * agg(KL)`` and ``-entropy_coef * agg(H)``; also
+        the step accumulators the controllers read at ``end_train_step``."""
+        cfg, mask = self.config, mb.loss_mask
+        zero = mb.logprobs.new_zeros(())
+        kl_term, ent_term = zero, zero
         n_tok = mask.sum()
         if mb.ref_logprobs is not None and self._track_kl:
             kl_tok = kl_estimate(cfg.kl.estimator, logprobs=zero_masked(mb.logprobs, mask),
@@ -414,19 +443,7 @@ class Algorithm:
             self._accumulate("entropy", ent_sum, n_tok)
             if cfg.entropy_coef > 0:
                 ent_term = -cfg.entropy_coef * agg(mb.entropy, mask)
-        for out in ctrl:
-            if out.extra_loss is not None:
-                ctrl_term = ctrl_term + out.extra_loss
-        total = policy + kl_term + ent_term + ctrl_term
-        log_ratio = clamped_log_ratio(zero_masked(mb.logprobs.detach(), mask), zero_masked(mb.proximal_logprobs, mask))
-        ratio = torch.exp(log_ratio)
-        metrics.update({
-            "loss/total": _stat(total), "loss/policy": _stat(policy), "loss/kl": _stat(kl_term),
-            "loss/entropy_bonus": _stat(ent_term), "loss/controllers": _stat(ctrl_term),
-            "policy/ratio_mean": _stat(masked_mean(ratio, mask)),
-            "policy/approx_kl": _stat(masked_mean((ratio - 1) - log_ratio, mask)),
-        })
-        return total, metrics
+        return kl_term, ent_term
 
     # ------------------------------------------------------------------ step end, state
     def end_train_step(self) -> StepResult:
