@@ -50,3 +50,15 @@ def test_import_boundaries(module, forbidden_prefixes):
     loaded = _imported_after(module)
     bad = sorted(m for m in loaded for p in forbidden_prefixes if m == p or m.startswith(p + "."))
     assert not bad, f"{module} must not import {bad}"
+
+
+def test_building_every_env_imports_no_torch():
+    """Constructing each registered env (tool schemas included) keeps torch/ray/vllm out."""
+    code = (
+        "import sys, agentrl.envs as envs\n"
+        "for e in envs.list_envs():\n"
+        "    envs.make(e).close()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray', 'vllm')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
