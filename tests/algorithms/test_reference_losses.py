@@ -272,3 +272,43 @@ def test_archer_single_valid_token_is_low_entropy():
                           loss_mask=mask(1, 0), entropy=row(5.0, 0.0), kl_coef_low=0.0)
     close(loss, -1.2)
     close(m["archer/high_entropy_frac"], 0.0)
+
+
+# ---------------------------------------------------------------- 80/20 forking tokens (METHODS 3e)
+def test_forking_tokens_worked_example_through_the_loss():
+    # H = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.9, 1.8, 2.5]: quantile(0.8) at position 7.2
+    # = 0.9 + 0.2*(1.8-0.9) = 1.08 -> tokens 1.8 and 2.5 selected (2 of 10).
+    # With r = 1 and A = [1..10]: per-token PPO loss -A; loss = (-9 - 10) / 10 (denominator: ALL 10)
+    from agentrl.algorithms import MicroBatch, build_algorithm
+    from agentrl.algorithms.token_masks import forking_tokens_mask
+
+    ent = row(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.9, 1.8, 2.5)
+    sel, m = forking_tokens_mask(entropy=ent, loss_mask=ones_mask(10))
+    close(m["forking/threshold"], 1.08)
+    assert sel.tolist() == [[False] * 8 + [True, True]]
+    algo = build_algorithm({"loss": {"name": "ppo", "eps_high": 0.28, "clip_ratio_c": 10.0},
+                            "token_mask": {"name": "forking_tokens", "top_quantile": 0.2}})
+    logp = row(*([-1.0] * 10), requires_grad=True)
+    adv = row(*[float(i) for i in range(1, 11)])
+    loss, metrics = algo.loss(MicroBatch(logprobs=logp, proximal_logprobs=logp.detach(), advantages=adv,
+                                         loss_mask=ones_mask(10), entropy=ent))
+    close(loss, (-9.0 - 10.0) / 10)
+    loss.backward()
+    close(logp.grad, [[0.0] * 8 + [-0.9, -1.0]])
+    close(metrics["policy/token_mask_frac"], 0.2)
+
+
+# ---------------------------------------------------------------- ProRL KL term (METHODS 11e)
+def test_prorl_kl_contribution_and_reset():
+    # k3(logp -1, ref -1.2) = 0.018731; beta 1e-4 -> 1.873e-6 per token (token-mean of equal values).
+    # Right after a reset (ref == logp) the contribution is 0.
+    from agentrl.algorithms import MicroBatch, build_algorithm
+
+    algo = build_algorithm({"kl": {"estimator": "k3", "coef": 1e-4}, "controllers": [{"name": "prorl"}]})
+    lp = row(-1.0, -1.0, -1.0)
+    out = algo.loss(MicroBatch(logprobs=lp, proximal_logprobs=lp, advantages=row(0, 0, 0), loss_mask=ones_mask(3),
+                               ref_logprobs=row(-1.2, -1.2, -1.2)))
+    close(out[1]["loss/kl"], 1e-4 * (E(-0.2) + 0.2 - 1), atol=1e-12, rtol=1e-5)
+    after = algo.loss(MicroBatch(logprobs=lp, proximal_logprobs=lp, advantages=row(0, 0, 0), loss_mask=ones_mask(3),
+                                 ref_logprobs=lp))
+    close(after[1]["loss/kl"], 0.0)
