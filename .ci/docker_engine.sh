@@ -118,3 +118,9 @@ stop_docker_engine() {
         echo "docker engine: not running"
     fi
 }
+
+# Run as a script (`bash .ci/docker_engine.sh start|stop`) as well as sourced.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  set -euo pipefail
+  "${1:-start}_docker_engine"
+fi

@@ -44,6 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     hl.add_argument("--backend", default=DEFAULT_BACKEND, help=f"one of: {backends}")
     hl.set_defaults(func=_health)
 
+    from .images import add_build_image_parser
+
+    add_build_image_parser(sub)
+
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 

@@ -47,7 +47,7 @@ captured at the file-descriptor level (fds 1 and 2 are pipes drained by a thread
 cell runs), so ``os.write(1, ...)`` and subprocesses are captured too; stdin is /dev/null.
 
 Bash kind: one ``bash --noprofile --norc`` process; each snippet is written to a private file
-and ``source``d by a driver loop, so ``cd``, variables and functions persist; ``exit_code`` is
+and ``eval``d by a driver loop (no temp path in error messages), so ``cd``, variables and functions persist; ``exit_code`` is
 ``$?``. ``exit`` ends the shell (``alive: false``).
 
 Trust: this process shares the sandbox with the code it runs. A cell can read the worker's
@@ -391,7 +391,10 @@ class Worker:
     # -- bash --------------------------------------------------------------------------------
     _DRIVER = (
         'while IFS= read -r __agentrl_cell <&60; do '
-        'builtin source "$__agentrl_cell" </dev/null; '
+        # eval of the text (read with a builtin, no fork) rather than `source FILE`, so error
+        # messages say "bash: ..." instead of leaking the worker's temp path.
+        "IFS= builtin read -r -d '' __agentrl_code < \"$__agentrl_cell\"; "
+        'builtin eval "$__agentrl_code" </dev/null; '
         "builtin printf '%s\\n' \"$?\" >&61; "
         "done"
     )

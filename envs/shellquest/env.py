@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from agentrl.sandboxes import ExecResult, Session, Status
@@ -20,10 +19,6 @@ MAX_HORIZON = 1000
 #: Tool output cap (characters) per vocabulary: small keeps a tiny model's context short.
 DEFAULT_OUTPUT_CHARS = {"full": 4000, "small": 300}
 _GENERATORS = {"full": full, "small": small}
-#: The bash session worker sources each command from a temp file, so bash names that file in
-#: its error messages ("/tmp/.agentrl-worker-x1y2/cell-3.sh: line 1: cd: ..."): a random,
-#: meaningless path. It is shown as an interactive bash would name itself ("bash: line 1: ...").
-_CELL_PATH = re.compile(r"\S*/\.agentrl-worker-[^/\s]+/cell-\d+\.sh(?=:)")
 
 
 def _choose(name: str, value: Any, allowed: tuple[Any, ...]) -> Any:
@@ -251,7 +246,7 @@ class ShellQuestEnv(ToolEnv):
 
 def _format(res: ExecResult, timeout_s: float) -> str:
     """stdout, then stderr, then a note for a non-zero exit or a limit hit."""
-    text = _CELL_PATH.sub("bash", res.stdout + res.stderr).rstrip("\n")
+    text = (res.stdout + res.stderr).rstrip("\n")
     if res.status is Status.TIMEOUT:
         text += f"\n[timed out after {timeout_s:g} s]"
     elif res.status not in (Status.OK, Status.RUNTIME_ERROR):
