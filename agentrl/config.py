@@ -44,6 +44,10 @@ class RunConfig:
     """Torch device of the learner ("cpu", "cuda")."""
     resume: bool = True
     """Continue from the latest checkpoint in output_dir when there is one."""
+    imports: list[str] = field(default_factory=list)
+    """Modules imported before anything else, here and in every Ray worker: dotted names
+    (``mypkg.envs``) or paths to ``.py`` files. How envs registered outside agentrl (and
+    outside an installed entry point) reach Ray workers, which are separate processes."""
 
 
 @dataclass
@@ -187,6 +191,38 @@ class TrainerConfig:
 
 
 @dataclass
+class RayConfig:
+    """Actors for ``run.backend: ray`` (the local backend ignores this section).
+    See docs/distributed.md."""
+
+    num_cpus: int | None = None
+    """CPUs of the local Ray cluster agentrl starts when ``run.ray_address`` is None
+    (None: all cores). Ignored when connecting to a cluster."""
+    env_workers: int = 2
+    """EnvWorker actors; ``env.num_envs`` env instances are split across them."""
+    generation_workers: int = 1
+    """GenerationWorker actors, each with its own engine and copy of the weights."""
+    learner_ranks: int = 1
+    """LearnerRank actors; more than one shards the policy with torch FSDP2."""
+    cpus_per_env_worker: float = 0.0
+    """CPUs Ray reserves per EnvWorker (they mostly wait on sandboxes and generation)."""
+    cpus_per_generation_worker: float = 1.0
+    """CPUs Ray reserves per GenerationWorker."""
+    gpus_per_generation_worker: float = 0.0
+    """GPUs per GenerationWorker (1 for a vLLM engine; fractions share a GPU)."""
+    cpus_per_learner_rank: float = 1.0
+    """CPUs Ray reserves per LearnerRank."""
+    gpus_per_learner_rank: float = 0.0
+    """GPUs per LearnerRank (1 with ``run.device: cuda``)."""
+    startup_timeout_s: float = 600.0
+    """Longest wait for actors to start (imports, model build) before failing with a message."""
+    health_check_s: float = 2.0
+    """Seconds between liveness pings of each worker during a rollout."""
+    episode_timeout_s: float = 0.0
+    """An episode running longer is recorded as failed and cancelled (0: no limit)."""
+
+
+@dataclass
 class LoggingConfig:
     """Where metrics go."""
 
@@ -212,6 +248,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     algorithm: dict[str, Any] = field(default_factory=dict)
     """The methods library's algorithm section (validated by agentrl.algorithms)."""
+    ray: RayConfig = field(default_factory=RayConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -377,3 +414,47 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
     check(cfg.trainer.total_steps >= 0, "trainer.total_steps must be >= 0")
     check(cfg.rollout.max_staleness >= 0, "rollout.max_staleness must be >= 0")
     check(cfg.model.dtype in ("float32", "bfloat16"), f"model.dtype must be 'float32' or 'bfloat16', got {cfg.model.dtype!r}")
+    if cfg.run.backend == "ray":
+        r = cfg.ray
+        check(r.env_workers >= 1 and r.generation_workers >= 1 and r.learner_ranks >= 1,
+              "ray.env_workers, ray.generation_workers and ray.learner_ranks must be >= 1")
+        check(r.cpus_per_learner_rank > 0, f"ray.cpus_per_learner_rank must be > 0 (a Ray placement-group bundle needs a resource), got {r.cpus_per_learner_rank}")
+        check(r.env_workers <= cfg.env.num_envs,
+              f"ray.env_workers={r.env_workers} is more than env.num_envs={cfg.env.num_envs}; every EnvWorker needs at least one env instance")
+        check(mini % r.learner_ranks == 0,
+              f"a mini-batch of {mini} trajectories does not split evenly over ray.learner_ranks={r.learner_ranks}; "
+              f"every rank must run the same number of micro-batches (pick learner_ranks dividing {mini})")
+
+
+def import_modules(names: list[str]) -> None:
+    """Import the ``run.imports`` entries: dotted module names, or paths to ``.py`` files
+    (loaded as a module named ``agentrl_user.<file stem>``). Each entry is imported once per
+    process. Raises ConfigError naming the entry that failed and why."""
+    import importlib
+    import importlib.util
+    import sys
+
+    for name in names:
+        try:
+            if name.endswith(".py"):
+                path = Path(name).expanduser().resolve()
+                module_name = f"agentrl_user.{path.stem}"
+                if module_name in sys.modules:
+                    continue
+                if not path.is_file():
+                    raise FileNotFoundError(f"no such file {str(path)!r}")
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+                sys.modules[module_name] = module
+                try:
+                    spec.loader.exec_module(module)  # type: ignore[union-attr]
+                except BaseException:
+                    del sys.modules[module_name]
+                    raise
+            else:
+                importlib.import_module(name)
+        except Exception as e:
+            raise ConfigError(
+                f"run.imports: could not import {name!r}: {type(e).__name__}: {e}. Entries are dotted module names "
+                f"importable in every Ray worker (install the package) or paths to .py files visible to every worker"
+            ) from e
