@@ -219,6 +219,7 @@ class HFEngine(Engine):
         gens = [self._generator(p) for p in params]
         t0 = time.perf_counter()
         with self._lock:
+            version = self.version  # read under the lock: the weights of this batch cannot change mid-batch
             was_training = self.model.training
             self.model.eval()
             try:
@@ -229,7 +230,16 @@ class HFEngine(Engine):
         self.stats["requests"] += len(prompts)
         self.stats["generated_tokens"] += sum(len(r[0]) for r in rows)
         self.stats["generate_time_s"] += time.perf_counter() - t0
-        return [Generation(ids, lps, reason, self.version) for ids, lps, reason in rows]
+        return [Generation(ids, lps, reason, version) for ids, lps, reason in rows]
+
+    def update_weights(self, state_dict: dict[str, torch.Tensor] | None, version: int) -> None:
+        """None: the module is shared with the learner (local mode), only the version moves.
+        Else (a Ray GenerationWorker's own copy) the weights are loaded between batches, under
+        the same lock as generation, so every batch is sampled by exactly one version."""
+        with self._lock:
+            if state_dict is not None:
+                self.model.load_state_dict(state_dict)
+            self.version = version
 
     async def agenerate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
         if not prompt_ids:
