@@ -13,6 +13,13 @@ Per train_step (called by ``agentrl/train.py``):
 
 Metrics include per-turn entropy ``entropy/step/<k>`` and per-turn clip fractions
 ``policy/clipfrac/turn_<k>`` (k = assistant turn index).
+
+Data parallel (``dp_size > 1``, the FSDP2 learner ranks of ``agentrl.distributed``): every
+rank receives the whole batch, computes the same advantages and mini-batch order, and runs
+forward/backward on its share ``rows[dp_rank::dp_size]`` of each mini-batch with the whole
+mini-batch's token and sequence counts as denominators; gradients are summed across ranks
+(FSDP's reduce-scatter with divide factor 1), so the update equals the single-process one up to
+float summation order. Metrics are summed across ranks before averaging.
 """
 
 from __future__ import annotations
@@ -63,16 +70,26 @@ class Learner:
         cfg: trainer settings.
         temperature: sampling temperature (logprobs and entropy are computed at it).
         async_mode: proximal logprobs are always recomputed (behavior != proximal).
+        ref_model: a prebuilt frozen reference model (FSDP ranks shard their own, since a
+            sharded module cannot be deep-copied); default: a deep copy of ``model``.
+        dp_rank, dp_size, dp_all_reduce: data-parallel rank, world size and a callable that
+            returns the sum of a tensor across ranks (see the module docstring).
     """
 
-    def __init__(self, model: Any, algorithm: Algorithm, cfg: TrainerConfig, *, temperature: float = 1.0, async_mode: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self, model: Any, algorithm: Algorithm, cfg: TrainerConfig, *, temperature: float = 1.0, async_mode: bool = False, seed: int = 0,
+        ref_model: Any | None = None, dp_rank: int = 0, dp_size: int = 1, dp_all_reduce: Any | None = None,
+    ) -> None:
+        if dp_size > 1 and dp_all_reduce is None:
+            raise ValueError(f"dp_size={dp_size} needs dp_all_reduce (a callable summing a tensor across ranks)")
         self.model = model
         self.algorithm = algorithm
         self.cfg = cfg
         self.temperature = temperature
         self.async_mode = async_mode
+        self.dp_rank, self.dp_size, self.dp_all_reduce = dp_rank, dp_size, dp_all_reduce
         self.req = algorithm.requirements()
-        self.ref_model = self._make_ref() if self.req["ref_logprobs"] else None
+        self.ref_model = (ref_model if ref_model is not None else self._make_ref()) if self.req["ref_logprobs"] else None
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg))
         self.generator = torch.Generator().manual_seed(seed)
@@ -140,8 +157,9 @@ class Learner:
                 num_tokens = mini_mask.sum()
                 num_seqs = mini_mask.any(dim=1).sum()
                 self.optimizer.zero_grad(set_to_none=True)
-                for start in range(0, len(rows), self.cfg.micro_batch_size):
-                    idx = rows[start : start + self.cfg.micro_batch_size]
+                local_rows = rows[self.dp_rank :: self.dp_size]  # all rows when dp_size == 1
+                for start in range(0, len(local_rows), self.cfg.micro_batch_size):
+                    idx = local_rows[start : start + self.cfg.micro_batch_size]
                     mb_batch = batch.select(idx)
                     # entropy is always computed: entropy/step/* and policy/entropy are logged for every method
                     logp, ent = self._forward(self.model, mb_batch, entropy=True, grad=True)
@@ -162,7 +180,8 @@ class Learner:
                         counts[k] += 1
                     self._turn_stats(turn_stats, mb, ent, mb_batch.turn_ids)
                 if self.cfg.grad_clip > 0:
-                    grad_norms.append(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+                    norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                    grad_norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a replicated DTensor
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer_steps += 1
@@ -170,6 +189,8 @@ class Learner:
         reset = bool(step.reset_reference) if not isinstance(step.reset_reference, torch.Tensor) else bool(step.reset_reference.item())
         if reset:
             self.reset_reference()
+        if self.dp_size > 1:
+            sums, counts, turn_stats = self._reduce_across_ranks(sums, counts, turn_stats)
         out = {k: float(sums[k] / counts[k]) for k in sums}
         out.update({k: float(v) for k, v in adv.metrics.items()})
         out.update({k: float(v) for k, v in step.metrics.items()})
@@ -184,6 +205,23 @@ class Learner:
             if tok_n[k] > 0:
                 out[f"policy/clipfrac/turn_{k}"] = float(clip_n[k] / tok_n[k])
         return out
+
+    def _reduce_across_ranks(self, sums: dict[str, torch.Tensor], counts: dict[str, int], turn_stats: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, int], torch.Tensor]:
+        """Sum metric totals, counts and per-turn stats over data-parallel ranks (one all-reduce)."""
+        keys = sorted(sums)
+        n = len(keys)
+        packed = torch.cat([
+            torch.tensor([float(n)], device=self.device),
+            torch.stack([sums[k] for k in keys]) if keys else torch.zeros(0, device=self.device),
+            torch.tensor([float(counts[k]) for k in keys], device=self.device),
+            turn_stats.flatten(),
+        ])
+        packed = self.dp_all_reduce(packed)
+        if int(packed[0]) != n * self.dp_size:
+            raise RuntimeError(f"learner ranks logged different metric keys (rank {self.dp_rank}: {keys}); they must run identical code paths")
+        total = packed[1 : 1 + n]
+        count = packed[1 + n : 1 + 2 * n]
+        return {k: total[i] for i, k in enumerate(keys)}, {k: int(count[i]) for i, k in enumerate(keys)}, packed[1 + 2 * n :].view_as(turn_stats)
 
     def _turn_stats(self, acc: torch.Tensor, mb: MicroBatch, ent: torch.Tensor | None, turn_ids: torch.Tensor) -> None:
         """Per-turn entropy and clip fraction (tokens whose ratio left [1-eps_low, 1+eps_high]
@@ -208,6 +246,9 @@ class Learner:
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(self.cfg), last_epoch=-1)
         log.info("reference policy reset to the current policy; optimizer state re-initialised")
+
+    def close(self) -> None:
+        """Release resources (nothing to do in-process; the Ray learner group stops its actors)."""
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

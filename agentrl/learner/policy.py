@@ -61,7 +61,10 @@ def sequence_logprobs(
     ``entropy[:, t]`` is the full-vocabulary entropy of that same next-token distribution.
     Column 0 (no context) is 0. Values on padding are meaningless; mask them.
     Memory: hidden states ``[B, T, D]`` plus chunks of ``[chunk_size, V]``, never ``[B*T, V]``.
+    A :class:`PolicyForward` is called as a module (FSDP2 needs its hooks to run).
     """
+    if isinstance(model, PolicyForward):
+        return model(input_ids, attention_mask, temperature=temperature, chunk_size=chunk_size, compute_entropy=compute_entropy)
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
     hidden = base(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
     head = model.get_output_embeddings()
@@ -73,3 +76,21 @@ def sequence_logprobs(
     logp = torch.cat([zeros, logp], dim=1)
     ent = torch.cat([zeros, ent], dim=1) if ent is not None else None
     return logp, ent
+
+
+class PolicyForward(torch.nn.Module):
+    """A causal LM whose ``forward`` is :func:`sequence_logprobs`.
+
+    FSDP2 gathers a module's parameters in hooks around ``forward``; the chunked logprobs read
+    the decoder and the LM head weight directly, so a sharded model is wrapped in this module
+    and the wrapper is the FSDP root (``agentrl.distributed.fsdp``). Its state dict keys carry
+    the prefix ``lm.``.
+    """
+
+    def __init__(self, lm: Any) -> None:
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, temperature: float = 1.0,
+                chunk_size: int | None = None, compute_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return sequence_logprobs(self.lm, input_ids, attention_mask, temperature=temperature, chunk_size=chunk_size, compute_entropy=compute_entropy)
