@@ -79,8 +79,9 @@ def check_config(cfg: TrainConfig) -> Any:
     model path. Returns the built algorithm config. Raises with a clear message."""
     import agentrl.envs as envs
     from agentrl.algorithms.config import AlgorithmConfig
-    from agentrl.config import ConfigError
+    from agentrl.config import ConfigError, import_modules
 
+    import_modules(cfg.run.imports)  # envs registered outside agentrl (Ray workers import them too)
     known = envs.list_envs()
     if cfg.env.id not in known:
         from agentrl.envs.base import suggest
@@ -115,9 +116,7 @@ def evaluate(rollout: Any, cfg: TrainConfig, label: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the experiment described by ``cfg``; returns the summary (also in summary.json)."""
-    from agentrl.algorithms import build_algorithm
     from agentrl.learner.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
-    from agentrl.learner.learner import Learner
     from agentrl.learner.policy import load_model, load_tokenizer
     from agentrl.learner.sft import sft
     from agentrl.metrics import MetricsLogger
@@ -134,8 +133,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     ckpt = latest_checkpoint(out) if cfg.run.resume else None
     model_path = str(ckpt / "model") if ckpt else cfg.model.path
     tokenizer = load_tokenizer(model_path, cfg.model.chat_template)
-    model = load_model(model_path, dtype=cfg.model.dtype, device=cfg.run.device, gradient_checkpointing=cfg.model.gradient_checkpointing)
-    learner = Learner(model, build_algorithm(algo_cfg), cfg.trainer, temperature=cfg.rollout.temperature, async_mode=cfg.run.mode == "async", seed=cfg.run.seed)
+    # with backend "ray" the trained copies live in the learner ranks (on run.device); this one,
+    # kept in sync with them, is what SFT warm-starts, checkpoints save and the rollout receives
+    driver_device = cfg.run.device if cfg.run.backend == "local" else "cpu"
+    model = load_model(model_path, dtype=cfg.model.dtype, device=driver_device, gradient_checkpointing=cfg.model.gradient_checkpointing)
+    learner = make_learner(cfg, model, algo_cfg)
     rollout = make_rollout(cfg, model, tokenizer)
     sampler = TaskSampler(rollout.num_tasks(cfg.env.train_split), seed=cfg.run.seed, split=cfg.env.train_split)
     logger = MetricsLogger(out, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb, run_name=cfg.run.name, config=to_dict(cfg))
@@ -210,7 +212,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log.warning("plotting failed: %s", e)
     logger.close()
     rollout.close()
+    learner.close()
     return summary
+
+
+def make_learner(cfg: TrainConfig, model: Any, algo_cfg: Any) -> Any:
+    """The learner that trains ``model``: in this process, or Ray actors (FSDP2 over several
+    ranks) that load their new weights back into ``model`` after every update."""
+    if cfg.run.backend == "ray":
+        from agentrl.distributed.learner_group import LearnerGroup
+
+        return LearnerGroup(cfg, model)
+    from agentrl.algorithms import build_algorithm
+    from agentrl.learner.learner import Learner
+
+    return Learner(model, build_algorithm(algo_cfg), cfg.trainer, temperature=cfg.rollout.temperature, async_mode=cfg.run.mode == "async", seed=cfg.run.seed)
 
 
 def make_rollout(cfg: TrainConfig, model: Any, tokenizer: Any) -> Any:
