@@ -166,7 +166,7 @@ class _HiddenHead(torch.autograd.Function):
             if need_h:
                 grad_h[s:e] = (grad_z.to(weight.dtype) @ weight).to(hidden.dtype)
             if need_w:
-                grad_w += grad_z.t() @ h.float()
+                grad_w.addmm_(grad_z.t(), h.float())  # in place: no [V, D] temporary per chunk
             if need_b:
                 grad_b += grad_z.sum(0)
             del grad_z, z
