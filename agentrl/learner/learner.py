@@ -191,7 +191,10 @@ class Learner:
             self.reset_reference()
         if self.dp_size > 1:
             sums, counts, turn_stats = self._reduce_across_ranks(sums, counts, turn_stats)
-        out = {k: float(sums[k] / counts[k]) for k in sums}
+        # A micro-batch's loss is its share of the mini-batch loss (global denominators), so loss/*
+        # is summed per optimizer step and averaged over steps: independent of micro_batch_size and
+        # of the number of ranks. Other metrics are means over micro-batches.
+        out = {k: float(sums[k] / (steps_per_batch if k.startswith("loss/") else counts[k])) for k in sums}
         out.update({k: float(v) for k, v in adv.metrics.items()})
         out.update({k: float(v) for k, v in step.metrics.items()})
         if grad_norms:
