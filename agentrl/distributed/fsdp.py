@@ -59,6 +59,7 @@ def shard_policy(lm: Any, *, reshard_after_forward: bool = True) -> PolicyForwar
     for m in root.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
     return root
 
 
