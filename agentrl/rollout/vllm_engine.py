@@ -1,0 +1,215 @@
+"""vLLM generation on GPU (optional extra ``pip install 'agentrl[vllm]'``; imported lazily).
+
+What it relies on (vLLM >= 0.10.2, V1 engine):
+
+- ``vllm.LLM(model=..., logprobs_mode="processed_logprobs")``: sample logprobs are computed
+  from the logits the sampler actually used, i.e. after temperature. With ``top_k``/``top_p``
+  off (the default) that is ``log_softmax(logits / T)``, the convention of
+  :mod:`agentrl.rollout.engines` that the learner recomputes. With top-k/top-p on, vLLM reports
+  the logprob under the *filtered* distribution, which is larger than the learner's; a warning
+  says so once. (The default ``raw_logprobs`` would ignore the temperature.)
+- ``SamplingParams(logprobs=0)``: only the sampled token's logprob; ``seed`` per request;
+  ``stop_token_ids`` with ``ignore_eos=True`` (stop exactly where the chat template's
+  end-of-turn is, like HFEngine); ``detokenize=False`` (the agent loop decodes itself). The
+  output ``token_ids`` end with the stop token when one was hit.
+- Weight sync: ``LLM(worker_extension_cls=...)`` adds :class:`WeightLoaderExtension` to vLLM's
+  workers and ``LLM.collective_rpc("agentrl_load_weights", args=(named_tensors,))`` calls
+  ``model_runner.model.load_weights`` with HF parameter names (vLLM maps them onto its fused
+  layers), then ``reset_prefix_cache()`` drops KV blocks computed with the old weights.
+  ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (set unless the user set it) keeps the engine core in this
+  process, so the tensors are handed over without serialization (tensor parallelism > 1 uses
+  vLLM's own worker processes and pickles them).
+- Sleep mode (``enable_sleep_mode=True`` in ``rollout.vllm``): :meth:`sleep` / :meth:`wake_up`
+  free and restore GPU memory when the engine shares a GPU with a learner.
+
+Concurrent requests from many episodes are batched like HFEngine's: requests that arrive
+within ``batch_wait_s`` of each other go to vLLM as one ``LLM.generate`` call (vLLM schedules
+them with continuous batching inside it). Unverified on a GPU in this repository's CI; see
+benchmarks/gpu_smoke.sh for the check to run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import torch
+
+from .engines import Engine, Generation, SamplingParams
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "agentrl.rollout.vllm_engine.WeightLoaderExtension"
+
+
+def import_vllm() -> Any:
+    """``import vllm`` with an install hint when it is missing."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(
+            "rollout.engine 'vllm' needs vLLM on a CUDA machine: pip install 'agentrl[vllm]' "
+            f"(or use rollout.engine: hf on CPU). Import failed with: {e}"
+        ) from e
+    return vllm
+
+
+class WeightLoaderExtension:
+    """Mixed into vLLM's worker class (``worker_extension_cls``): loads HF-named tensors."""
+
+    def agentrl_load_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> int:
+        device = getattr(self, "device", None)
+        model = self.model_runner.model  # type: ignore[attr-defined]
+        model.load_weights(weights=((name, t.to(device) if device is not None else t) for name, t in named_tensors))
+        return len(named_tensors)
+
+
+def to_vllm_params(vllm: Any, params: SamplingParams) -> Any:
+    """Our SamplingParams as ``vllm.SamplingParams`` (see the module docstring)."""
+    stop = list(params.stop_token_ids)
+    return vllm.SamplingParams(
+        n=1,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k if params.top_k > 0 else -1,
+        max_tokens=params.max_new_tokens,
+        stop_token_ids=stop,
+        ignore_eos=bool(stop),
+        seed=params.seed,
+        logprobs=0,
+        detokenize=False,
+        skip_special_tokens=False,
+    )
+
+
+def _logprob_value(entry: Any, token_id: int) -> float:
+    """The sampled token's logprob from one position of vLLM's ``logprobs`` (a dict of
+    token id -> Logprob; with ``logprobs=0`` it holds just the sampled token)."""
+    value = entry[token_id]
+    return float(getattr(value, "logprob", value))
+
+
+def parse_output(request_output: Any, version: int) -> Generation:
+    """A vLLM ``RequestOutput`` (one completion) as a Generation stamped with ``version``."""
+    out = request_output.outputs[0]
+    ids = [int(t) for t in out.token_ids]
+    if out.logprobs is None or len(out.logprobs) != len(ids):
+        raise RuntimeError(f"vLLM returned {0 if out.logprobs is None else len(out.logprobs)} logprobs for {len(ids)} tokens; was logprobs=0 set?")
+    logprobs = [_logprob_value(entry, tok) for entry, tok in zip(out.logprobs, ids)]
+    reason = "stop" if out.finish_reason == "stop" else "length"
+    return Generation(ids, logprobs, reason, version)
+
+
+class VLLMEngine(Engine):
+    """In-process ``vllm.LLM`` behind the Engine interface.
+
+    Args:
+        model_path: HF model name or folder (architecture and initial weights).
+        seed: engine seed (requests carry their own seeds too).
+        max_batch_size: most requests sent to vLLM in one ``generate`` call.
+        batch_wait_s: how long the batcher waits for more requests after the first.
+        **llm_kwargs: passed to ``vllm.LLM`` (``gpu_memory_utilization``, ``max_model_len``,
+            ``tensor_parallel_size``, ``dtype``, ``enable_sleep_mode``, ...): ``rollout.vllm``.
+    """
+
+    def __init__(self, model_path: str, *, seed: int = 0, max_batch_size: int = 256, batch_wait_s: float = 0.01, **llm_kwargs: Any) -> None:
+        self.vllm = import_vllm()
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        kwargs = {"model": model_path, "seed": seed, "logprobs_mode": "processed_logprobs", "worker_extension_cls": EXTENSION, **llm_kwargs}
+        try:
+            self.llm = self.vllm.LLM(**kwargs)
+        except TypeError as e:
+            if "logprobs_mode" in str(e) or "worker_extension_cls" in str(e):
+                raise RuntimeError(f"this vLLM ({getattr(self.vllm, '__version__', '?')}) is too old: agentrl needs vllm>=0.10.2 ({e})") from e
+            raise
+        self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
+        self.version = 0
+        self._lock = threading.Lock()  # one generate / weight load / sleep at a time
+        self._queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+        self._warned_filtering = False
+        self.stats = {"batches": 0, "requests": 0, "generated_tokens": 0, "generate_time_s": 0.0, "weight_loads": 0}
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Generation]:
+        """Synchronous batched generation (the batcher's worker; simple callers may use it)."""
+        if not self._warned_filtering and any(p.top_k or p.top_p < 1 for p in params):
+            self._warned_filtering = True
+            log.warning("vLLM reports logprobs of the top-k/top-p filtered distribution; the learner recomputes the "
+                        "unfiltered one, so the first-update ratio is not exactly 1 (see agentrl/rollout/vllm_engine.py)")
+        t0 = time.perf_counter()
+        requests = [{"prompt_token_ids": list(p)} for p in prompts]
+        vparams = [to_vllm_params(self.vllm, p) for p in params]
+        with self._lock:
+            version = self.version
+            outputs = self.llm.generate(requests, sampling_params=vparams, use_tqdm=False)
+        gens = [parse_output(o, version) for o in outputs]
+        self.stats["batches"] += 1
+        self.stats["requests"] += len(prompts)
+        self.stats["generated_tokens"] += sum(len(g.ids) for g in gens)
+        self.stats["generate_time_s"] += time.perf_counter() - t0
+        return gens
+
+    async def agenerate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
+        if not prompt_ids:
+            raise ValueError("agenerate() got an empty prompt")
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            self._queue = asyncio.Queue()
+            self._worker = loop.create_task(self._batcher())
+        fut: asyncio.Future = loop.create_future()
+        await self._queue.put((prompt_ids, params, fut))
+        return await fut
+
+    async def _batcher(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = [await self._queue.get()]
+            deadline = time.perf_counter() + self.batch_wait_s
+            while len(batch) < self.max_batch_size:
+                timeout = deadline - time.perf_counter()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                except asyncio.TimeoutError:
+                    break
+            try:
+                gens = await asyncio.to_thread(self.generate, [b[0] for b in batch], [b[1] for b in batch])
+                for (_, _, fut), gen in zip(batch, gens):
+                    if not fut.done():
+                        fut.set_result(gen)
+            except Exception as e:  # fail these requests, keep the batcher
+                log.exception("vLLM generation failed for a batch of %d", len(batch))
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+
+    # ------------------------------------------------------------------ weights, memory
+    def update_weights(self, state_dict: dict[str, torch.Tensor] | None, version: int) -> None:
+        """Load the learner's weights (HF names) into vLLM's model as ``version``; between
+        batches (under the generation lock)."""
+        with self._lock:
+            if state_dict is not None:
+                self.llm.collective_rpc("agentrl_load_weights", args=(list(state_dict.items()),))
+                self.llm.reset_prefix_cache()
+                self.stats["weight_loads"] += 1
+            self.version = version
+
+    def sleep(self, level: int = 1) -> None:
+        """Free GPU memory (needs ``enable_sleep_mode=True``); level 1 keeps weights in CPU memory."""
+        with self._lock:
+            self.llm.sleep(level=level)
+
+    def wake_up(self) -> None:
+        with self._lock:
+            self.llm.wake_up()
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
