@@ -73,9 +73,16 @@ def test_killed_env_worker_fails_its_inflight_episodes_only(rollout):
 
 
 def test_killed_generation_worker_is_replaced_with_the_latest_weights(rollout):
+    # Pings every 5 s: the episodes (awake every 0.4 s) reach the dead worker before the driver
+    # notices, so some requests are certainly in flight on it (a fast ping could rewire the
+    # EnvWorkers before any request is lost, a legitimate outcome this test would not see).
+    rollout.cfg.ray.health_check_s = 5.0
     timer = kill_later(lambda: rollout.generation_workers[0])
-    trajs = rollout.collect(specs(8, offset=20))
-    timer.join()
+    try:
+        trajs = rollout.collect(specs(8, offset=20))
+    finally:
+        timer.join()
+        rollout.cfg.ray.health_check_s = 0.2
     assert len(trajs) == 8
     failed = [t for t in trajs if t.failed]
     assert failed, "the episodes in flight when the generation worker died must fail"
@@ -96,3 +103,24 @@ def test_episode_timeout_fails_and_cancels(rollout):
     assert [t.failed for t in trajs] == [True] * 4
     assert all("TimeoutError" in t.failure_reason for t in trajs)
     assert_healthy(rollout)
+
+
+def test_a_batch_with_a_dead_workers_episode_still_trains(tiny_model_dir):
+    """The failed Trajectory a dead worker leaves (no tokens) collates and trains: finite loss,
+    only the other rows contribute."""
+    import math
+
+    from agentrl.algorithms import build_algorithm
+    from agentrl.learner.learner import Learner
+    from agentrl.learner.policy import load_model, load_tokenizer
+    from agentrl.types import Trajectory, collate
+    from tests.distributed.test_fsdp import make_trajectories
+
+    path = str(tiny_model_dir("chatml"))
+    tok, model = load_tokenizer(path), load_model(path)
+    dead = Trajectory(task_id="task/0", sample_index=2, failed=True, failure_reason="WorkerDied: env worker 0 died during the episode")
+    batch = collate([*make_trajectories(model.config.vocab_size, B=4), dead], pad_token_id=tok.pad_token_id)
+    cfg = from_dict(TrainConfig, {"model": {"path": path}, "trainer": {"micro_batch_size": 5}})  # one micro-batch holds them all
+    metrics = Learner(model, build_algorithm({"estimator": {"name": "grpo"}}), cfg.trainer).update(batch)
+    assert math.isfinite(metrics["loss/total"]) and math.isfinite(metrics["policy/grad_norm"])
+    assert all(math.isfinite(p.detach().abs().sum().item()) for p in model.parameters())

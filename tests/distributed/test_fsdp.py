@@ -34,11 +34,9 @@ ALGORITHM = {
 }
 
 
-def make_batch(model, pad_token_id: int, vocab: int, *, B: int = 8, seed: int = 0):
-    """B trajectories in groups of 2, random tokens, the second half of each sequence generated
-    (two turns), behavior logprobs from ``model`` (so the first ratio is 1)."""
-    from agentrl.learner.policy import sequence_logprobs
-
+def make_trajectories(vocab: int, *, B: int = 8, seed: int = 0) -> list[Trajectory]:
+    """B trajectories in groups of 2, random tokens, two generated turns each (behavior
+    logprobs 0)."""
     rng = random.Random(seed)
     trajs = []
     for b in range(B):
@@ -51,7 +49,15 @@ def make_batch(model, pad_token_id: int, vocab: int, *, B: int = 8, seed: int = 
         t.append([rng.randrange(3, vocab) for _ in range(n_gen - half)], generated=True, turn=1, logprobs=[0.0] * (n_gen - half), version=0)
         t.turn_rewards = [0.0, float(rng.random() < 0.5)]
         trajs.append(t)
-    batch = collate(trajs, pad_token_id=pad_token_id)
+    return trajs
+
+
+def make_batch(model, pad_token_id: int, vocab: int, *, B: int = 8, seed: int = 0):
+    """:func:`make_trajectories` collated, with behavior logprobs from ``model`` (so the
+    first ratio is 1)."""
+    from agentrl.learner.policy import sequence_logprobs
+
+    batch = collate(make_trajectories(vocab, B=B, seed=seed), pad_token_id=pad_token_id)
     with torch.no_grad():
         logp, _ = sequence_logprobs(model, batch.input_ids, batch.attention_mask, compute_entropy=False)
     batch.behavior_logprobs = torch.where(batch.loss_mask, logp, torch.zeros(()))

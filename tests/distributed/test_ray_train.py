@@ -44,7 +44,7 @@ def test_ray_backend_trains_like_local(tmp_path, ray_cluster, guess_env_file):
     run = tmp_path / "ray" / "run"
     rows = read_metrics(run / "metrics.jsonl")
     assert [r["train_step"] for r in rows if "rollout/reward_mean" in r] == [1, 2]
-    last = [r for r in rows if r["train_step"] == 2 and "loss/total" in r][0]
+    last = next(r for r in rows if r["train_step"] == 2 and "loss/total" in r)
     for key in ("loss/policy", "policy/ratio_mean", "rollout/success", "rollout/turns_mean", "time/step_s", "entropy/step/0", *RAY_ONLY):
         assert key in last, key
     assert abs(last["policy/ratio_mean"] - 1.0) < 1e-4
