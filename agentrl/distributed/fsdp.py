@@ -69,7 +69,7 @@ def full_state_dict(root: PolicyForward) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     sd = get_model_state_dict(root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in sd.items()}
+    return {k.removeprefix(PREFIX): v for k, v in sd.items()}
 
 
 def load_full_state_dict(root: PolicyForward, state: dict[str, torch.Tensor]) -> None:

@@ -24,8 +24,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from agentrl.config import TrainConfig
 from agentrl.models.chat import ChatFormat

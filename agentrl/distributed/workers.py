@@ -142,7 +142,7 @@ class EnvWorker:
 
     def __init__(self, cfg: TrainConfig, tokenizer: Any, num_envs: int, generation_worker: Any, generation_index: int, index: int) -> None:
         import_modules(cfg.run.imports)
-        import agentrl.envs as envs
+        from agentrl import envs
         from agentrl.models.chat import ChatFormat
 
         self.cfg, self.index, self.num_envs = cfg, index, num_envs
@@ -174,7 +174,7 @@ class EnvWorker:
         if not evaluation:
             return self.loop
         if self._eval_loop is None:
-            import agentrl.envs as envs
+            from agentrl import envs
 
             r = self.cfg.rollout
             kwargs = self.cfg.env.eval_kwargs if self.cfg.env.eval_kwargs is not None else self.cfg.env.kwargs

@@ -50,7 +50,7 @@ def server(tiny_model_dir):
     fake = FakeVLLM(HFEngine(load_model(path), pad_token_id=tok.pad_token_id))
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 (http.server's name)
+        def do_POST(self):
             if self.path != "/v1/completions":
                 self.send_error(404)
                 return
@@ -101,7 +101,7 @@ def test_ids_and_logprobs_are_the_servers_samples(server):
 
 
 def test_a_multi_turn_episode_runs_through_the_server(server, guess_env_id):
-    import agentrl.envs as envs
+    from agentrl import envs
     from agentrl.models.chat import ChatFormat
     from agentrl.rollout.agent_loop import AgentLoop, EpisodeSpec
 

@@ -132,11 +132,9 @@ def test_old_or_missing_vllm_is_explained(fake_vllm, monkeypatch):
 def _real_vllm() -> bool:
     if not torch.cuda.is_available():
         return False
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
 
 
 @pytest.mark.skipif(not _real_vllm(), reason="needs CUDA and vLLM (benchmarks/gpu_smoke.sh)")
