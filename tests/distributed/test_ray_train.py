@@ -64,3 +64,16 @@ def test_ray_backend_trains_like_local(tmp_path, ray_cluster, guess_env_file):
             else:
                 assert math.isclose(a[k], b[k], rel_tol=1e-5, abs_tol=1e-6), (a["train_step"], k, a[k], b[k])
     assert _comparable(summary["after_rl"]) == _comparable(local["after_rl"])
+
+    # resume under ray from the step-1 checkpoint: step 2 is redone with the same numbers
+    import shutil
+
+    shutil.rmtree(run / "checkpoints" / "step_000002")
+    train(make_cfg(tmp_path / "ray", [imports, *RAY, f"model.path={tmp_path / 'local' / 'model'}"]))
+    again = read_metrics(run / "metrics.jsonl")
+    assert [r["train_step"] for r in again if "rollout/reward_mean" in r] == [1, 2]
+    redone = _comparable(next(r for r in again if r["train_step"] == 2 and "loss/total" in r))
+    first = _comparable(last)
+    assert redone.keys() == first.keys()
+    for k in first:
+        assert math.isclose(first[k], redone[k], rel_tol=1e-5, abs_tol=1e-6), (k, first[k], redone[k])
