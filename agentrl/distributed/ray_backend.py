@@ -49,7 +49,11 @@ class _Slot:
     ping_ref: Any = None
     ping_at: float = 0.0
     restarts: int = 0
+    failed_starts: int = 0  # replacements in a row that died before they were ready
     inflight: set = field(default_factory=set)
+
+
+MAX_FAILED_STARTS = 3
 
 
 def split_evenly(n: int, parts: int) -> list[int]:
@@ -118,21 +122,33 @@ class RayRollout:
         handle = cls.remote(self.cfg, self._tokenizer, self._env_sizes[i], self._gen[g].handle, g, i)
         return _Slot(handle, handle.ready.remote())
 
+    @staticmethod
+    def _failed_starts(old: _Slot, what: str, reason: str) -> int:
+        """Replacements in a row that died before they were ready, counting ``old``; a worker
+        that keeps dying while starting (a broken import, too little memory) stops the run
+        instead of being restarted forever."""
+        n = 0 if old.ready else old.failed_starts + 1
+        if n >= MAX_FAILED_STARTS:
+            raise RuntimeError(f"{what} died {n} times in a row before it was ready; last error: {reason}")
+        return n
+
     def _replace_generation_worker(self, i: int, reason: str) -> None:
         log.warning("generation worker %d died (%s); starting a replacement", i, reason)
         old = self._gen[i]
+        failed_starts = self._failed_starts(old, f"generation worker {i}", reason)
         self._gen[i] = self._start_generation_worker(i)
-        self._gen[i].restarts = old.restarts + 1
+        self._gen[i].restarts, self._gen[i].failed_starts = old.restarts + 1, failed_starts
         self.failures["generation_worker_restarts"] += 1
-        for j, slot in enumerate(self._env):
-            if j % len(self._gen) == i and slot.ready:
+        for j, slot in enumerate(self._env):  # starting ones too: the call runs after their __init__
+            if j % len(self._gen) == i:
                 slot.handle.set_generation_worker.remote(self._gen[i].handle, i)
 
     def _replace_env_worker(self, i: int, reason: str) -> None:
         log.warning("env worker %d died (%s); starting a replacement", i, reason)
         old = self._env[i]
+        failed_starts = self._failed_starts(old, f"env worker {i}", reason)
         self._env[i] = self._start_env_worker(i)
-        self._env[i].restarts = old.restarts + 1
+        self._env[i].restarts, self._env[i].failed_starts = old.restarts + 1, failed_starts
         self.failures["env_worker_restarts"] += 1
 
     def _check(self, slot: _Slot) -> str | None:

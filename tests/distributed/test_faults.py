@@ -124,3 +124,18 @@ def test_a_batch_with_a_dead_workers_episode_still_trains(tiny_model_dir):
     metrics = Learner(model, build_algorithm({"estimator": {"name": "grpo"}}), cfg.trainer).update(batch)
     assert math.isfinite(metrics["loss/total"]) and math.isfinite(metrics["policy/grad_norm"])
     assert all(math.isfinite(p.detach().abs().sum().item()) for p in model.parameters())
+
+
+def test_a_worker_that_cannot_start_fails_fast_with_its_error(ray_cluster, tiny_model_dir, guess_env_file):
+    """A broken ``run.imports`` entry surfaces as the workers' own error, not a hang."""
+    from agentrl.distributed.ray_backend import RayRollout
+    from agentrl.learner.policy import load_model, load_tokenizer
+
+    path = str(tiny_model_dir("chatml"))
+    cfg = from_dict(TrainConfig, {
+        "run": {"backend": "ray", "imports": [guess_env_file, "/nonexistent/agentrl_test_envs.py"]},
+        "model": {"path": path}, "env": {"id": "agentrl/GuessNumber-v0", "num_envs": 1},
+        "ray": {"env_workers": 1, "cpus_per_generation_worker": 0.5, "startup_timeout_s": 120},
+    })
+    with pytest.raises(Exception, match="could not import '/nonexistent/agentrl_test_envs.py'"):
+        RayRollout(cfg, load_model(path), load_tokenizer(path))
