@@ -42,6 +42,10 @@ class RunConfig:
     """Ray cluster address for backend "ray"; None starts a local cluster."""
     device: str = "cpu"
     """Torch device of the learner ("cpu", "cuda")."""
+    num_threads: int = 1
+    """Torch intra-op CPU threads. 1 is fastest for tiny models and whenever other work (env
+    steps, sandboxes) shares the cores: measured on 2 cores under load, a tiny-model forward
+    took 7x longer with 2 threads than with 1. Raise it for bigger models on many idle cores."""
     resume: bool = True
     """Continue from the latest checkpoint in output_dir when there is one."""
     imports: list[str] = field(default_factory=list)

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- setup helpers
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, num_threads: int = 1) -> None:
+    torch.set_num_threads(num_threads)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -128,7 +129,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     algo_cfg = check_config(cfg)
     out = Path(cfg.run.output_dir)
     write_run_info(cfg, out)
-    seed_everything(cfg.run.seed)
+    seed_everything(cfg.run.seed, cfg.run.num_threads)
     ensure_model(cfg)
     ckpt = latest_checkpoint(out) if cfg.run.resume else None
     model_path = str(ckpt / "model") if ckpt else cfg.model.path

@@ -32,27 +32,53 @@ def transcript_to_trajectory(chat: ChatFormat, messages: list[dict[str, Any]], t
     return traj
 
 
-def expert_trajectories(
-    env_id: str, chat: ChatFormat, *, episodes: int, env_kwargs: dict[str, Any] | None = None, split: str = "train", seed: int = 0
-) -> list[Trajectory]:
-    """Play ``episodes`` expert episodes on ``split`` (cycling through its tasks from ``seed``)."""
-    import agentrl.envs as envs
-
-    env = envs.make(env_id, **(env_kwargs or {}))
+async def _expert_episode(env: Any, chat: ChatFormat, env_id: str, options: dict[str, Any], seed: int) -> Trajectory:
     core = env.unwrapped
-    n = core.num_tasks(split)
-    out = []
+    obs, info = await core.areset(seed=seed, options=options)
+    policy = core.expert()
+    rewards: list[float] = []
+    terminated = truncated = False
+    step_info: dict[str, Any] = {}
+    while not (terminated or truncated):
+        obs, reward, terminated, truncated, step_info = await core.astep(policy(obs))
+        rewards.append(float(reward))
+    traj = transcript_to_trajectory(chat, list(core.transcript), info["tools"], task_id=info["task_id"], env_id=env_id)
+    traj.turn_rewards = rewards
+    traj.success = bool(step_info.get("success", False))
+    traj.terminated, traj.truncated = bool(terminated), bool(truncated)
+    return traj
+
+
+def expert_trajectories(
+    env_id: str, chat: ChatFormat, *, episodes: int, env_kwargs: dict[str, Any] | None = None, split: str = "train",
+    seed: int = 0, concurrency: int = 16,
+) -> list[Trajectory]:
+    """Play ``episodes`` expert episodes on ``split`` (cycling through its tasks from ``seed``),
+    ``concurrency`` at a time (each on its own env instance); returns them in episode order."""
+    import asyncio
+
+    import agentrl.envs as envs
+    from agentrl.sandboxes import run_sync
+
+    pool = [envs.make(env_id, **(env_kwargs or {})) for _ in range(max(1, min(concurrency, episodes)))]
+    n = pool[0].unwrapped.num_tasks(split)
+
+    async def play_all() -> list[Trajectory]:
+        free: asyncio.Queue = asyncio.Queue()
+        for env in pool:
+            free.put_nowait(env)
+
+        async def one(k: int) -> Trajectory:
+            env = await free.get()
+            try:
+                return await _expert_episode(env, chat, env_id, {"task_index": (seed + k) % n, "split": split}, seed + k)
+            finally:
+                free.put_nowait(env)
+
+        return list(await asyncio.gather(*(one(k) for k in range(episodes))))
+
     try:
-        for k in range(episodes):
-            index = (seed + k) % n
-            result = envs.run_episode(env, core.expert, seed=seed + k, options={"task_index": index, "split": split})
-            traj = transcript_to_trajectory(chat, list(core.transcript), core.tool_schemas, task_id=result["task_id"], env_id=env_id)
-            traj.success = result["success"]
-            # per-turn rewards are not kept by run_episode: put the return on the last turn
-            turns = sum(1 for m in traj.messages if m["role"] == "assistant")
-            traj.turn_rewards = [0.0] * (turns - 1) + [float(result["return"])]
-            traj.terminated, traj.truncated = result["terminated"], result["truncated"]
-            out.append(traj)
+        return run_sync(play_all())
     finally:
-        env.close()
-    return out
+        for env in pool:
+            env.close()
