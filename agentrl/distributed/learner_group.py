@@ -37,6 +37,7 @@ class LearnerRank:
     """One learner rank (a Ray actor). ``setup`` builds the model and the Learner."""
 
     def __init__(self, cfg: TrainConfig, model_config: Any, rank: int, world_size: int) -> None:
+        torch.set_num_threads(cfg.run.num_threads)  # as in the driver: see RunConfig.num_threads
         import_modules(cfg.run.imports)
         self.cfg, self.model_config, self.rank, self.world_size = cfg, model_config, rank, world_size
         self.sharded = world_size > 1

@@ -50,6 +50,9 @@ class GenerationWorker:
     """
 
     def __init__(self, cfg: TrainConfig, model_config: Any, tokenizer: Any, index: int) -> None:
+        import torch
+
+        torch.set_num_threads(cfg.run.num_threads)  # as in the driver: see RunConfig.num_threads
         import_modules(cfg.run.imports)
         self.cfg, self.index = cfg, index
         self._weights_ready = asyncio.Event()
