@@ -24,7 +24,8 @@ Tools: ``act(action)`` performs one game action (``"open door to kitchen"``, ``"
 thermometer"``, ``"focus on water"``) and returns the game's text; ``valid_actions(contains)``
 lists the actions the simulator accepts right now (optionally filtered). The native
 ``reset task`` action is disabled (it would undo a failure). One step is one turn; game time
-passes only through actions (``wait`` = 10 ticks, ``wait1`` = 1).
+passes only through actions (``wait`` = 10 ticks, ``wait1`` = 1). The system prompt lists the
+task's action templates; the first user message is the task, the room and the inventory.
 
 Reward: ScienceWorld's score (0-100, partial credit per sub-goal) scaled by 1/100; each tool
 call earns the change in ``max(score, 0) / 100`` since the previous call, so the episode return
@@ -34,35 +35,57 @@ failed task (focusing on the wrong object, a wrong answer) has native score -100
 terminates and the return drops to 0. ``terminated`` when the game says the task is completed
 or failed; ``info["score"]`` is the native score, ``info["won"]`` / ``info["failed"]``.
 
-Horizon: long. Replaying ScienceWorld's gold action sequence takes 3-16 turns on the find-*
-and lifespan-* tasks, 15-60 on chemistry-mix, life stages and most measuring tasks, 30-170 on
-boil/melt/freeze, grow-*, inclined planes and Mendelian genetics, and up to ~750 on
-inclined-plane-friction-named-surfaces (measured with ``simplification="easy"``, 4 variations
-per type and split; see ``tests/envs/test_scienceworld.py``). ``max_turns`` defaults to 100,
-ScienceWorld's own step limit; raise it for the long task types.
+Horizon: long. Turns the expert takes (``"easy"``, 12 variations per type, 4 from each split):
+find-* 3-16, lifespan-* 3-8, chemistry-mix-paint-* 6-37, power-component* 7-27,
+identify-life-stages-* 8-40, use-thermometer 13-23, test-conductivity* 14-45, chemistry-mix
+15-55, measure-melting-point-* 13-95, boil / melt / freeze / change-the-state 17-141,
+grow-plant 27-43, grow-fruit 53-84, inclined-plane-determine-angle 54-169,
+mendelian-genetics-* 122-134, inclined-plane-friction-unnamed-surfaces 104-226,
+inclined-plane-friction-named-surfaces 46-743 (median 66). Over the 357 sampled tasks: median
+24, 90th percentile 127, 4 above 200. Without simplifications the grow and genetics paths are
+10-20 % longer. ``max_turns`` defaults to 200 (ScienceWorld's own step limit is 100); the
+expert logs a warning when a gold path is longer than ``max_turns``.
 
-Expert: the gold action sequence (``load(..., generateGoldPath=True)`` then
-``get_gold_action_sequence()``), one ``act`` call per turn. It reaches score 100 on every
-sampled variation of every task type except rare ones: in the sample, freeze dev variation 19
-(the gold path ends at score 82: the simulator's gold path for that substance does not finish
-the freezing). ``KNOWN_GOLD_FAILURES`` lists the (task, variation) pairs we found.
+Expert: ScienceWorld's gold action sequence (``load(..., generateGoldPath=True)``, then
+``get_gold_action_sequence()``), one ``act`` call per turn; generating one takes a fresh JVM
+and 0.5-20 s, so gold paths are cached on disk (:func:`gold_cache_file`). It reached score 100 on 356 of the
+357 ``"easy"`` samples, on 118 of the 120 variations of boil, melt, freeze and
+change-the-state, and on 179 of 180 samples without simplifications (6 per type; the exception,
+mendelian-genetics-known-plant 30, was the nondeterminism below and succeeds in deterministic
+mode). The failures are ``KNOWN_GOLD_FAILURES``: freeze variations 11 (chocolate) and 19
+(rubber), with or without simplifications. Their gold path first melts the substance, it
+catches fire and burns to ash, and ash never freezes: score 87 and 82.
 
-Process model: one ScienceWorld JVM per env object, started on first use (about 1-3 s),
-reused across resets, killed by ``close()`` (idempotent; a later ``reset`` starts a new one).
-``reset`` blocks its event loop for the first load of each task (the task prompt needs the
-simulator); steps run in the tool thread pool. The package's ``step()`` also computes the full
-valid-action list after every action (~6x slower), so steps call the simulator directly
-(``server.step``, ``getScore``, ``getCompleted``), as the package's ``step`` does.
+Determinism: the simulator orders objects by JVM identity hash codes (room listings, which
+animal moves or pollinates, the order heat flows), and those depend on everything the JVM did
+before. Replaying the same actions in a reused JVM listed objects in another order, pollinated
+other flowers or read 26 instead of 27 degrees in 9 of the 30 task types (one probe). A freshly
+started JVM is reproducible, so with ``deterministic=True`` (default) every episode starts in a
+fresh JVM (a restart costs ~1-2 s per reset, more on a busy machine) and the gold path is
+generated in a fresh JVM too: the same seed gives the same task, observations and expert
+episode. ``deterministic=False`` reuses one JVM across episodes.
+
+Process model: one ScienceWorld JVM per env object, started on first use, killed by ``close()``
+(idempotent; a later ``reset`` starts a new one). ``reset`` blocks its event loop for the first
+load of each task (the task prompt needs the simulator); steps run in the tool thread pool.
+The package's ``step()`` also computes the full valid-action list after every action (~6x
+slower), so steps call the simulator directly (``server.step``, ``getScore``,
+``getCompleted``), as the package's ``step`` does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
+import json
 import logging
+import os
 import re
 import shutil
 import subprocess
 import threading
+from pathlib import Path
 from typing import Any, ClassVar
 
 from .base import Policy, Task, ToolEnv, suggest
@@ -75,11 +98,17 @@ SIMPLIFICATIONS = ("easy", "teleportAction", "selfWateringFlowerPots", "openCont
 SPLITS = ("train", "dev", "test")
 #: Task types that need electrical actions (``noElectricalAction`` cannot be used with them).
 ELECTRICAL = ("power-component", "power-component-renewable-vs-nonrenewable-energy", "test-conductivity", "test-conductivity-of-unknown-substances")
-#: (task name, variation, simplification) whose gold path does not reach score 100 (found by
-#: replaying gold paths; see the module docstring).
-KNOWN_GOLD_FAILURES: frozenset[tuple[str, int, str]] = frozenset({("freeze", 19, "easy")})
+#: (task name, variation) whose gold path does not reach score 100, with or without
+#: simplifications (found by replaying gold paths; see the module docstring).
+KNOWN_GOLD_FAILURES: frozenset[tuple[str, int]] = frozenset({("freeze", 11), ("freeze", 19)})
 DISABLED_ACTIONS = ("reset task",)
 MAX_ACTION_CHARS = 300
+#: The JVM lives for one episode in deterministic mode: C1 only and the serial GC start it in
+#: about half the time (~1 s) and run short episodes as fast as the default JIT does. Identity
+#: hash codes (which order the simulator's objects) come from per-thread generators seeded, in
+#: order, as threads start; compiler threads started on demand (timing-dependent) would shift
+#: the seed of the thread that serves py4j, so they are all started up front.
+JAVA_OPTS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:-UseDynamicNumberOfCompilerThreads")
 VALID_ACTIONS_SHOWN = 100
 
 _ACTION_HELP = {
@@ -165,6 +194,62 @@ def _resolve_simplification(simplification: str | list[str] | tuple[str, ...] | 
     return ",".join(dict.fromkeys(parts))
 
 
+_LAUNCH_LOCK = threading.Lock()
+
+
+def _launch(simulator: Any) -> Any:
+    """Start the package's simulator (a JVM) with ``JAVA_OPTS``.
+
+    The package's constructor takes no JVM options, so its module-level ``launch_gateway`` is
+    wrapped for the duration of the call (under a lock; only ScienceWorld launches see it).
+    """
+    import scienceworld.scienceworld as module
+
+    with _LAUNCH_LOCK:
+        original = module.launch_gateway
+        module.launch_gateway = functools.partial(original, javaopts=list(JAVA_OPTS))
+        try:
+            return simulator("", envStepLimit=10**9)  # our max_turns does the truncating
+        finally:
+            module.launch_gateway = original
+
+
+@functools.lru_cache(maxsize=1)
+def _jar_tag() -> str:
+    import scienceworld
+    from scienceworld.constants import JAR_PATH
+
+    digest = hashlib.sha256(Path(JAR_PATH).read_bytes() + repr(JAVA_OPTS).encode()).hexdigest()[:16]
+    return f"{scienceworld.__version__}-{digest}"
+
+
+def gold_cache_file() -> Path:
+    """Where gold paths are cached: ``$AGENTRL_CACHE/scienceworld`` (default
+    ``~/.cache/agentrl/scienceworld``), one file per (package version, jar, ``JAVA_OPTS``)."""
+    root = os.environ.get("AGENTRL_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "agentrl")
+    return Path(root) / "scienceworld" / f"gold-{_jar_tag()}.json"
+
+
+def _read_gold_cache() -> dict[str, list[str]]:
+    try:
+        return json.loads(gold_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_gold_cache(key: str, gold: list[str]) -> None:
+    """Add one gold path to the cache file (read, merge, write to a temporary name, rename)."""
+    path = gold_cache_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {**_read_gold_cache(), key: gold}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as e:  # a cache: never fail the episode for it
+        log.warning("ScienceWorld: could not write the gold-path cache %s: %s", path, e)
+
+
 def _clean_action(action: str) -> str:
     """One line of printable text: surrogates and control characters dropped, spaces collapsed."""
     action = action.encode("utf-8", "ignore").decode("utf-8")
@@ -181,7 +266,9 @@ class ScienceWorldEnv(ToolEnv):
         simplification: ``"easy"`` (default), ``""`` for none, or a comma-separated subset of
             ScienceWorld's simplifications.
         variations_per_task: keep only the first N variations of each type in each split.
-        max_turns: turns before truncation (default 100, ScienceWorld's own step limit).
+        max_turns: turns before truncation (default 200: above the gold path of all but rare variations).
+        deterministic: run every episode in a freshly started JVM (see the module docstring);
+            ``False`` reuses the JVM (resets ~1-2 s faster; some task types then vary between runs).
         **kwargs: passed to :class:`~agentrl.envs.base.ToolEnv` (``split``, ``parser``, ...).
     """
 
@@ -200,7 +287,8 @@ class ScienceWorldEnv(ToolEnv):
         task_names: str | list[str] | None = None,
         simplification: str | list[str] | None = "easy",
         variations_per_task: int | None = None,
-        max_turns: int = 100,
+        max_turns: int = 200,
+        deterministic: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(max_turns=max_turns, **kwargs)
@@ -209,35 +297,39 @@ class ScienceWorldEnv(ToolEnv):
         if variations_per_task is not None and (not isinstance(variations_per_task, int) or isinstance(variations_per_task, bool) or variations_per_task < 1):
             raise ValueError(f"ScienceWorld: variations_per_task must be a positive int or None, got {variations_per_task!r}.")
         self.variations_per_task = variations_per_task
+        self.deterministic = bool(deterministic)
         self._sw: Any = None  # scienceworld.ScienceWorldEnv, started lazily
         self._lock = threading.RLock()
-        self._loaded: tuple[str, int, str] | None = None  # plain-loaded task in the JVM
-        self._world: tuple[tuple[str, int, str], int] | None = None  # (task, actions applied since reset)
+        self._used = False  # the JVM did something since it started
+        self._loaded: tuple[str, int, str] | None = None  # task last loaded (plain) in the JVM
+        self._at_start: tuple[str, int, str] | None = None  # the JVM is exactly at this task's canonical start
+        self._world: tuple[tuple[str, int, str], int] | None = None  # (task, actions applied since its start)
         self._index: dict[str, list[tuple[str, int]]] = {}
         self._key: tuple[str, int, str] | None = None
-        self._history: list[str] = []
+        self._history: list[str | None] = []  # this episode's actions (None: a valid_actions call)
         self._credited = 0  # score (clamped to 0..100) already paid out as reward
         self._over = False
 
     # ----------------------------------------------------------------- the JVM
-    def _jvm(self) -> Any:
-        with self._lock:
-            if self._sw is None:
-                if shutil.which("java") is None:
-                    raise RuntimeError("ScienceWorld needs Java (1.8+) on PATH to run its simulator jar; install a JRE (e.g. apt-get install default-jre-headless).")
-                try:
-                    from scienceworld import ScienceWorldEnv as _Simulator
-                except ImportError as e:
-                    raise ImportError("ScienceWorld needs the scienceworld package: pip install scienceworld") from e
-                self._sw = _Simulator("", envStepLimit=10**9)  # our max_turns does the truncating
-                self._loaded, self._world = None, None
-                log.debug("ScienceWorld JVM started (pid %s)", self._sw._gateway.java_process.pid)
-            return self._sw
+    def _use(self) -> Any:
+        """The simulator, started if needed; marks that the JVM's history changes."""
+        if self._sw is None:
+            if shutil.which("java") is None:
+                raise RuntimeError("ScienceWorld needs Java (1.8+) on PATH to run its simulator jar; install a JRE (e.g. apt-get install default-jre-headless).")
+            try:
+                from scienceworld import ScienceWorldEnv as _Simulator
+            except ImportError as e:
+                raise ImportError("ScienceWorld needs the scienceworld package: pip install scienceworld") from e
+            self._sw = _launch(_Simulator)
+            self._used, self._loaded, self._at_start, self._world = False, None, None, None
+            log.debug("ScienceWorld JVM started (pid %s)", self._sw._gateway.java_process.pid)
+        self._used, self._at_start = True, None
+        return self._sw
 
     def _stop_jvm(self) -> None:
         with self._lock:
             sw, self._sw = self._sw, None
-            self._loaded, self._world = None, None
+            self._used, self._loaded, self._at_start, self._world = False, None, None, None
         if sw is None:
             return
         proc = getattr(sw._gateway, "java_process", None)
@@ -252,34 +344,55 @@ class ScienceWorldEnv(ToolEnv):
                 proc.kill()
                 proc.wait(timeout=5)
 
+    def _fresh(self) -> None:
+        """In deterministic mode, restart the JVM if it has done anything since it started."""
+        if self.deterministic and self._sw is not None and self._used:
+            self._stop_jvm()
+
     def close(self) -> None:
         super().close()
         self._stop_jvm()
 
-    def _load(self, key: tuple[str, int, str]) -> None:
-        """Put the JVM at the start of ``key``'s episode (load only when the task changed)."""
-        sw = self._jvm()
-        if self._loaded != key:
+    def _open(self, key: tuple[str, int, str]) -> dict[str, Any]:
+        """Put the JVM at the canonical start of ``key``'s episode; returns the intro seen there.
+
+        Canonical start: (deterministic mode: a fresh JVM,) load, reset, "look around" (what the
+        package's ``reset()`` does), then the free task/look/inventory/action-list calls.
+        """
+        self._fresh()
+        sw = self._use()
+        if self.deterministic or self._loaded != key:
             sw.load(key[0], key[1], key[2])
             self._loaded = key
         sw.server.reset()
-        sw.server.step("look around")  # what the package's reset() does (a free action)
-        self._world = (key, 0)
+        look = str(sw.server.step("look around"))
+        intro = {
+            "description": str(sw.get_task_description()).replace("Task Description:", "").strip(),
+            "look": look.strip(),
+            "inventory": str(sw.inventory()).strip(),
+            "actions": [str(a) for a in sw.get_possible_actions() if a not in DISABLED_ACTIONS],
+        }
+        self._world, self._at_start = (key, 0), key
+        return intro
 
     def _sync_world(self) -> None:
-        """Make the JVM hold this episode's state (reload and replay if something else used it)."""
+        """Make the JVM hold this episode's state (reopen and replay if something else used it)."""
         assert self._key is not None
         if self._world != (self._key, len(self._history)):
-            self._load(self._key)
-            for action in self._history:
-                self._sw.server.step(action)
+            self._open(self._key)
+            sw = self._use()
+            for action in self._history:  # None: a valid_actions call (it touches the JVM's state too)
+                if action is None:
+                    sw.get_valid_action_object_combinations()
+                else:
+                    sw.server.step(action)
             self._world = (self._key, len(self._history))
 
     # ----------------------------------------------------------------- tasks
     def _variations(self, task_name: str, split: str) -> tuple[int, ...]:
         if (task_name, split) not in self._VARIATIONS:
             with self._lock:
-                sw = self._jvm()
+                sw = self._use()
                 sw.load(task_name, 0, "")
                 self._loaded, self._world = None, None
                 for s, getter in zip(SPLITS, (sw.get_variations_train, sw.get_variations_dev, sw.get_variations_test)):
@@ -303,12 +416,7 @@ class ScienceWorldEnv(ToolEnv):
     def _intro(self, key: tuple[str, int, str]) -> dict[str, Any]:
         if key not in self._INTROS:
             with self._lock:
-                sw = self._jvm()
-                self._load(key)
-                self._world = None  # free actions below; the episode will reload
-                desc = sw.get_task_description().replace("Task Description:", "").strip()
-                templates = [a for a in sw.get_possible_actions() if a not in DISABLED_ACTIONS]
-                self._INTROS[key] = {"description": desc, "look": sw.look().strip(), "inventory": sw.inventory().strip(), "actions": templates}
+                self._INTROS[key] = self._open(key)  # leaves the JVM ready for this task's episode
         return self._INTROS[key]
 
     def get_task(self, split: str, index: int) -> Task:
@@ -344,7 +452,8 @@ class ScienceWorldEnv(ToolEnv):
 
         def load() -> None:
             with self._lock:
-                self._sync_world()
+                if self._at_start != self._key:  # else get_task just opened it
+                    self._open(self._key)  # type: ignore[arg-type]
 
         await asyncio.to_thread(load)
 
@@ -392,7 +501,7 @@ class ScienceWorldEnv(ToolEnv):
             return ToolOutput(f"The action {text!r} is disabled in this environment.")
         with self._lock:
             self._sync_world()
-            observation = str(self._sw.server.step(text))
+            observation = str(self._use().server.step(text))
             self._history.append(text)
             self._world = (self._key, len(self._history))
             score, completed = self._score()
@@ -415,7 +524,9 @@ class ScienceWorldEnv(ToolEnv):
             return ToolOutput("Error: no episode; call reset() first.", status="tool_error")
         with self._lock:
             self._sync_world()
-            actions = sorted(str(a) for a in self._sw.get_valid_action_object_combinations())
+            actions = sorted(str(a) for a in self._use().get_valid_action_object_combinations())
+            self._history.append(None)
+            self._world = (self._key, len(self._history))
             score, _ = self._score()
         needle = _clean_action(contains).lower()
         if needle:
@@ -428,24 +539,39 @@ class ScienceWorldEnv(ToolEnv):
 
     # ----------------------------------------------------------------- expert
     def gold_actions(self, task: Task | None = None) -> tuple[str, ...]:
-        """ScienceWorld's gold action sequence for ``task`` (default: the current one)."""
+        """ScienceWorld's gold action sequence for ``task`` (default: the current one).
+
+        Generated in a fresh JVM in deterministic mode, so it is a pure function of the task
+        (for a given jar and JVM), and then kept in the disk cache (:func:`gold_cache_file`).
+        """
         task = task or self.task
         if task is None:
             raise RuntimeError("ScienceWorld: gold_actions() needs a task; call reset() first.")
         key = (task.data["task_name"], task.data["variation"], task.data["simplification"])
         if key not in self._GOLD:
+            cached = _read_gold_cache().get("/".join(map(str, key)))
+            if cached:
+                self._GOLD[key] = tuple(cached)
+                return self._GOLD[key]
             with self._lock:
-                sw = self._jvm()
+                self._fresh()  # so the gold path does not depend on what the JVM did before
+                sw = self._use()
                 sw.load(*key, generateGoldPath=True)
-                self._loaded, self._world = None, None  # the next step reloads and replays
+                self._loaded, self._world = None, None  # the next step reopens and replays
                 gold = [str(a) for a in sw.get_gold_action_sequence()]
             if not gold or gold[0].startswith("ERROR"):
                 raise RuntimeError(f"ScienceWorld: no gold path for {key}: {gold[:1]}")
             self._GOLD[key] = tuple(gold)
+            if self.deterministic:
+                _write_gold_cache("/".join(map(str, key)), gold)
         return self._GOLD[key]
 
     def expert(self) -> Policy:
-        actions = iter(self.gold_actions())
+        gold = self.gold_actions()
+        if len(gold) > self.max_turns:
+            log.warning("ScienceWorld: the gold path of %s has %d actions, more than max_turns=%d; the expert may be truncated.",
+                        self.task.task_id if self.task else "?", len(gold), self.max_turns)
+        actions = iter(gold)
 
         def policy(obs: Any) -> str:
             return self.call("act", action=next(actions, "look around"))
