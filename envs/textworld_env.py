@@ -27,9 +27,13 @@ quest) scaled by ``1 / max_score``: each call earns the score change, a won game
 or destroyed); ``info["score"]``, ``info["max_score"]``, ``info["won"]``, ``info["lost"]``.
 
 Horizon: the walkthrough (the expert) takes ``quest_length`` commands or a few less (the
-defaults, 5 rooms / 10 objects / quest 5: 3-5 turns); an agent that explores needs several
-times more. ``max_turns`` defaults to ``max(20, 8 * quest_length + 4 * world_size)`` (60 for
-the defaults).
+defaults, 5 rooms / 10 objects / quest 5: 3-5 turns, median 5 over 30 games; 10 rooms / 20
+objects / quest 10: 9-10 turns); an agent that explores needs several times more. ``max_turns``
+defaults to ``max(20, 8 * quest_length + 4 * world_size)`` (60 for the defaults).
+
+Process model: one Jericho interpreter per episode, in this process. The first use of a task
+generates its game inside ``reset`` (~3-10 s on one core, longer on a busy machine; it blocks
+the event loop meanwhile); ``pregenerate(split, indices)`` fills the cache ahead of time.
 
 Expert: the game's walkthrough (``extras=["walkthrough"]``), one ``act`` call per turn. Each
 generated game is checked by replaying its walkthrough before it is cached; a game whose

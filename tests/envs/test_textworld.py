@@ -104,6 +104,7 @@ def test_generation_is_cached_and_deterministic(tmp_path):
     assert again == a and (tmp_path / "a").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.filterwarnings("ignore:.*is not fully supported")  # GameMaker plays its draft through Jericho
 def test_lost_game_terminates(tmp_path):
     """A hand-made game (TextWorld's GameMaker) with a fail event: eating the apple loses."""
     from textworld import GameMaker
