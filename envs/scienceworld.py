@@ -337,6 +337,7 @@ class ScienceWorldEnv(ToolEnv):
             sw.close()  # shuts the gateway down and tells java to exit
         except Exception as e:  # noqa: BLE001 - the process is killed below either way
             log.debug("ScienceWorld close: %s: %s", type(e).__name__, e)
+        sw.close = lambda: None  # its __del__ closes again, and py4j logs tracebacks for that
         if proc is not None:
             try:
                 proc.wait(timeout=5)
