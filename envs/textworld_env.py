@@ -217,7 +217,7 @@ class TextWorldEnv(ToolEnv):
         **kwargs: passed to :class:`~agentrl.envs.base.ToolEnv`.
     """
 
-    description = "TextWorld generated quests (offline, cached); native score reward; horizon ~quest_length..8x turns"
+    description = "TextWorld quests generated offline and cached; native score reward; horizon quest_length to ~8x"
 
     def __init__(
         self,
