@@ -18,6 +18,7 @@ COMMANDS: list[str] = [
     "agentrl.envs.cli",
     "agentrl.algorithms.cli",
     "agentrl.train_cli",
+    "agentrl.eval.cli",
 ]
 
 

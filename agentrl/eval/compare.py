@@ -1,0 +1,231 @@
+"""``agentrl compare STUDY.yaml``: run every (method x seed x env variant x axis level) of a
+study, reusing finished runs, then write the report.
+
+Results folder layout (``--out``, default ``runs/studies/<study>`` or ``runs/studies/<study>-smoke``)::
+
+    study.json                       which study this folder belongs to, and its run keys
+    models/<env>/seed<k>/            tiny models created from model.init
+    sft/<env>/seed<k>/               shared SFT warm starts (trainer.total_steps=0 runs)
+    runs/<env>/[<levels>/]<method>/seed<k>/   method runs (agentrl train output folders)
+    report/                          report.md, report.html, CSVs, plots/
+
+Resuming: a run whose ``summary.json`` exists and whose saved ``config.yaml`` equals its
+resolved config is reused; a run folder without ``summary.json`` continues from its latest
+checkpoint (``run.resume``); a run whose saved config differs (the study was edited) is
+deleted and trained again, and so are the method runs of a warm start that had to be redone.
+A folder holding another study's results is refused.
+
+Runs train one after another in this process (``jobs=1``), or in ``jobs`` worker processes;
+each run sets its own ``run.num_threads``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agentrl.config import ConfigError, TrainConfig, from_dict
+
+from .study import RunSpec, Study, check_runs, expand_runs, load_study
+
+log = logging.getLogger(__name__)
+
+RUN_RECORD = "compare_run.json"  # wall time of the run, written by compare next to summary.json
+
+
+def default_out(study: Study) -> Path:
+    return Path("runs") / "studies" / (f"{study.name}-smoke" if study.smoke else study.name)
+
+
+def _comparable(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The parts of a resolved config that decide a run's results: ``logging`` is left out
+    and the results folder's own path is replaced by a placeholder (folders can move)."""
+    prefix = str(out.resolve())
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: norm(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [norm(x) for x in v]
+        if isinstance(v, str) and v.startswith(prefix):
+            return "<OUT>" + v[len(prefix):]
+        return v
+
+    return norm({k: v for k, v in cfg.items() if k != "logging"})
+
+
+def _differences(a: Any, b: Any, where: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{where}.{k}" if where else k)]
+    return [] if a == b else [f"{where}: {b!r} -> {a!r}"]
+
+
+def claim_folder(out: Path, study: Study, runs: list[RunSpec]) -> None:
+    """Create ``out`` for ``study`` or check that it already belongs to it. Raises ConfigError
+    for a folder of another study, or a non-empty folder that is not a results folder."""
+    marker = out / "study.json"
+    if marker.exists():
+        held = json.loads(marker.read_text())
+        if held.get("identity") != study.identity:
+            raise ConfigError(
+                f"results folder {str(out)!r} holds the results of study {held.get('identity')!r} "
+                f"(from {held.get('source')}), not {study.identity!r}; pass --out with a new folder, or remove that one"
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{str(out)!r} is not empty and has no study.json, so it is not an agentrl compare results folder; pass --out with a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"identity": study.identity, "study": study.name, "smoke": study.smoke, "source": str(study.source), "runs": [r.key for r in runs]}, indent=2))
+
+
+def run_state(run: RunSpec, out: Path) -> str:
+    """"done" (reusable), "partial" (continue from its checkpoint), "stale" (saved config
+    differs: redo) or "new"."""
+    folder = Path(run.config["run"]["output_dir"])
+    saved = folder / "config.yaml"
+    if not saved.exists():
+        return "stale" if folder.exists() and any(folder.iterdir()) else "new"
+    diff = _differences(_comparable(run.config, out), _comparable(yaml.safe_load(saved.read_text()) or {}, out))
+    if diff:
+        log.warning("run %s: config changed since it ran (%s%s); training it again", run.key, "; ".join(diff[:4]), " ..." if len(diff) > 4 else "")
+        return "stale"
+    return "done" if (folder / "summary.json").exists() else "partial"
+
+
+def train_run(config: dict[str, Any]) -> float:
+    """Train one run from its resolved config; returns its wall time in seconds. Also the
+    entry point of worker processes (``jobs > 1``)."""
+    from agentrl import train as train_module
+
+    t0 = time.perf_counter()
+    train_module.train(from_dict(TrainConfig, config))
+    wall = time.perf_counter() - t0
+    (Path(config["run"]["output_dir"]) / RUN_RECORD).write_text(json.dumps({"wall_time_s": wall, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    return wall
+
+
+class _Progress:
+    """One log line per run: position, what happened, and an ETA from the runs trained so far."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.trained, self.train_time_s = total, 0, 0, 0.0
+
+    def report(self, run: RunSpec, what: str, wall: float | None = None) -> None:
+        self.done += 1
+        if wall is not None:
+            self.trained += 1
+            self.train_time_s += wall
+        left = self.total - self.done
+        eta = f"; about {self._fmt(left * self.train_time_s / self.trained)} left" if self.trained and left else ""
+        log.info("[%d/%d] %s: %s%s", self.done, self.total, run.key, what, eta)
+
+    @staticmethod
+    def _fmt(s: float) -> str:
+        return f"{s / 3600:.1f} h" if s > 5400 else f"{s / 60:.0f} min"
+
+
+def _prepare(run: RunSpec, out: Path, redone: set[str], failed: dict[str, str], progress: _Progress) -> bool:
+    """Whether ``run`` must train now; clears its folder when its results cannot be reused
+    (its config changed, or its warm start was redone in this invocation)."""
+    if run.needs in failed:
+        failed[run.key] = f"its warm start {run.needs} failed"
+        progress.report(run, "skipped (" + failed[run.key] + ")")
+        return False
+    state = run_state(run, out)
+    if state == "done" and run.needs not in redone:
+        progress.report(run, "finished earlier, reused")
+        return False
+    if state == "stale" or (state != "new" and run.needs in redone):
+        shutil.rmtree(run.config["run"]["output_dir"], ignore_errors=True)
+    return True
+
+
+def _run_all(runs: list[RunSpec], out: Path, progress: _Progress, jobs: int, failed: dict[str, str],
+             train_fn: Callable[[dict[str, Any]], float]) -> None:
+    """Train what needs training, in study order, each method run after its warm start:
+    in this process (jobs=1) or in ``jobs`` worker processes."""
+    redone: set[str] = set()
+    pending = list(runs)
+    blocked = {r.key for r in runs}  # not finished yet: their dependents wait
+
+    def finish(run: RunSpec, wall: float | None, err: BaseException | None) -> None:
+        blocked.discard(run.key)
+        if err is not None:
+            failed[run.key] = f"{type(err).__name__}: {err}"
+            log.error("run %s failed: %s", run.key, failed[run.key])
+            progress.report(run, "FAILED")
+        else:
+            if run.kind == "sft":
+                redone.add(run.key)
+            progress.report(run, f"trained in {wall:.0f} s", wall)
+
+    def next_ready() -> RunSpec | None:
+        for i, run in enumerate(pending):
+            if run.needs is None or run.needs not in blocked:
+                return pending.pop(i)
+        return None
+
+    if jobs <= 1:
+        while pending:
+            run = pending.pop(0)
+            if not _prepare(run, out, redone, failed, progress):
+                blocked.discard(run.key)
+                continue
+            log.info("training %s (%s)", run.key, run.config["run"]["output_dir"])
+            try:
+                wall = train_fn(run.config)
+            except Exception as e:  # one broken run must not lose the others (Ctrl-C still stops)
+                log.exception("run %s raised", run.key)
+                finish(run, None, e)
+            else:
+                finish(run, wall, None)
+        return
+    import multiprocessing
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running: dict[Any, RunSpec] = {}
+        while pending or running:
+            while len(running) < jobs and (run := next_ready()) is not None:
+                if _prepare(run, out, redone, failed, progress):
+                    log.info("training %s (%s)", run.key, run.config["run"]["output_dir"])
+                    running[pool.submit(train_run, run.config)] = run
+                else:
+                    blocked.discard(run.key)
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                run = running.pop(fut)
+                err = fut.exception()
+                finish(run, None if err else fut.result(), err)
+
+
+def compare(study_path: str | Path, *, smoke: bool = False, out: str | Path | None = None, jobs: int = 1,
+            train_fn: Callable[[dict[str, Any]], float] | None = None) -> dict[str, Any]:
+    """Run (or reuse) every run of the study and write the report. Returns ``{"out", "report",
+    "runs", "failed"}``. Raises ConfigError before any training when the study, a run's
+    config or the results folder is wrong. ``train_fn`` (tests) replaces :func:`train_run`
+    and forces jobs=1."""
+    from .report import write_report
+
+    study = load_study(study_path, smoke=smoke)
+    out = Path(out) if out is not None else default_out(study)
+    runs = expand_runs(study, out)
+    check_runs(runs)
+    claim_folder(out, study, runs)
+    log.info("study %s: %d runs (%d shared warm starts) into %s", study.identity, len(runs), sum(r.kind == "sft" for r in runs), out)
+    progress = _Progress(len(runs))
+    failed: dict[str, str] = {}
+    jobs = 1 if train_fn is not None else jobs
+    _run_all(runs, out, progress, jobs, failed, train_fn or train_run)
+    report = write_report(study, runs, out)
+    if failed:
+        log.error("%d run(s) failed: %s", len(failed), "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    return {"out": str(out), "report": report, "runs": [r.key for r in runs], "failed": failed}

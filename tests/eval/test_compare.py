@@ -1,0 +1,128 @@
+"""``agentrl compare`` on a real (tiny) study: resuming after an interruption, reuse of
+finished runs, and a report whose tables, CSVs and plots hold the numbers of the runs."""
+
+from __future__ import annotations
+
+import csv
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from agentrl.metrics import read_metrics
+
+from .helpers import check_images, check_runs_csv, expected_values, md_tables
+
+RUNS = ["high4/grpo/seed0", "high4/empg/seed0", "high4/grpo/seed1", "high4/empg/seed1"]
+T975 = {1: 12.706, 2: 4.303}
+
+
+def test_interrupted_compare_resumes_without_redoing_finished_runs(compared):
+    out = compared["out"]
+    first, resumed, again = compared["calls"]
+    # pass 1: the seed-0 warm start, grpo/seed0, then Ctrl-C inside empg/seed0 after its last checkpoint
+    assert [Path(c).relative_to(out).as_posix() for c in first] == ["sft/high4/seed0", "runs/high4/grpo/seed0", "runs/high4/empg/seed0"]
+    assert compared["interrupted_summary_exists"] is False and compared["interrupted_checkpoints"][-1] == "step_000003"
+    # pass 2: the interrupted run continues from its checkpoint (no train_step redone), the
+    # seed-1 warm start and its two runs are trained (3 learner updates each); nothing
+    # finished is retrained
+    assert [Path(c).relative_to(out).as_posix() for c in resumed] == ["runs/high4/empg/seed0", "sft/high4/seed1", "runs/high4/grpo/seed1", "runs/high4/empg/seed1"]
+    assert compared["updates"][1] == 2 * 3
+    interrupted = read_metrics(Path(compared["interrupted_run"]) / "metrics.jsonl")
+    assert [r["train_step"] for r in interrupted if "rollout/success" in r] == [1, 2, 3]
+    # pass 3: everything is reused; summary.json files untouched
+    assert again == [] and compared["updates"][2] == 0
+    assert compared["mtimes"][2] == compared["mtimes"][1] and len(compared["mtimes"][2]) == 4
+    finished_first = out / "runs" / "high4" / "grpo" / "seed0" / "summary.json"
+    assert compared["mtimes"][1][finished_first] == compared["mtimes"][0][finished_first]
+    assert compared["study_json"]["identity"] == "guess_study" and len(compared["study_json"]["runs"]) == 6
+    assert all(r["failed"] == {} for r in compared["results"])
+
+
+def test_method_runs_start_from_the_shared_warm_start(compared):
+    out = compared["out"]
+    for key in RUNS:
+        cfg = yaml.safe_load((out / "runs" / key / "config.yaml").read_text())
+        seed = key.rsplit("seed", 1)[1]
+        assert cfg["model"]["path"] == str((out / "sft" / "high4" / f"seed{seed}" / "checkpoints" / "step_000000" / "model").resolve())
+        assert cfg["model"]["init"] is None and cfg["sft"]["enabled"] is False and cfg["run"]["seed"] == int(seed)
+        method = key.split("/")[1]
+        method_file = yaml.safe_load((Path(__file__).parents[2] / "configs" / "methods" / f"{method}.yaml").read_text())
+        assert cfg["algorithm"] == method_file["algorithm"]
+    sft = yaml.safe_load((out / "sft" / "high4" / "seed0" / "config.yaml").read_text())
+    assert sft["trainer"]["total_steps"] == 0 and sft["sft"]["enabled"] is True
+    assert sft["model"]["path"] == str((out / "models" / "high4" / "seed0").resolve())
+
+
+# ----------------------------------------------------------------------------- report numbers
+def _cell(values: list[float]) -> str:
+    """The report's mean [low, high] for these values, recomputed with the t table."""
+    xs = np.array(values)
+    mean = xs.mean()
+    half = T975[len(xs) - 1] * xs.std(ddof=1) / math.sqrt(len(xs))
+    return f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
+
+
+def test_report_holds_the_numbers_of_the_runs(compared):
+    out = compared["out"]
+    report = out / "report"
+    for name in ("report.md", "report.html", "runs.csv", "metrics_long.csv", "groups.csv", "fits.csv"):
+        assert (report / name).stat().st_size > 200, name
+    expected = {key: expected_values(out / "runs" / key, target=0.5, window=2) for key in RUNS}
+    # not placeholders: the runs succeed sometimes and have a real entropy
+    assert any(e["final_success"] > 0 for e in expected.values())
+    assert all(0 < e["final_entropy"] < math.log(400) for e in expected.values())
+
+    check_runs_csv(report / "runs.csv", expected)
+
+    # report.md: the group table (mean [95% t-interval] across the 2 seeds) and the run table
+    text = (report / "report.md").read_text()
+    group, fits, every = md_tables(text)
+    header = group[0]
+    for row in group[1:]:
+        method = row[0]
+        keys = [k for k in RUNS if k.split("/")[1] == method]
+        assert row[1] == "2"
+        for col, title in (("before_success", "held-out success before RL"), ("final_success", "held-out success after RL"),
+                           ("auc_success", "training success AUC"), ("final_entropy", "final entropy (nats)")):
+            assert row[header.index(title)] == _cell([expected[k][col] for k in keys]), (method, col)
+        reached = [expected[k]["steps_to_target"] for k in keys if not math.isnan(expected[k]["steps_to_target"])]
+        assert row[-1].endswith(f"({len(reached)}/2)")
+    for row in every[1:]:
+        exp = expected[row[0]]
+        assert row[1:4] == [f"{exp['final_success']:.3f}", f"{exp['auc_success']:.3f}", f"{exp['final_entropy']:.3f}"]
+
+    # the fit over all points of the env, recomputed with numpy
+    h = np.array([r["policy/entropy"] for k in RUNS for r in read_metrics(out / "runs" / k / "metrics.jsonl") if "rollout/success" in r])
+    p = np.array([r["rollout/success"] for k in RUNS for r in read_metrics(out / "runs" / k / "metrics.jsonl") if "rollout/success" in r])
+    a, b = np.linalg.lstsq(np.stack([-np.exp(h), np.ones_like(h)], 1), p, rcond=None)[0]
+    assert fits[1][0] == "all" and fits[1][1:3] == [f"{a:.4f}", f"{b:.4f}"] and fits[1][4] == str(len(h))
+
+    # metrics_long.csv: every numeric metric of every row of every run
+    n_values = sum(1 for k in RUNS for r in read_metrics(out / "runs" / k / "metrics.jsonl") for key, v in r.items()
+                   if key != "train_step" and isinstance(v, (int, float)) and not isinstance(v, bool))
+    with (report / "metrics_long.csv").open() as f:
+        long_rows = list(csv.DictReader(f))
+    assert len(long_rows) == n_values
+    some = next(r for r in long_rows if r["run"] == RUNS[0] and r["metric"] == "policy/entropy" and r["train_step"] == "2")
+    row = next(r for r in read_metrics(out / "runs" / RUNS[0] / "metrics.jsonl") if r["train_step"] == 2 and "policy/entropy" in r)
+    assert float(some["value"]) == row["policy/entropy"]
+
+    # report.html: the same cells, and every plot linked relatively and present
+    page = (report / "report.html").read_text()
+    for row in group[1:]:
+        for cell in row:
+            assert f"<td>{html.escape(cell)}</td>" in page
+    check_images(report, ["high4"])
+
+
+def test_report_only_rebuilds_from_the_run_folders(compared, guess_study, capsys):
+    from agentrl.cli import main
+
+    report = compared["out"] / "report" / "runs.csv"
+    before = report.read_text()
+    report.unlink()
+    assert main(["compare", str(guess_study), "--out", str(compared["out"]), "--report-only"]) == 0
+    assert report.read_text() == before

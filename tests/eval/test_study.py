@@ -1,0 +1,129 @@
+"""Study files: expansion into runs (methods x seeds x env variants x axis levels, shared SFT)
+and clear errors for bad input, all before any training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agentrl.config import ConfigError
+from agentrl.eval.compare import claim_folder, compare
+from agentrl.eval.study import check_runs, expand_runs, load_study
+
+ROOT = Path(__file__).resolve().parents[2]
+STUDY = ROOT / "configs" / "studies" / "long_horizon_entropy.yaml"
+
+
+def _variant(guess_study: Path, name: str, text: str) -> Path:
+    """A study next to the test study (same base.yaml) with ``text`` appended/overriding."""
+    data = yaml.safe_load(guess_study.read_text())
+    data.update(yaml.safe_load(text))
+    path = guess_study.parent / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_long_horizon_study_expands_to_every_method_both_horizons_three_seeds(tmp_path):
+    study = load_study(STUDY)
+    methods = sorted(p.stem for p in (ROOT / "configs" / "methods").glob("*.yaml"))
+    assert study.methods == methods and len(methods) == 21 and study.seeds == [0, 1, 2]
+    runs = expand_runs(study, tmp_path)
+    rl = [r for r in runs if r.kind == "rl"]
+    assert len(rl) == 21 * 2 * 3 and sum(r.kind == "sft" for r in runs) == 2 * 3
+    horizons = {r.env: r.config["env"]["kwargs"]["horizon"] for r in rl}
+    assert horizons == {"h10": 10, "h50": 50}
+    for r in rl:
+        method_file = yaml.safe_load((ROOT / "configs" / "methods" / f"{r.method}.yaml").read_text())
+        assert r.config["algorithm"] == method_file["algorithm"]  # the method file's algorithm section and nothing else
+        assert r.config["env"]["kwargs"]["vocab"] == "small" and r.config["run"]["num_threads"] == 1
+        assert r.config["model"]["path"] == str(tmp_path.resolve() / r.needs / "checkpoints" / "step_000000" / "model")
+    # every method run comes after the warm start it needs
+    order = [r.key for r in runs]
+    assert all(order.index(r.needs) < order.index(r.key) for r in rl)
+    check_runs(runs)  # env ids, algorithm sections and env options (horizons) are all valid
+
+
+def test_smoke_variant_is_small():
+    study = load_study(STUDY, smoke=True)
+    assert study.identity == "long_horizon_entropy (smoke)"
+    assert study.methods == ["grpo", "empg"] and study.seeds == [0] and list(study.envs) == ["h10"]
+    assert study.overrides["trainer.total_steps"] == 2
+
+
+def test_extra_axis_of_overrides_for_a_subset_of_methods(guess_study, tmp_path):
+    # the off-policy axis of issue 7: BAPO vs PPO clip vs CISPO at staleness 4, next to the sync runs
+    path = _variant(guess_study, "axes", """
+methods: [grpo, bapo, cispo, empg]
+axes:
+  offpolicy:
+    sync: {}
+    async_s4: {overrides: {run.mode: async, rollout.max_staleness: 4}, methods: [bapo, grpo, cispo]}
+""")
+    runs = [r for r in expand_runs(load_study(path), tmp_path) if r.kind == "rl"]
+    keys = {r.key for r in runs if r.seed == 0}
+    assert keys == {"high4/sync/grpo/seed0", "high4/sync/bapo/seed0", "high4/sync/cispo/seed0", "high4/sync/empg/seed0",
+                    "high4/async_s4/grpo/seed0", "high4/async_s4/bapo/seed0", "high4/async_s4/cispo/seed0"}
+    for r in runs:
+        asyn = dict(r.levels)["offpolicy"] == "async_s4"
+        assert (r.config["run"]["mode"], r.config["rollout"]["max_staleness"]) == (("async", 4) if asyn else ("sync", 0))
+        assert r.variant == f"{r.method} @ {dict(r.levels)['offpolicy']}"
+        assert r.needs == f"sft/high4/seed{r.seed}"  # both levels start from the same warm start
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("methods: [grpo, grpoo]", "unknown method 'grpoo'. Did you mean 'grpo'"),
+        ("methods: [klcov]", "Did you mean 'kl_cov'"),
+        ("envs: {bad: {env.id: agentrl/GuessNumbr-v0}}", "unknown environment 'agentrl/GuessNumbr-v0'"),
+        ("envs: {bad: {env.kwargs.high: 1}}", "does not accept env options"),
+        ("overrides: {trainer.total_step: 3}", "Did you mean 'total_steps'"),
+        ("seed: [0]", "unknown study key 'seed'. Did you mean 'seeds'"),
+        ("seeds: [0, 0]", "distinct integers"),
+        ("base: nowhere.yaml", "base config 'nowhere.yaml' not found"),
+        ("axes: {x: {a: {sft.steps: 3}}}", "shared_sft"),
+        ("axes: {x: {a: {overrides: {}, methods: [ppo]}}}", "unknown method 'ppo'"),
+    ],
+)
+def test_bad_study_gets_a_clear_error_before_any_training(guess_study, tmp_path, text, message):
+    path = _variant(guess_study, "bad", text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")) as info:
+        compare(path, out=tmp_path / "out", train_fn=lambda cfg: pytest.fail("nothing may train"))
+    assert str(path) in str(info.value) or "run " in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_env_error_suggests_the_registered_id(guess_study, tmp_path):
+    path = _variant(guess_study, "bad_env", "envs: {bad: {env.id: agentrl/GuessNumbr-v0}}")
+    with pytest.raises(ConfigError, match="Did you mean.*GuessNumber-v0"):
+        check_runs(expand_runs(load_study(path), tmp_path))
+
+
+def test_results_folder_of_another_study_is_refused(guess_study, tmp_path):
+    other = _variant(guess_study, "other", "study: another_study")
+    out = tmp_path / "out"
+    study = load_study(other)
+    claim_folder(out, study, expand_runs(study, out))
+    with pytest.raises(ConfigError, match="holds the results of study 'another_study'.*not 'guess_study'"):
+        compare(guess_study, out=out, train_fn=lambda cfg: pytest.fail("nothing may train"))
+    # the smoke variant of a study is a different study too
+    smoke = load_study(guess_study, smoke=True)
+    with pytest.raises(ConfigError, match=r"guess_study \(smoke\)"):
+        claim_folder(out, smoke, [])
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not an agentrl compare results folder"):
+        compare(guess_study, out=stray, train_fn=lambda cfg: pytest.fail("nothing may train"))
+    assert json.loads((out / "study.json").read_text())["identity"] == "another_study"
+
+
+def test_cli_reports_bad_study_with_exit_code_2(guess_study, tmp_path, capsys):
+    from agentrl.cli import main
+
+    path = _variant(guess_study, "bad_cli", "methods: [grpoo]")
+    assert main(["compare", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "unknown method 'grpoo'" in capsys.readouterr().err
