@@ -91,45 +91,82 @@ def _label_panels(axes: np.ndarray, n: int, xlabel: str, ylabel: str) -> None:
             ax.set_xlabel(xlabel, fontsize=9)
 
 
-def curve_panels(groups: dict[str, list[RunResult]], series: list[tuple[str, Callable[[dict[str, Any]], float | None]]], *, title: str, ylabel: str,
-                 path: Path, smooth: int = 1, ylim: tuple[float, float | None] | None = None) -> Path:
-    """One panel per method variant: each of ``series`` (label, row -> value) as mean over
-    seeds with a min..max band; with one series, the reference method's mean in grey."""
+def controller_targets(runs: list[RunResult]) -> list[tuple[str, float, str]]:
+    """(controller, target, what it measures) of every controller with a ``target_entropy``
+    in the runs' algorithm section (EntroPIC: token entropy; Skywork: ``measure``, e.g. the
+    sampled tokens' NLL, logged as rollout/nll)."""
+    found = []
+    for c in (runs[0].spec.config.get("algorithm", {}).get("controllers") or []) if runs else []:
+        if isinstance(c, dict) and c.get("target_entropy") is not None:
+            found.append((str(c.get("name")), float(c["target_entropy"]), str(c.get("measure", "entropy"))))
+    return found
+
+
+def _finish(fig: Any, handles: list[Any], title: str, path: Path) -> Path:
+    """Suptitle and one legend for the whole figure above the panels; save and close."""
     plt = _plt()
-    names = list(groups)
-    fig, axes = _panels(len(names))
-    ref = _reference(groups)
-    colors = _colors(len(names))
-    series_colors = ["tab:blue", "tab:orange", "tab:green"]
-    for i, (name, ax) in enumerate(zip(names, axes.flat)):
-        if len(series) == 1 and name != ref:
-            steps, mean, _, _ = seed_band(groups[ref], series[0][1], smooth)
-            ax.plot(steps, mean, color="0.55", lw=1.2, ls="--", label=f"{ref} (reference)")
-        for j, (label, fn) in enumerate(series):
-            steps, mean, lo, hi = seed_band(groups[name], fn, smooth)
-            if not len(steps):
-                continue
-            color = colors[i] if len(series) == 1 else series_colors[j]
-            ax.plot(steps, mean, color=color, lw=1.8, label=label if len(series) > 1 else f"{name} (mean of {len(groups[name])} seeds)")
-            if len(groups[name]) > 1:
-                ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
-        ax.set_title(f"{name} (n={len(groups[name])})", fontsize=10)
-        if ylim:
-            ax.set_ylim(*ylim)
-        ax.legend(fontsize=7, loc="best")
-    _label_panels(axes, len(names), STEP_LABEL, ylabel)
-    band = "; bands: min to max over seeds" if any(len(g) > 1 for g in groups.values()) else ""
-    fig.suptitle(f"{title}{band}" + (f"; {smooth}-step moving average" if smooth > 1 else ""), fontsize=11)
-    fig.tight_layout()
+    height = fig.get_figheight()
+    fig.suptitle(title, fontsize=11, y=1 - 0.12 / height)
+    if handles:
+        fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 4), fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1 - 0.42 / height))
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.95 if handles else 0.5) / height))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
+def curve_panels(groups: dict[str, list[RunResult]], series: list[tuple[str, Callable[[dict[str, Any]], float | None]]], *, title: str, ylabel: str,
+                 path: Path, smooth: int = 1, ylim: tuple[float, float | None] | None = None, targets: bool = False) -> Path:
+    """One panel per method variant: each of ``series`` (label, row -> value) as mean over
+    seeds with a min..max band; with one series, the reference method's mean dashed grey in
+    every other panel; ``targets``: controllers' target entropies as dotted lines."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    names = list(groups)
+    fig, axes = _panels(len(names))
+    ref = _reference(groups)
+    colors = _colors(len(names))
+    series_colors = ["tab:blue", "tab:orange", "tab:green"]
+    any_target = False
+    for i, (name, ax) in enumerate(zip(names, axes.flat)):
+        if len(series) == 1 and name != ref:
+            steps, mean, _, _ = seed_band(groups[ref], series[0][1], smooth)
+            ax.plot(steps, mean, color="0.55", lw=1.2, ls="--")
+        for j, (_, fn) in enumerate(series):
+            steps, mean, lo, hi = seed_band(groups[name], fn, smooth)
+            if not len(steps):
+                continue
+            color = colors[i] if len(series) == 1 else series_colors[j]
+            ax.plot(steps, mean, color=color, lw=1.8)
+            if len(groups[name]) > 1:
+                ax.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
+        for ctrl, value, measure in controller_targets(groups[name]) if targets else []:
+            any_target = True
+            ax.axhline(value, color="black", ls=":", lw=1.2)
+            ax.annotate(f"{ctrl} target {value:g}" + ("" if measure == "entropy" else f" (on {measure})"), (0.02, value), xycoords=("axes fraction", "data"),
+                        fontsize=7, va="bottom")
+        ax.set_title(f"{name} (n={len(groups[name])})", fontsize=10)
+        if ylim:
+            ax.set_ylim(*ylim)
+    _label_panels(axes, len(names), STEP_LABEL, ylabel)
+    several = any(len(g) > 1 for g in groups.values())
+    if len(series) == 1:
+        handles = [Line2D([], [], color="black", lw=1.8, label="the panel's method: mean over seeds")]
+        if len(names) > 1:
+            handles.append(Line2D([], [], color="0.55", lw=1.2, ls="--", label=f"{ref}: mean over seeds (reference)"))
+    else:
+        handles = [Line2D([], [], color=series_colors[j], lw=1.8, label=f"{label}: mean over seeds") for j, (label, _) in enumerate(series)]
+    if several:
+        handles.append(Patch(color="0.5", alpha=0.3, label="band: min to max over seeds"))
+    if any_target:
+        handles.append(Line2D([], [], color="black", ls=":", lw=1.2, label="the controller's target"))
+    return _finish(fig, handles, title + (f" ({smooth}-step moving average)" if smooth > 1 else ""), path)
+
+
 def turn_entropy_panels(groups: dict[str, list[RunResult]], *, title: str, path: Path) -> Path | None:
     """Per method variant: mean token entropy (nats) by assistant turn index (entropy/step/<k>),
     averaged over the first and the last third of training and over seeds."""
-    plt = _plt()
     names = [n for n in groups if any(k.startswith("entropy/step/") for r in groups[n] for row in r.rows for k in row)]
     if not names:
         return None
@@ -147,13 +184,8 @@ def turn_entropy_panels(groups: dict[str, list[RunResult]], *, title: str, path:
             turns = sorted(by_turn)
             ax.plot(turns, [np.mean(by_turn[t]) for t in turns], color=color, marker="o", ms=2.5, lw=1.4, label=label)
         ax.set_title(f"{name} (n={len(groups[name])})", fontsize=10)
-        ax.legend(fontsize=7, loc="best")
     _label_panels(axes, len(names), "assistant turn index (0 = first turn)", "token entropy (nats)")
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, list(axes.flat[0].get_legend_handles_labels()[0]), title, path)
 
 
 def entropy_scatter(results: list[RunResult], fits: list[dict[str, Any]], path: Path) -> Path:
@@ -177,8 +209,9 @@ def entropy_scatter(results: list[RunResult], fits: list[dict[str, Any]], path: 
         fit = next((f for f in fits if f["env"] == env and f["variant"] == "all"), None)
         if fit and xs_all and not math.isnan(fit["a"]):
             grid = np.linspace(min(xs_all), max(xs_all), 200)
-            ax.plot(grid, -fit["a"] * np.exp(grid) + fit["b"], color="black", lw=2,
-                    label=f"fit R = -a exp(H) + b\na={fit['a']:.3f}, b={fit['b']:.3f}, R²={fit['r2']:.2f}")
+            ax.plot(grid, -fit["a"] * np.exp(grid) + fit["b"], color="black", lw=2, label="fit R = -a exp(H) + b (all runs of the panel)")
+            ax.text(0.98, 0.97, f"a = {fit['a']:.3f}, b = {fit['b']:.3f}\nR² = {fit['r2']:.2f} over {fit['n']} points", transform=ax.transAxes,
+                    ha="right", va="top", fontsize=9, bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85})
         ax.set_xlabel("token entropy H (nats)")
         ax.set_ylabel("training success rate R (fraction of episodes)")
         ax.set_title(f"{env}: one point per train_step and run", fontsize=10)
@@ -195,7 +228,7 @@ def entropy_scatter(results: list[RunResult], fits: list[dict[str, Any]], path: 
     rows = math.ceil(len(labels) / ncol)
     fig.set_figheight(fig.get_figheight() + 0.3 * rows)
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    fig.suptitle("Entropy vs performance with the fitted law R = -a exp(H) + b (black)", fontsize=11)
+    fig.suptitle("Entropy vs performance with the fitted law R = -a exp(H) + b", fontsize=11)
     fig.tight_layout(rect=(0, (0.3 * rows + 0.1) / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -219,7 +252,7 @@ def write_plots(results: list[RunResult], fits: list[dict[str, Any]], folder: Pa
                 path=folder / f"success_{env}.png", smooth=smooth, ylim=(-0.03, 1.03))),
             (f"{env}: token entropy over train_steps", curve_panels(
                 groups, [("entropy", _clip(ENTROPY_KEY))], title=f"{env}: mean token entropy of the batch per train_step", ylabel="token entropy (nats)",
-                path=folder / f"entropy_{env}.png", smooth=smooth)),
+                path=folder / f"entropy_{env}.png", smooth=smooth, targets=True)),
             (f"{env}: clip fractions over train_steps", curve_panels(
                 groups, [("clipped below (ratio < 1 - eps_low)", _clip("policy/clipfrac_low")), ("clipped above (ratio > 1 + eps_high)", _clip("policy/clipfrac_high"))],
                 title=f"{env}: fraction of generated tokens clipped per train_step", ylabel="fraction of tokens", path=folder / f"clipfrac_{env}.png", smooth=smooth, ylim=(0.0, None))),
