@@ -130,6 +130,9 @@ class RolloutConfig:
     """Cap on tokens per assistant turn."""
     max_total_tokens: int = 4096
     """Token budget of an episode, prompt included; reaching it truncates the episode."""
+    tools_in_prompt: bool = True
+    """Render the env's tool schemas into the prompt. False for tiny models trained from
+    scratch: they learn the call format from SFT, and the schemas would triple their context."""
     eval_temperature: float = 1.0
     """Temperature for evaluation episodes."""
     max_staleness: int = 0
@@ -149,7 +152,11 @@ class SFTConfig:
     episodes: int = 400
     """Expert episodes from the train split."""
     epochs: int = 3
-    """Passes over the expert data."""
+    """Passes over the expert data (used when ``steps`` is 0)."""
+    steps: int = 0
+    """Optimizer steps on random batches of the expert data (overrides ``epochs`` when > 0)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warmup steps."""
     lr: float = 1e-3
     """Learning rate."""
     batch_size: int = 16

@@ -68,7 +68,7 @@ def ensure_model(cfg: TrainConfig) -> None:
 
     init = cfg.model.init
     log.info("creating a tiny %s model at %s (tokenizer trained on %d expert episodes of %s)", init.arch, path, init.corpus_episodes, cfg.env.id)
-    texts = env_corpus([cfg.env.id], episodes=init.corpus_episodes, template=init.template, env_kwargs={cfg.env.id: cfg.env.kwargs}, seed=cfg.run.seed)
+    texts = env_corpus([cfg.env.id], episodes=init.corpus_episodes, template=init.template, env_kwargs={cfg.env.id: cfg.env.kwargs}, seed=cfg.run.seed, tools_in_prompt=cfg.rollout.tools_in_prompt)
     create_tiny_model(
         path, texts, template=init.template, arch=init.arch, vocab_size=init.vocab_size, seed=cfg.run.seed,
         hidden_size=init.hidden_size, num_layers=init.num_layers, num_heads=init.num_heads, num_kv_heads=init.num_kv_heads,
@@ -117,6 +117,7 @@ def evaluate(rollout: Any, cfg: TrainConfig, label: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run the experiment described by ``cfg``; returns the summary (also in summary.json)."""
+    from agentrl.algorithms import build_algorithm
     from agentrl.learner.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
     from agentrl.learner.policy import load_model, load_tokenizer
     from agentrl.learner.sft import sft
@@ -138,11 +139,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # kept in sync with them, is what SFT warm-starts, checkpoints save and the rollout receives
     driver_device = cfg.run.device if cfg.run.backend == "local" else "cpu"
     model = load_model(model_path, dtype=cfg.model.dtype, device=driver_device, gradient_checkpointing=cfg.model.gradient_checkpointing)
-    learner = make_learner(cfg, model, algo_cfg)
     rollout = make_rollout(cfg, model, tokenizer)
     sampler = TaskSampler(rollout.num_tasks(cfg.env.train_split), seed=cfg.run.seed, split=cfg.env.train_split)
     logger = MetricsLogger(out, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb, run_name=cfg.run.name, config=to_dict(cfg))
     summary: dict[str, Any] = {"run": cfg.run.name, "output_dir": str(out)}
+
+    if ckpt is None and cfg.sft.enabled:
+        # before the learner exists, so the reference policy (KL methods) is the SFT policy
+        t0 = time.perf_counter()
+        data = expert_trajectories(cfg.env.id, rollout.chat, episodes=cfg.sft.episodes, env_kwargs=cfg.env.kwargs, split=cfg.env.train_split, seed=cfg.run.seed, tools_in_prompt=cfg.rollout.tools_in_prompt)
+        losses = sft(model, data, pad_token_id=tokenizer.pad_token_id, epochs=cfg.sft.epochs, steps=cfg.sft.steps, warmup_steps=cfg.sft.warmup_steps, lr=cfg.sft.lr, batch_size=cfg.sft.batch_size, max_tokens=cfg.sft.max_tokens, seed=cfg.run.seed, progress=cfg.logging.progress)
+        summary["sft"] = {"episodes": len(data), "losses": losses, "time_s": time.perf_counter() - t0}
+    learner = make_learner(cfg, model, algo_cfg)
+    filter_algo = build_algorithm(algo_cfg) if algo_cfg.dynamic_sampling.enabled else None
 
     step = 0
     if ckpt is not None:
@@ -153,24 +162,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         summary.update(state.get("summary", {}))
         step = int(state["step"])
         log.info("resumed from %s at train_step %d", ckpt, step)
-    else:
-        if cfg.sft.enabled:
-            t0 = time.perf_counter()
-            data = expert_trajectories(cfg.env.id, rollout.chat, episodes=cfg.sft.episodes, env_kwargs=cfg.env.kwargs, split=cfg.env.train_split, seed=cfg.run.seed)
-            losses = sft(model, data, pad_token_id=tokenizer.pad_token_id, epochs=cfg.sft.epochs, lr=cfg.sft.lr, batch_size=cfg.sft.batch_size, max_tokens=cfg.sft.max_tokens, seed=cfg.run.seed, progress=cfg.logging.progress)
-            summary["sft"] = {"episodes": len(data), "epoch_losses": losses, "time_s": time.perf_counter() - t0}
+    rollout.sync_weights(model, step)
+    if ckpt is None:
         summary["before_rl"] = evaluate(rollout, cfg, "before_rl")
         logger.log(0, summary["before_rl"])
         save_checkpoint(out, 0, model=model, tokenizer=tokenizer, state=_state(learner, sampler, summary), keep=cfg.trainer.keep_checkpoints)
     logger.truncate_after(step)
-    rollout.sync_weights(model, step)
 
     bar = _progress(cfg, step)
     env_short = cfg.env.id.split("/", 1)[-1]
     while step < cfg.trainer.total_steps:
         t0 = time.perf_counter()
-        specs = sampler.next_specs(cfg.rollout.tasks_per_step, cfg.rollout.group_size)
-        trajs = rollout.collect(specs)
+        trajs, rounds = collect_batch(rollout, sampler, cfg, filter_algo)
         t1 = time.perf_counter()
         batch = collate(trajs, pad_token_id=tokenizer.pad_token_id)
         metrics = learner.update(batch)
@@ -178,6 +181,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step += 1
         rollout.sync_weights(model, step)
         metrics.update(summarize(trajs, cfg.env.id))
+        metrics["rollout/generation_rounds"] = float(rounds)
         metrics.update(rollout.sandbox_metrics())
         gen_tokens = float(batch.loss_mask.sum())
         metrics.update({
@@ -197,6 +201,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if bar is not None:
         bar.close()
 
+    if step == 0 and "before_rl" in summary:  # no RL happened (e.g. an SFT-only run): nothing new to evaluate
+        summary["after_rl"] = {k.replace("eval/before_rl/", "eval/after_rl/"): v for k, v in summary["before_rl"].items()}
+        summary["after_rl_step"] = 0
     if "after_rl" not in summary or summary.get("after_rl_step") != step:
         summary["after_rl"] = evaluate(rollout, cfg, "after_rl")
         summary["after_rl_step"] = step
@@ -228,6 +235,38 @@ def make_learner(cfg: TrainConfig, model: Any, algo_cfg: Any) -> Any:
     from agentrl.learner.learner import Learner
 
     return Learner(model, build_algorithm(algo_cfg), cfg.trainer, temperature=cfg.rollout.temperature, async_mode=cfg.run.mode == "async", seed=cfg.run.seed)
+
+
+def collect_batch(rollout: Any, sampler: Any, cfg: TrainConfig, filter_algo: Any) -> tuple[list[Any], int]:
+    """One train_step's trajectories: ``tasks_per_step`` groups of ``group_size``.
+
+    With DAPO dynamic sampling (``filter_algo`` given), groups whose success is uniform are
+    dropped and more groups are generated, round after round, until ``tasks_per_step`` groups
+    are kept or ``max_num_gen_batches`` rounds ran (0: no limit); the batch is then the kept
+    groups (fewer than asked when the limit was hit). Returns (trajectories, rounds).
+    """
+    from agentrl.algorithms.algorithm import RolloutBatch
+    from agentrl.types import collate
+
+    G, want = cfg.rollout.group_size, cfg.rollout.tasks_per_step
+    trajs = rollout.collect(sampler.next_specs(want, G))
+    if filter_algo is None:
+        return trajs, 1
+    limit = filter_algo.config.dynamic_sampling.max_num_gen_batches
+    kept: list[Any] = []
+    rounds = 0
+    while True:
+        rounds += 1
+        b = collate(trajs, pad_token_id=0)
+        keep = filter_algo.keep_groups(RolloutBatch(rewards=b.rewards, group_ids=b.group_ids, loss_mask=b.loss_mask, correct=b.success, truncated=b.truncated))
+        kept += [t for t, k in zip(trajs, keep.tolist()) if k]
+        if len(kept) >= want * G or (limit and rounds >= limit):
+            break
+        trajs = rollout.collect(sampler.next_specs(want, G))
+    if not kept:  # nothing informative: train on the last round (zero advantages) rather than stop
+        log.info("dynamic sampling kept no group in %d rounds; training on the last round", rounds)
+        kept = trajs
+    return kept[: want * G], rounds
 
 
 def make_rollout(cfg: TrainConfig, model: Any, tokenizer: Any) -> Any:

@@ -71,10 +71,10 @@ def cmd_sft(args: argparse.Namespace) -> int:
     data = []
     for env_id in args.env:
         data += expert_trajectories(env_id, ChatFormat(tok), episodes=args.episodes, env_kwargs=kwargs, seed=args.seed)
-    losses = sft(model, data, pad_token_id=tok.pad_token_id, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    losses = sft(model, data, pad_token_id=tok.pad_token_id, epochs=args.epochs, steps=args.steps, warmup_steps=args.warmup_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     model.save_pretrained(args.out)
     tok.save_pretrained(args.out)
-    print(f"SFT on {len(data)} expert episodes: loss per epoch {[round(x, 4) for x in losses]}; saved to {args.out}")
+    print(f"SFT on {len(data)} expert episodes: loss by tenth of training {[round(x, 4) for x in losses]}; saved to {args.out}")
     return 0
 
 
@@ -108,6 +108,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--out", required=True)
     s.add_argument("--episodes", type=int, default=400)
     s.add_argument("--epochs", type=int, default=3)
+    s.add_argument("--steps", type=int, default=0, help="optimizer steps (overrides --epochs when > 0)")
+    s.add_argument("--warmup-steps", type=int, default=0)
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)

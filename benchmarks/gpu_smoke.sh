@@ -8,7 +8,7 @@
 #                     `pip install -e .[vllm]` + pytest plugins; on a machine without a package
 #                     index, the project alone (--no-deps) plus any wheels carried in ./.whl
 #   env               torch / CUDA / GPUs / package versions -> $OUT/env.json
-#   vllm_conformance  tests/rollout/test_vllm_engine.py on the GPU: vLLM's sampled ids re-scored
+#   vllm_conformance  benchmarks/gpu_tests/test_vllm_gpu.py on the GPU: vLLM's sampled ids re-scored
 #                     by the learner's HF forward give vLLM's logprobs, before and after a weight
 #                     sync -> $OUT/vllm_conformance.json
 #   train_local_cuda  the smoke config (tiny model, GuessNumber) with run.device=cuda, local backend
@@ -108,7 +108,7 @@ elif [ $PYTEST_OK -ne 1 ]; then
     record vllm_conformance skipped 0 "pytest plugins missing"
 else
     AGENTRL_RESULTS_DIR=$OUT run_step vllm_conformance 420 \
-        python -m pytest -q -p no:cacheprovider tests/rollout/test_vllm_engine.py -k on_gpu -rs
+        python -m pytest -q -p no:cacheprovider benchmarks/gpu_tests/test_vllm_gpu.py -rs
 fi
 
 # ----------------------------------------------------------------------------- training runs

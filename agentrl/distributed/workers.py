@@ -153,7 +153,7 @@ class EnvWorker:
         self.engine = RemoteEngine(generation_worker, generation_index, wait_s=cfg.ray.startup_timeout_s)
         r = cfg.rollout
         params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
-        self.loop = AgentLoop([envs.make(cfg.env.id, **cfg.env.kwargs) for _ in range(num_envs)], self.engine, self.chat, params, max_total_tokens=r.max_total_tokens)
+        self.loop = AgentLoop([envs.make(cfg.env.id, **cfg.env.kwargs) for _ in range(num_envs)], self.engine, self.chat, params, max_total_tokens=r.max_total_tokens, tools_in_prompt=r.tools_in_prompt)
         self._eval_loop: AgentLoop | None = None
         self._free: dict[bool, asyncio.Queue] = {}
 
@@ -182,7 +182,7 @@ class EnvWorker:
             r = self.cfg.rollout
             kwargs = self.cfg.env.eval_kwargs if self.cfg.env.eval_kwargs is not None else self.cfg.env.kwargs
             params = SamplingParams(temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
-            self._eval_loop = AgentLoop([envs.make(self.cfg.env.id, **kwargs) for _ in range(self.num_envs)], self.engine, self.chat, params, max_total_tokens=r.max_total_tokens)
+            self._eval_loop = AgentLoop([envs.make(self.cfg.env.id, **kwargs) for _ in range(self.num_envs)], self.engine, self.chat, params, max_total_tokens=r.max_total_tokens, tools_in_prompt=r.tools_in_prompt)
         return self._eval_loop
 
     async def run_episode(self, spec: EpisodeSpec, evaluation: bool = False) -> Trajectory:

@@ -178,7 +178,7 @@ class Learner:
                     for k, v in metrics.items():
                         sums[k] = sums[k] + v.detach().float()
                         counts[k] += 1
-                    self._turn_stats(turn_stats, mb, ent, mb_batch.turn_ids)
+                    self._turn_stats(turn_stats, mb, ent, mb_batch, metrics)
                 if self.cfg.grad_clip > 0:
                     norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
                     grad_norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a replicated DTensor
@@ -226,19 +226,42 @@ class Learner:
         count = packed[1 + n : 1 + 2 * n]
         return {k: total[i] for i, k in enumerate(keys)}, {k: int(count[i]) for i, k in enumerate(keys)}, packed[1 + 2 * n :].view_as(turn_stats)
 
-    def _turn_stats(self, acc: torch.Tensor, mb: MicroBatch, ent: torch.Tensor | None, turn_ids: torch.Tensor) -> None:
-        """Per-turn entropy and clip fraction (tokens whose ratio left [1-eps_low, 1+eps_high]
-        in the direction the PPO clip acts on). Scatter-adds on the device: no host sync."""
-        w = mb.loss_mask.flatten().float()
-        turns = turn_ids.clamp(0, MAX_TURN_METRICS - 1).flatten()
+    def _clip_bounds(self, metrics: dict[str, torch.Tensor]) -> tuple[Any, Any] | None:
+        """The ratio bounds the loss clipped at in this micro-batch, or None when the loss has
+        no single pair (KL-Cov: no clipping; Archer: bounds per token entropy group)."""
+        if "bapo/c_low" in metrics:  # BAPO feeds its searched absolute bounds to the PPO loss
+            return metrics["bapo/c_low"], metrics["bapo/c_high"]
+        name = self.algorithm.config.loss.name
+        opts = {**self.algorithm.loss_entry.options(), **self.algorithm.config.loss.options}
+        if name in ("ppo", "clip_cov"):
+            return 1.0 - float(opts["eps_low"]), 1.0 + float(opts["eps_high"])
+        if name == "cispo":  # the IS weight's cap (verl: 1 + eps_high; trl: eps_high itself)
+            cap = float(opts["eps_high"]) if opts.get("semantics") == "trl" else 1.0 + float(opts["eps_high"])
+            return 1.0 - float(opts["eps_low"]), cap
+        return None
+
+    def _turn_stats(self, acc: torch.Tensor, mb: MicroBatch, ent: torch.Tensor | None, rows: TrainBatch, metrics: dict[str, torch.Tensor]) -> None:
+        """Per-turn entropy over every policy token of the rows (groups dropped by dynamic
+        sampling included: it describes the policy), and per-turn clip fraction over the trained
+        tokens: those whose ratio left the loss's clip range in the direction the clip acts on
+        (A > 0 above the upper bound, A < 0 below the lower; CISPO: any capped weight).
+        Scatter-adds on the device: no host sync."""
+        turns = rows.turn_ids.clamp(0, MAX_TURN_METRICS - 1).flatten()
         if ent is not None:
-            acc[0].index_add_(0, turns, ent.detach().flatten().float() * w)
-            acc[1].index_add_(0, turns, w)
-        opts = self.algorithm.config.loss.options
-        eps_low, eps_high = float(opts.get("eps_low", 0.2)), float(opts.get("eps_high", opts.get("eps_low", 0.2)))
+            w_all = rows.loss_mask.flatten().float()
+            acc[0].index_add_(0, turns, ent.detach().flatten().float() * w_all)
+            acc[1].index_add_(0, turns, w_all)
+        w = mb.loss_mask.flatten().float()
+        bounds = self._clip_bounds(metrics)
+        if bounds is None:
+            return
+        low, high = bounds
         ratio = torch.exp((mb.logprobs.detach() - mb.proximal_logprobs).clamp(-20, 20)).flatten()
         a = mb.advantages.flatten()
-        clipped = ((a > 0) & (ratio > 1 + eps_high)) | ((a < 0) & (ratio < 1 - eps_low))
+        if self.algorithm.config.loss.name == "cispo":
+            clipped = (ratio > high) | (ratio < low)
+        else:
+            clipped = ((a > 0) & (ratio > high)) | ((a < 0) & (ratio < low))
         acc[2].index_add_(0, turns, clipped.float() * w)
         acc[3].index_add_(0, turns, w)
 

@@ -95,9 +95,9 @@ def init_model(
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
-def env_corpus(env_ids: list[str], *, episodes: int, template: str, env_kwargs: dict[str, Any] | None = None, seed: int = 0) -> list[str]:
-    """Expert transcripts of each env rendered through ``template`` (tools included), one text
-    per episode, cycling over the train split."""
+def env_corpus(env_ids: list[str], *, episodes: int, template: str, env_kwargs: dict[str, Any] | None = None, seed: int = 0, tools_in_prompt: bool = True) -> list[str]:
+    """Expert transcripts of each env rendered through ``template`` (with the tool schemas when
+    ``tools_in_prompt``), one text per episode, cycling over the train split."""
     from transformers import PreTrainedTokenizerFast
 
     import agentrl.envs as envs
@@ -114,7 +114,7 @@ def env_corpus(env_ids: list[str], *, episodes: int, template: str, env_kwargs: 
         n = core.num_tasks("train")
         for k in range(episodes):
             envs.run_episode(env, core.expert, seed=seed + k, options={"task_index": (seed + k) % n, "split": "train"})
-            texts.append(fmt.render(core.transcript, core.tool_schemas))
+            texts.append(fmt.render(core.transcript, core.tool_schemas if tools_in_prompt else None))
         env.close()
     return texts
 

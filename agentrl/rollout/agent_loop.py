@@ -62,9 +62,12 @@ class AgentLoop:
         chat: the tokenizer's chat format.
         params: sampling parameters (``max_new_tokens`` is per turn).
         max_total_tokens: token budget of an episode (prompt included); reaching it truncates.
+        tools_in_prompt: render the env's tool schemas into the prompt (the chat template's
+            ``tools=``). False suits tiny models trained from scratch, which learn the tool
+            format from SFT data and would spend most of their context on the schemas.
     """
 
-    def __init__(self, envs: Sequence[Any], engine: Engine, chat: ChatFormat, params: SamplingParams, *, max_total_tokens: int = 4096) -> None:
+    def __init__(self, envs: Sequence[Any], engine: Engine, chat: ChatFormat, params: SamplingParams, *, max_total_tokens: int = 4096, tools_in_prompt: bool = True) -> None:
         if not envs:
             raise ValueError("AgentLoop needs at least one env instance")
         self.envs = list(envs)
@@ -72,7 +75,10 @@ class AgentLoop:
         self.chat = chat
         self.params = replace(params, stop_token_ids=tuple(sorted(set(params.stop_token_ids) | set(chat.stop_token_ids))))
         self.max_total_tokens = max_total_tokens
+        self.tools_in_prompt = tools_in_prompt
         self.env_id = getattr(getattr(self.envs[0], "spec", None), "id", "") or type(self.envs[0].unwrapped).__name__
+        self._free: asyncio.Queue | None = None  # env instances not playing, on the loop in self._free_loop
+        self._free_loop: asyncio.AbstractEventLoop | None = None
 
     async def run_episode(self, env: Any, spec: EpisodeSpec) -> Trajectory:
         core = env.unwrapped
@@ -83,7 +89,7 @@ class AgentLoop:
         try:
             obs, info = await core.areset(seed=spec.seed, options=spec.options)
             traj.task_id = info["task_id"]
-            tools = info.get("tools")
+            tools = info.get("tools") if self.tools_in_prompt else None
             messages: list[dict[str, Any]] = list(obs)
             traj.append(self.chat.prompt_ids(messages, tools), generated=False)
             last_obs: Sequence[dict[str, Any]] = obs[-1:]
@@ -148,19 +154,28 @@ class AgentLoop:
             traj.metrics[f"tool_status/{k}"] = float(v)
         return traj
 
+    async def play(self, spec: EpisodeSpec) -> Trajectory:
+        """One episode on the next free env instance; when all ``len(envs)`` are busy, callers
+        wait in the order they called. The streaming form of :meth:`collect` (asynchronous
+        training submits episodes one by one and takes them as they finish)."""
+        loop = asyncio.get_running_loop()
+        if self._free is None or self._free_loop is not loop:
+            self._free, self._free_loop = asyncio.Queue(), loop
+            for env in self.envs:
+                self._free.put_nowait(env)
+        free = self._free
+        env = await free.get()
+        try:
+            return await self.run_episode(env, spec)
+        finally:
+            free.put_nowait(env)
+
     async def collect(self, specs: Sequence[EpisodeSpec], *, on_done: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
         """Play every spec, ``len(envs)`` at a time; returns trajectories in spec order."""
-        free: asyncio.Queue = asyncio.Queue()
-        for env in self.envs:
-            free.put_nowait(env)
         results: list[Trajectory | None] = [None] * len(specs)
 
         async def one(i: int, spec: EpisodeSpec) -> None:
-            env = await free.get()
-            try:
-                results[i] = await self.run_episode(env, spec)
-            finally:
-                free.put_nowait(env)
+            results[i] = await self.play(spec)
             if on_done is not None:
                 on_done(results[i])  # type: ignore[arg-type]
 

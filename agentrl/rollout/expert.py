@@ -32,7 +32,7 @@ def transcript_to_trajectory(chat: ChatFormat, messages: list[dict[str, Any]], t
     return traj
 
 
-async def _expert_episode(env: Any, chat: ChatFormat, env_id: str, options: dict[str, Any], seed: int) -> Trajectory:
+async def _expert_episode(env: Any, chat: ChatFormat, env_id: str, options: dict[str, Any], seed: int, tools_in_prompt: bool) -> Trajectory:
     core = env.unwrapped
     obs, info = await core.areset(seed=seed, options=options)
     policy = core.expert()
@@ -42,7 +42,8 @@ async def _expert_episode(env: Any, chat: ChatFormat, env_id: str, options: dict
     while not (terminated or truncated):
         obs, reward, terminated, truncated, step_info = await core.astep(policy(obs))
         rewards.append(float(reward))
-    traj = transcript_to_trajectory(chat, list(core.transcript), info["tools"], task_id=info["task_id"], env_id=env_id)
+    tools = info["tools"] if tools_in_prompt else None
+    traj = transcript_to_trajectory(chat, list(core.transcript), tools, task_id=info["task_id"], env_id=env_id)
     traj.turn_rewards = rewards
     traj.success = bool(step_info.get("success", False))
     traj.terminated, traj.truncated = bool(terminated), bool(truncated)
@@ -51,10 +52,11 @@ async def _expert_episode(env: Any, chat: ChatFormat, env_id: str, options: dict
 
 def expert_trajectories(
     env_id: str, chat: ChatFormat, *, episodes: int, env_kwargs: dict[str, Any] | None = None, split: str = "train",
-    seed: int = 0, concurrency: int = 16,
+    seed: int = 0, concurrency: int = 16, tools_in_prompt: bool = True,
 ) -> list[Trajectory]:
     """Play ``episodes`` expert episodes on ``split`` (cycling through its tasks from ``seed``),
-    ``concurrency`` at a time (each on its own env instance); returns them in episode order."""
+    ``concurrency`` at a time (each on its own env instance); returns them in episode order.
+    ``tools_in_prompt`` must match the rollout's (see :class:`AgentLoop`)."""
     import asyncio
 
     import agentrl.envs as envs
@@ -71,7 +73,7 @@ def expert_trajectories(
         async def one(k: int) -> Trajectory:
             env = await free.get()
             try:
-                return await _expert_episode(env, chat, env_id, {"task_index": (seed + k) % n, "split": split}, seed + k)
+                return await _expert_episode(env, chat, env_id, {"task_index": (seed + k) % n, "split": split}, seed + k, tools_in_prompt)
             finally:
                 free.put_nowait(env)
 

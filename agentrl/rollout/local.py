@@ -3,6 +3,7 @@ env instances, episodes run concurrently on the sandbox event loop."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import statistics
 from typing import Any
@@ -69,11 +70,16 @@ class LocalRollout:
 
         self.cfg = cfg
         self.chat = ChatFormat(tokenizer)
+        if engine is None and cfg.run.mode == "async" and cfg.rollout.engine == "hf":
+            # the learner trains while episodes sample: the engine gets its own copy of the
+            # weights, replaced at each sync_weights (docs/async.md)
+            engine = make_engine(cfg, copy.deepcopy(model), tokenizer)
         self.engine = engine or make_engine(cfg, model, tokenizer)
+        self._shares_model = isinstance(self.engine, HFEngine) and self.engine.model is model
         r = cfg.rollout
         self.params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
         self.eval_params = SamplingParams(temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
-        self.loop = AgentLoop([envs.make(cfg.env.id, **cfg.env.kwargs) for _ in range(cfg.env.num_envs)], self.engine, self.chat, self.params, max_total_tokens=r.max_total_tokens)
+        self.loop = AgentLoop([envs.make(cfg.env.id, **cfg.env.kwargs) for _ in range(cfg.env.num_envs)], self.engine, self.chat, self.params, max_total_tokens=r.max_total_tokens, tools_in_prompt=r.tools_in_prompt)
         self._eval_loop: AgentLoop | None = None
 
     def num_tasks(self, split: str) -> int:
@@ -84,18 +90,25 @@ class LocalRollout:
 
         return run_sync(self.loop.collect(specs, on_done=on_done))
 
+    async def play(self, spec: EpisodeSpec) -> Trajectory:
+        """The streaming API (asynchronous training): one training episode, a coroutine to run
+        on the sandbox runtime's background loop; at most ``env.num_envs`` play at once, the
+        others wait for an instance in call order. Failures come back as failed Trajectories."""
+        return await self.loop.play(spec)
+
     def evaluate(self, specs: list[EpisodeSpec]) -> list[Trajectory]:
         import agentrl.envs as envs
         from agentrl.sandboxes import run_sync
 
         if self._eval_loop is None:
             kwargs = self.cfg.env.eval_kwargs if self.cfg.env.eval_kwargs is not None else self.cfg.env.kwargs
-            self._eval_loop = AgentLoop([envs.make(self.cfg.env.id, **kwargs) for _ in range(self.cfg.env.num_envs)], self.engine, self.chat, self.eval_params, max_total_tokens=self.cfg.rollout.max_total_tokens)
+            self._eval_loop = AgentLoop([envs.make(self.cfg.env.id, **kwargs) for _ in range(self.cfg.env.num_envs)], self.engine, self.chat, self.eval_params, max_total_tokens=self.cfg.rollout.max_total_tokens, tools_in_prompt=self.cfg.rollout.tools_in_prompt)
         return run_sync(self._eval_loop.collect(specs))
 
     def sync_weights(self, model: Any, version: int) -> None:
-        """Local HF engine shares the module: only the version changes. vLLM gets the weights."""
-        self.engine.update_weights(None if isinstance(self.engine, HFEngine) else model.state_dict(), version)
+        """An HF engine sharing the module (sync mode): only the version changes. An engine
+        with its own weights (async mode's copy, vLLM) loads them."""
+        self.engine.update_weights(None if self._shares_model else model.state_dict(), version)
 
     def sandbox_metrics(self) -> dict[str, float]:
         env = self.loop.envs[0].unwrapped

@@ -61,6 +61,7 @@ class ShellQuestEnv(ToolEnv):
         command_timeout_s: float = 10.0,
         max_turns: int | None = None,
         max_tool_output_chars: int | None = None,
+        expert_noise: float = 0.0,
         **kwargs: Any,
     ) -> None:
         self.vocab = _choose("vocab", vocab, VOCABS)
@@ -82,6 +83,9 @@ class ShellQuestEnv(ToolEnv):
             raise ValueError(f"ShellQuest: command_timeout_s must be in (0, 600] seconds, got {command_timeout_s!r}.")
         self._num_tasks = {"train": num_train_tasks, "test": num_test_tasks}
         self.command_timeout_s = float(command_timeout_s)
+        if not isinstance(expert_noise, (int, float)) or not 0.0 <= expert_noise <= 1.0:
+            raise ValueError(f"ShellQuest: expert_noise must be a probability in [0, 1], got {expert_noise!r}.")
+        self.expert_noise = float(expert_noise)
         super().__init__(
             max_turns=max_turns if max_turns is not None else horizon + max(4, horizon // 2),
             max_tool_output_chars=max_tool_output_chars or DEFAULT_OUTPUT_CHARS[vocab],
@@ -190,8 +194,18 @@ class ShellQuestEnv(ToolEnv):
         return ToolOutput(content, reward=reward, terminated=True, info=info)
 
     def expert(self) -> Policy:
-        """Replays the quest's planned commands, then submits (the plan is the gold solution)."""
-        actions = [self.call("shell", command=c) for c in self.quest.commands] + [self.call("submit")]
+        """Replays the quest's planned commands, then submits (the plan is the gold solution).
+
+        With ``expert_noise=p`` (env option, default 0) the episode is, with probability p drawn
+        from the env's seeded RNG, a flawed demonstration: the final answer is wrong (small
+        vocabulary: a decoy word is written instead of the key; full: the last answer is not
+        written). Use it for SFT data that is imperfect the way real demonstrations are, so
+        RL has something to improve on.
+        """
+        commands = list(self.quest.commands)
+        if self.expert_noise and self.np_random.random() < self.expert_noise:
+            commands = self._flawed(commands)
+        actions = [self.call("shell", command=c) for c in commands] + [self.call("submit")]
         turn = 0
 
         def policy(obs: Any) -> str:
@@ -200,6 +214,14 @@ class ShellQuestEnv(ToolEnv):
             return actions[min(turn, len(actions)) - 1]
 
         return policy
+
+    def _flawed(self, commands: list[str]) -> list[str]:
+        last = commands[-1]
+        if self.vocab == "small" and last.startswith("echo "):
+            right = last.split()[1]
+            wrong = [w for w in small.WORDS if w != right]
+            return commands[:-1] + [last.replace(f"echo {right} ", f"echo {wrong[int(self.np_random.integers(len(wrong)))]} ", 1)]
+        return commands[:-1]
 
     # ----------------------------------------------------------------- checks
     async def _read(self, path: str) -> bytes | None:

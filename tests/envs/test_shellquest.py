@@ -261,3 +261,21 @@ def test_partial_reward_credits_each_subgoal_and_sums_to_one():
             assert term and not info["success"] and 0 < info["episode_return"] < 1
         finally:
             env.close()
+
+
+@pytest.mark.parametrize("vocab", ["small", "full"])
+def test_expert_noise_gives_seeded_flawed_demonstrations(vocab):
+    """expert_noise=p: about p of the expert's episodes are flawed (wrong final answer), chosen by
+    the reset seed, so SFT data can be imperfect the way real demonstrations are."""
+    env = envs.make("agentrl/ShellQuest-v0", vocab=vocab, horizon=4 if vocab == "small" else 5, expert_noise=0.5)
+    core = env.unwrapped
+    try:
+        results = [envs.run_episode(env, core.expert, seed=s, options={"task_index": s}) for s in range(12)]
+        again = [envs.run_episode(env, core.expert, seed=s, options={"task_index": s}) for s in range(4)]
+    finally:
+        env.close()
+    failed = sum(not r["success"] for r in results)
+    assert 2 <= failed <= 10  # binomial(12, 0.5): outside this range has probability < 0.04
+    assert [r["success"] for r in again] == [r["success"] for r in results[:4]]  # same seed, same flaw
+    with pytest.raises(ValueError, match="expert_noise must be a probability"):
+        envs.make("agentrl/ShellQuest-v0", expert_noise=1.5)
