@@ -112,18 +112,25 @@ def train_run(config: dict[str, Any]) -> float:
 
 
 class _Progress:
-    """One log line per run: position, what happened, and an ETA from the runs trained so far."""
+    """One log line per run: position, what happened, and the time left estimated from the
+    mean wall time of the runs trained so far, per kind (warm starts and method runs differ),
+    divided by the number of runs training at once."""
 
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.trained, self.train_time_s = total, 0, 0, 0.0
+    def __init__(self, runs: list[RunSpec], jobs: int = 1) -> None:
+        self.total, self.done, self.jobs = len(runs), 0, max(jobs, 1)
+        self.left = {"sft": sum(r.kind == "sft" for r in runs), "rl": sum(r.kind == "rl" for r in runs)}
+        self.times: dict[str, list[float]] = {"sft": [], "rl": []}
 
     def report(self, run: RunSpec, what: str, wall: float | None = None) -> None:
         self.done += 1
+        self.left[run.kind] -= 1
         if wall is not None:
-            self.trained += 1
-            self.train_time_s += wall
-        left = self.total - self.done
-        eta = f"; about {self._fmt(left * self.train_time_s / self.trained)} left" if self.trained and left else ""
+            self.times[run.kind].append(wall)
+        every = self.times["sft"] + self.times["rl"]
+        eta = ""
+        if every and self.done < self.total:
+            mean = {k: (sum(v) / len(v) if v else sum(every) / len(every)) for k, v in self.times.items()}
+            eta = f"; about {self._fmt(sum(self.left[k] * mean[k] for k in mean) / self.jobs)} left"
         log.info("[%d/%d] %s: %s%s", self.done, self.total, run.key, what, eta)
 
     @staticmethod
@@ -221,7 +228,7 @@ def compare(study_path: str | Path, *, smoke: bool = False, out: str | Path | No
     check_runs(runs)
     claim_folder(out, study, runs)
     log.info("study %s: %d runs (%d shared warm starts) into %s", study.identity, len(runs), sum(r.kind == "sft" for r in runs), out)
-    progress = _Progress(len(runs))
+    progress = _Progress(runs, 1 if train_fn is not None else jobs)
     failed: dict[str, str] = {}
     jobs = 1 if train_fn is not None else jobs
     _run_all(runs, out, progress, jobs, failed, train_fn or train_run)

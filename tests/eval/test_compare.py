@@ -126,3 +126,15 @@ def test_report_only_rebuilds_from_the_run_folders(compared, guess_study, capsys
     report.unlink()
     assert main(["compare", str(guess_study), "--out", str(compared["out"]), "--report-only"]) == 0
     assert report.read_text() == before
+
+
+def test_jobs_train_in_worker_processes_each_after_its_warm_start(guess_study, tmp_path):
+    from agentrl.eval.compare import compare
+
+    out = tmp_path / "jobs"
+    result = compare(guess_study, smoke=True, out=out, jobs=2)  # smoke: grpo, seed 0
+    assert result["failed"] == {} and result["runs"] == ["sft/high4/seed0", "high4/grpo/seed0"]
+    warm_start_done = (out / "sft" / "high4" / "seed0" / "summary.json").stat().st_mtime_ns
+    method_started = (out / "runs" / "high4" / "grpo" / "seed0" / "config.yaml").stat().st_mtime_ns
+    assert method_started >= warm_start_done
+    assert (out / "report" / "runs.csv").read_text().count("\n") == 2
