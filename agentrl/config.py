@@ -379,17 +379,54 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Load a YAML experiment file, apply overrides, validate. Raises ConfigError."""
+WHOLE_SECTIONS = ("algorithm",)
+"""Sections a config replaces whole instead of merging into its base's (a method is its whole
+algorithm: CISPO on top of a GRPO + EMPG base must not keep EMPG's shaping)."""
+
+
+def read_config_data(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw mapping of a YAML experiment file with its ``base:`` chain resolved.
+
+    ``base: other.yaml`` (relative to the file's folder) names a config this one extends:
+    the file's mappings update the base's recursively (``trainer: {lr: 1e-4}`` changes only the
+    learning rate, ``env: {kwargs: {horizon: 10}}`` only the horizon), except the sections in :data:`WHOLE_SECTIONS`
+    (``algorithm``), which replace the base's whole. Bases may have bases. Raises ConfigError
+    for a missing file, invalid YAML, a non-mapping, or a cycle of bases.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; see configs/ for complete examples (e.g. configs/quickstart.yaml)")
+    if path.resolve() in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
+        raise ConfigError(f"{path}: 'base:' files form a cycle ({chain}); remove one of the base: lines")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base must be the path of another config file (relative to this one), got {base!r}")
+    merged = read_config_data(path.parent / base, (*_seen, path.resolve()))
+    for section, value in data.items():
+        merged[section] = value if section in WHOLE_SECTIONS else _deep_merge(merged.get(section), value)
+    return merged
+
+
+def _deep_merge(base: Any, update: Any) -> Any:
+    if isinstance(base, dict) and isinstance(update, dict):
+        return {**base, **{k: _deep_merge(base.get(k), v) for k, v in update.items()}}
+    return update
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a YAML experiment file (resolving its ``base:`` chain, :func:`read_config_data`),
+    apply overrides, validate. Raises ConfigError."""
+    path = Path(path)
+    data = read_config_data(path)
     data = apply_overrides(data, overrides or [])
     try:
         cfg = from_dict(TrainConfig, data)

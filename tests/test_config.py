@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
 from agentrl.config import ConfigError, TrainConfig, apply_overrides, from_dict, load_config, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BASE = """
 run: {name: t, output_dir: OUT, seed: 3}
@@ -61,3 +64,46 @@ def test_from_dict_nested_types():
     cfg = from_dict(TrainConfig, {"trainer": {"betas": [0.9, 0.95]}, "model": {"path": "p", "init": None}})
     assert cfg.trainer.betas == (0.9, 0.95) and cfg.model.init is None
     assert apply_overrides({}, ["a.b.c=[1, 2]"]) == {"a": {"b": {"c": [1, 2]}}}
+
+
+def test_base_chain_merges_recursively_but_replaces_algorithm(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path, BASE)  # c.yaml
+    (tmp_path / "sub" / "m.yaml").write_text(
+        "base: ../c.yaml\n"
+        "trainer: {lr: 0.5}\n"
+        "env: {kwargs: {extra: 1}}\n"
+        "algorithm: {estimator: {name: rloo}}\n"
+    )
+    parent = load_config(tmp_path / "c.yaml")
+    child = load_config(tmp_path / "sub" / "m.yaml", overrides=["trainer.total_steps=7"])
+    assert child.trainer.lr == 0.5 and child.trainer.total_steps == 7
+    assert child.trainer.micro_batch_size == parent.trainer.micro_batch_size  # kept from the base
+    assert child.env.kwargs == {**parent.env.kwargs, "extra": 1}  # merged one level further down
+    assert child.algorithm == {"estimator": {"name": "rloo"}}  # replaced whole, nothing of the base's left
+
+
+def test_base_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="form a cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml' does not exist"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: [x]\n")
+    with pytest.raises(ConfigError, match="base must be the path of another config file"):
+        load_config(tmp_path / "d.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "methods").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_method_config_is_a_complete_experiment(path):
+    """`agentrl train configs/methods/<m>.yaml` works as the README says: the quickstart's
+    model/env/rollout/SFT/trainer with the method's own algorithm section only."""
+    import yaml
+
+    cfg = load_config(path)
+    quick = load_config(ROOT / "configs" / "quickstart.yaml")
+    assert cfg.run.name == path.stem and cfg.run.output_dir == f"runs/{path.stem}"
+    assert cfg.env == quick.env and cfg.model == quick.model and cfg.sft == quick.sft
+    assert cfg.algorithm == yaml.safe_load(path.read_text())["algorithm"]
