@@ -213,7 +213,8 @@ class BwrapSandbox(Sandbox):
         self._metrics.limiter = self.limiter
         self._root = os.geteuid() == 0
         self._uid = sandbox_uid if self._root else None
-        self._tmp = tempfile.mkdtemp(prefix="agentrl-bwrap-")
+        _remove_stale_tmp()
+        self._tmp = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
         if self._root:
             os.chmod(self._tmp, 0o755)
             self.bwrap = _reachable_bwrap(self.bwrap, self._tmp)
@@ -553,6 +554,31 @@ class BwrapSandbox(Sandbox):
             await s.close()
         self._sessions.clear()
         self._finalizer()
+
+
+_TMP_PREFIX = "agentrl-bwrap-"
+
+
+def _remove_stale_tmp(parent: str | None = None) -> list[str]:
+    """Remove ``agentrl-bwrap-<pid>-*`` folders (the bwrap link and launch files) left by
+    processes that died without cleaning up (SIGKILL skips the finalizer); the same rule as
+    the stale cgroup roots. Returns the removed paths."""
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    try:
+        entries = [e for e in os.scandir(parent) if e.name.startswith(_TMP_PREFIX) and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return removed
+    for e in entries:
+        pid = e.name[len(_TMP_PREFIX):].split("-", 1)[0]
+        try:
+            owned = e.stat(follow_symlinks=False).st_uid == os.geteuid()
+        except OSError:
+            continue
+        if pid.isdigit() and owned and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(e.path, ignore_errors=True)
+            removed.append(e.path)
+    return removed
 
 
 def _release(cgroot: _cg.CgroupRoot | None, tmp: str) -> None:

@@ -154,3 +154,23 @@ def test_many_files_arrive_intact(sandbox):
     code = "import os\nn = sum(len(fs) for _, _, fs in os.walk('.'))\nprint(n, open('d3/f493.txt').read())"
     r = sandbox.run_sync(code, files=files)
     assert r.ok and r.stdout == "500 493\n", (r.status, r.stderr[-300:])
+
+
+def test_temp_folders_of_killed_processes_are_removed_by_the_next_backend(tmp_path):
+    """A SIGKILLed trainer skips the finalizer; the next bwrap backend removes its temp folder
+    (owner pid gone) and leaves live processes' and foreign-named folders alone."""
+    import os
+    import subprocess
+    import sys
+
+    from agentrl.sandboxes.bwrap import _remove_stale_tmp
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f"agentrl-bwrap-{dead_pid}-abc"
+    live = tmp_path / f"agentrl-bwrap-{os.getpid()}-def"
+    other = tmp_path / "agentrl-bwrap-notapid"
+    for d in (stale, live, other):
+        (d / "bin").mkdir(parents=True)
+    assert _remove_stale_tmp(str(tmp_path)) == [str(stale)]
+    assert not stale.exists() and live.exists() and other.exists()
