@@ -16,12 +16,16 @@ class TaskSampler:
         if num_tasks < 1:
             raise ValueError(f"split {split!r} has no tasks")
         self.num_tasks, self.seed, self.split, self.position = num_tasks, seed, split, position
+        self._order: tuple[int, list[int]] | None = None  # (epoch, its shuffled task order)
 
     def _index(self, k: int) -> int:
         epoch, offset = divmod(k, self.num_tasks)
-        order = list(range(self.num_tasks))
-        random.Random(f"{self.seed}/{epoch}").shuffle(order)
-        return order[offset]
+        cached = self._order
+        if cached is None or cached[0] != epoch:  # one shuffle per epoch, not per task (100k-task splits)
+            order = list(range(self.num_tasks))
+            random.Random(f"{self.seed}/{epoch}").shuffle(order)
+            self._order = cached = (epoch, order)
+        return cached[1][offset]
 
     def next_tasks(self, n: int) -> list[int]:
         out = [self._index(self.position + i) for i in range(n)]
@@ -32,11 +36,15 @@ class TaskSampler:
         """``tasks`` x ``group_size`` episode specs; group members share the task and differ in
         sample_index (and so in sampling seed)."""
         start = self.position
-        specs = []
-        for j, index in enumerate(self.next_tasks(tasks)):
-            for g in range(group_size):
-                specs.append(EpisodeSpec({"task_index": index, "split": self.split}, sample_index=g, seed=self.seed * 1_000_003 + start + j))
-        return specs
+        self.position += tasks
+        return [spec for k in range(start, start + tasks) for spec in self.group_specs(k, group_size)]
+
+    def group_specs(self, position: int, group_size: int) -> list[EpisodeSpec]:
+        """The ``group_size`` specs of the task handed out at ``position`` (a pure function of
+        seed, split and position; the sampler does not move). Async training restarts the
+        groups a checkpoint left unfinished from their positions."""
+        index = self._index(position)
+        return [EpisodeSpec({"task_index": index, "split": self.split}, sample_index=g, seed=self.seed * 1_000_003 + position) for g in range(group_size)]
 
     def state_dict(self) -> dict[str, int]:
         return {"position": self.position}
