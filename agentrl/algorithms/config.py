@@ -16,7 +16,7 @@ class, with the defaults written there::
       entropy_coef: 0.0
       dynamic_sampling: {enabled: false, metric: acc, max_num_gen_batches: 10}
       overlong: {enabled: false, max_response_tokens: 20480, buffer_tokens: 4096, penalty_factor: 1.0, filter_truncated: false}
-      off_policy: {behavior_is_cap: null}
+      off_policy: {behavior_is_cap: null, proximal: recompute}
       seed: 0
 
 Unknown keys, names and options raise :class:`~agentrl.algorithms.registry.UnknownNameError`
@@ -155,9 +155,18 @@ class OffPolicyConfig:
     behavior_is_cap: when set and the micro-batch carries ``behavior_logprobs``, each token's
     policy loss is multiplied by ``sg(min(exp(proximal - behavior), cap))`` (truncated IS from
     the sampler to the proximal snapshot, the decoupled PPO objective); null disables.
+    proximal: what the ratio ``exp(logprobs - proximal_logprobs)`` is taken against.
+    ``"recompute"`` (default): the learner's policy before this batch's first update (its
+    logprobs recomputed by the learner when they can differ from the current policy: several
+    updates per batch, or async mode, where the sampler is up to ``max_staleness`` versions
+    older and the gap is corrected by the behavior IS weight above: the decoupled objective,
+    Hilton et al. 2021; AReaL). ``"behavior"``: the sampler's own logprobs (the coupled
+    objective of plain PPO without recomputation): the clip, BAPO's bounds and CISPO's cap then
+    act on the whole off-policy ratio, stale versions included; the behavior IS weight is 1.
     """
 
     behavior_is_cap: float | None = None
+    proximal: str = "recompute"
 
 
 _SECTIONS = {"credit": CreditConfig, "kl": KLConfig, "dynamic_sampling": DynamicSamplingConfig,
@@ -263,6 +272,8 @@ class AlgorithmConfig:
                 raise ValueError("controller 'prorl' resets the KL reference: set algorithm.kl.coef > 0 (beta)")
         if self.off_policy.behavior_is_cap is not None and not self.off_policy.behavior_is_cap > 0:
             raise ValueError("off_policy.behavior_is_cap must be > 0 or null")
+        if self.off_policy.proximal not in ("recompute", "behavior"):
+            raise ValueError(f"off_policy.proximal must be 'recompute' or 'behavior', got {self.off_policy.proximal!r}")
         if self.overlong.enabled and not 0 < self.overlong.buffer_tokens <= self.overlong.max_response_tokens:
             raise ValueError("overlong: need 0 < buffer_tokens <= max_response_tokens")
 

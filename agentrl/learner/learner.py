@@ -12,7 +12,10 @@ Per train_step (called by ``agentrl/train.py``):
 4. ``algorithm.end_train_step`` (controllers), and the ProRL reference reset when asked.
 
 Metrics include per-turn entropy ``entropy/step/<k>`` and per-turn clip fractions
-``policy/clipfrac/turn_<k>`` (k = assistant turn index).
+``policy/clipfrac/turn_<k>`` (k = assistant turn index); when proximal logprobs are recomputed
+(async mode, several updates per batch), the train/inference mismatch against the sampler's
+logprobs: ``policy/behavior_mismatch`` (mean |proximal - behavior|) and per turn
+``policy/behavior_mismatch/turn_<k>`` and ``policy/behavior_kl/turn_<k>`` (k3 KL).
 
 Data parallel (``dp_size > 1``, the FSDP2 learner ranks of ``agentrl.distributed``): every
 rank receives the whole batch, computes the same advantages and mini-batch order, and runs
@@ -69,7 +72,9 @@ class Learner:
         algorithm: the composed method (:func:`agentrl.algorithms.build_algorithm`).
         cfg: trainer settings.
         temperature: sampling temperature (logprobs and entropy are computed at it).
-        async_mode: proximal logprobs are always recomputed (behavior != proximal).
+        async_mode: proximal logprobs are always recomputed (behavior != proximal) and
+            behavior logprobs enter the loss (the decoupled objective; see
+            ``algorithm.off_policy`` and docs/async.md).
         ref_model: a prebuilt frozen reference model (FSDP ranks shard their own, since a
             sharded module cannot be deep-copied); default: a deep copy of ``model``.
         dp_rank, dp_size, dp_all_reduce: data-parallel rank, world size and a callable that
@@ -130,10 +135,16 @@ class Learner:
         """One train_step on ``batch``; returns float metrics (host sync happens here, once)."""
         batch = batch.to(self.device)
         steps_per_batch = self.cfg.ppo_epochs * self.cfg.mini_batches
-        need_proximal = steps_per_batch > 1 or self.async_mode
+        clip_to_behavior = self.algorithm.config.off_policy.proximal == "behavior"
+        # async: the recomputed proximal is the decoupled objective's anchor, and measures the
+        # train/inference mismatch even when the ratio is taken against the sampler
+        need_proximal = (steps_per_batch > 1 and not clip_to_behavior) or self.async_mode
         proximal = proximal_entropy = None
         if need_proximal or self.req["rollout_entropy"]:
             proximal, proximal_entropy = self._no_grad_pass(self.model, batch, entropy=self.req["rollout_entropy"])
+        mismatch = self._behavior_mismatch(proximal, batch) if need_proximal else None
+        if clip_to_behavior:  # off_policy.proximal: behavior -- the ratio is against the sampler
+            proximal = batch.behavior_logprobs
         ref = self._no_grad_pass(self.ref_model, batch, entropy=False)[0] if self.ref_model is not None else None
         rb = RolloutBatch(
             rewards=batch.rewards, group_ids=batch.group_ids, loss_mask=batch.loss_mask, turn_ids=batch.turn_ids,
@@ -170,7 +181,7 @@ class Learner:
                         loss_mask=adv.loss_mask[idx],
                         entropy=ent if self.req["entropy_grad"] else ent.detach(),
                         ref_logprobs=ref[idx] if ref is not None else None,
-                        behavior_logprobs=mb_batch.behavior_logprobs if self.async_mode else None,
+                        behavior_logprobs=mb_batch.behavior_logprobs if self.async_mode and not clip_to_behavior else None,
                         token_mask=adv.token_mask[idx] if adv.token_mask is not None else None,
                     )
                     loss, metrics = self.algorithm.loss(mb, num_tokens=num_tokens, num_seqs=num_seqs, micro_batch_fraction=len(idx) / len(rows))
@@ -207,7 +218,31 @@ class Learner:
                 out[f"entropy/step/{k}"] = float(ent_sum[k] / ent_n[k])
             if tok_n[k] > 0:
                 out[f"policy/clipfrac/turn_{k}"] = float(clip_n[k] / tok_n[k])
+        if mismatch is not None:
+            abs_sum, k3_sum, n = mismatch.cpu()
+            out["policy/behavior_mismatch"] = float(abs_sum.sum() / n.sum().clamp(min=1))
+            for k in range(MAX_TURN_METRICS):
+                if n[k] > 0:
+                    out[f"policy/behavior_mismatch/turn_{k}"] = float(abs_sum[k] / n[k])
+                    out[f"policy/behavior_kl/turn_{k}"] = float(k3_sum[k] / n[k])
         return out
+
+    @staticmethod
+    def _behavior_mismatch(proximal: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+        """Train/inference logprob mismatch per assistant turn, ``[3, MAX_TURN_METRICS]``: sums
+        of ``|proximal - behavior|`` and of the k3 estimate of KL(behavior || proximal)
+        (``exp(d) - 1 - d``, d = proximal - behavior, clamped to [-20, 20]) over policy tokens,
+        and their counts. Proximal is the learner's recomputation with the pre-update weights;
+        behavior is what the engine reported when it sampled (possibly older weights, other
+        numerics). On the device: no host sync."""
+        mask = batch.loss_mask.flatten().float()
+        d = (proximal - batch.behavior_logprobs).flatten().float().clamp(-20, 20)
+        turns = batch.turn_ids.clamp(0, MAX_TURN_METRICS - 1).flatten()
+        acc = torch.zeros((3, MAX_TURN_METRICS), device=proximal.device)
+        acc[0].index_add_(0, turns, d.abs() * mask)
+        acc[1].index_add_(0, turns, (torch.exp(d) - 1 - d) * mask)
+        acc[2].index_add_(0, turns, mask)
+        return acc
 
     def _reduce_across_ranks(self, sums: dict[str, torch.Tensor], counts: dict[str, int], turn_stats: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, int], torch.Tensor]:
         """Sum metric totals, counts and per-turn stats over data-parallel ranks (one all-reduce)."""
