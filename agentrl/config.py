@@ -37,7 +37,8 @@ class RunConfig:
     backend: str = "local"
     """"local" (one process) or "ray" (rollout and learner as Ray actors)."""
     mode: str = "sync"
-    """"sync" (generate then train) or "async" (rollouts keep going while the learner trains)."""
+    """"sync" (generate then train) or "async" (rollouts keep going while the learner trains,
+    within rollout.max_staleness; docs/async.md)."""
     ray_address: str | None = None
     """Ray cluster address for backend "ray"; None starts a local cluster."""
     device: str = "cpu"
@@ -136,7 +137,13 @@ class RolloutConfig:
     eval_temperature: float = 1.0
     """Temperature for evaluation episodes."""
     max_staleness: int = 0
-    """Async mode: most train_steps a trajectory's oldest token may lag the learner."""
+    """Async mode: most versions (train_steps) a trained token may lag the weights it is
+    trained from; at most (max_staleness + 1) x tasks_per_step groups are in flight. 0 trains
+    exactly what sync mode trains (docs/async.md)."""
+    async_order: str = "completion"
+    """Async mode: which finished groups a train_step takes. "completion": in finishing order,
+    plus the groups that would otherwise outlive max_staleness (the learner waits for them), so
+    long episodes are never starved; "fifo": in the order the groups started."""
     vllm: dict[str, Any] = field(default_factory=dict)
     """Extra vllm.LLM arguments (gpu_memory_utilization, tensor_parallel_size, ...)."""
     openai_base_url: str | None = None
@@ -461,6 +468,9 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
     )
     check(cfg.trainer.total_steps >= 0, "trainer.total_steps must be >= 0")
     check(cfg.rollout.max_staleness >= 0, "rollout.max_staleness must be >= 0")
+    check(cfg.rollout.async_order in ("completion", "fifo"), f"rollout.async_order must be 'completion' or 'fifo', got {cfg.rollout.async_order!r}")
+    check(not (cfg.run.mode == "async" and cfg.rollout.engine == "openai"),
+          "run.mode: async needs an engine whose weights agentrl updates ('hf' or 'vllm'), not 'openai'")
     check(cfg.model.dtype in ("float32", "bfloat16"), f"model.dtype must be 'float32' or 'bfloat16', got {cfg.model.dtype!r}")
     if cfg.run.backend == "ray":
         r = cfg.ray

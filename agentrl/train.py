@@ -2,7 +2,8 @@
 
     prepare run folder -> model (create a tiny one if asked) -> resume or SFT warm start
     -> evaluate before RL -> for each train_step:
-           tasks -> rollout (multi-turn episodes, G per task) -> collate
+           tasks -> rollout (multi-turn episodes, G per task; in async mode the finished
+                    groups of a rollout that never stops, agentrl/rollout/async_collector.py) -> collate
            -> learner.update (advantages, minibatch updates, controllers)
            -> sync weights to the engine -> log -> checkpoint
     -> evaluate after RL -> summary, plots
@@ -93,6 +94,9 @@ def check_config(cfg: TrainConfig) -> Any:
         algo_cfg.validate()
     except (ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"algorithm: {e}") from None
+    if cfg.run.mode == "async" and algo_cfg.dynamic_sampling.enabled:
+        raise ConfigError("algorithm.dynamic_sampling is not supported with run.mode: async (it regenerates whole batches "
+                          "round by round); disable it or use run.mode: sync")
     path = Path(cfg.model.path)
     if cfg.model.init is None and not path.exists() and (cfg.model.path.startswith((".", "/", "~")) or path.parts[:1] == ("runs",)):
         raise ConfigError(f"model.path {cfg.model.path!r} does not exist; run `agentrl model init --out {cfg.model.path}` or add a model.init section")
@@ -141,6 +145,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model = load_model(model_path, dtype=cfg.model.dtype, device=driver_device, gradient_checkpointing=cfg.model.gradient_checkpointing)
     rollout = make_rollout(cfg, model, tokenizer)
     sampler = TaskSampler(rollout.num_tasks(cfg.env.train_split), seed=cfg.run.seed, split=cfg.env.train_split)
+    feed = make_async_collector(cfg, rollout, sampler) if cfg.run.mode == "async" else None
+    tasks = feed or sampler  # what checkpoints record as the data position
     logger = MetricsLogger(out, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb, run_name=cfg.run.name, config=to_dict(cfg))
     summary: dict[str, Any] = {"run": cfg.run.name, "output_dir": str(out)}
 
@@ -157,7 +163,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if ckpt is not None:
         state = load_state(ckpt)
         learner.load_state_dict(state["learner"])
-        sampler.load_state_dict(state["sampler"])
+        tasks.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         summary.update(state.get("summary", {}))
         step = int(state["step"])
@@ -166,14 +172,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if ckpt is None:
         summary["before_rl"] = evaluate(rollout, cfg, "before_rl")
         logger.log(0, summary["before_rl"])
-        save_checkpoint(out, 0, model=model, tokenizer=tokenizer, state=_state(learner, sampler, summary), keep=cfg.trainer.keep_checkpoints)
+        save_checkpoint(out, 0, model=model, tokenizer=tokenizer, state=_state(learner, tasks, summary), keep=cfg.trainer.keep_checkpoints)
     logger.truncate_after(step)
 
     bar = _progress(cfg, step)
     env_short = cfg.env.id.split("/", 1)[-1]
     while step < cfg.trainer.total_steps:
         t0 = time.perf_counter()
-        trajs, rounds = collect_batch(rollout, sampler, cfg, filter_algo)
+        if feed is not None:  # async: the batch episodes finished while the learner trained
+            trajs, rollout_metrics = feed.next_batch(step)
+        else:
+            trajs, rounds = collect_batch(rollout, sampler, cfg, filter_algo)
+            rollout_metrics = {"rollout/generation_rounds": float(rounds)}
         t1 = time.perf_counter()
         batch = collate(trajs, pad_token_id=tokenizer.pad_token_id)
         metrics = learner.update(batch)
@@ -181,12 +191,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         step += 1
         rollout.sync_weights(model, step)
         metrics.update(summarize(trajs, cfg.env.id))
-        metrics["rollout/generation_rounds"] = float(rounds)
+        metrics.update(rollout_metrics)
         metrics.update(rollout.sandbox_metrics())
         gen_tokens = float(batch.loss_mask.sum())
+        step_s = time.perf_counter() - t0
+        # async: the batch was generated while earlier steps trained; t1 - t0 is only the wait
+        rollout_s = step_s if feed is not None else t1 - t0
         metrics.update({
-            "time/rollout_s": t1 - t0, "time/learner_s": t2 - t1, "time/step_s": time.perf_counter() - t0,
-            "throughput/rollout_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+            "time/rollout_s": t1 - t0, "time/learner_s": t2 - t1, "time/step_s": step_s,
+            "throughput/rollout_tokens_per_s": gen_tokens / max(rollout_s, 1e-9),
             "throughput/learner_tokens_per_s": float(batch.attention_mask.sum()) * cfg.trainer.ppo_epochs / max(t2 - t1, 1e-9),
         })
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.total_steps:
@@ -194,12 +207,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         logger.log(step, metrics)
         _save_samples(out, step, trajs, cfg.logging.log_trajectories)
         if step % cfg.trainer.checkpoint_every == 0 or step == cfg.trainer.total_steps:
-            save_checkpoint(out, step, model=model, tokenizer=tokenizer, state=_state(learner, sampler, summary), keep=cfg.trainer.keep_checkpoints)
+            save_checkpoint(out, step, model=model, tokenizer=tokenizer, state=_state(learner, tasks, summary), keep=cfg.trainer.keep_checkpoints)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.2f}", success=f"{metrics['rollout/success']:.2f}", entropy=f"{metrics.get('policy/entropy', float('nan')):.2f}")
     if bar is not None:
         bar.close()
+    if feed is not None:
+        feed.close()  # episodes still in flight are discarded
 
     if step == 0 and "before_rl" in summary:  # no RL happened (e.g. an SFT-only run): nothing new to evaluate
         summary["after_rl"] = {k.replace("eval/before_rl/", "eval/after_rl/"): v for k, v in summary["before_rl"].items()}
@@ -208,7 +223,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         summary["after_rl"] = evaluate(rollout, cfg, "after_rl")
         summary["after_rl_step"] = step
         logger.log(step, summary["after_rl"])
-        save_checkpoint(out, step, model=model, tokenizer=tokenizer, state=_state(learner, sampler, summary), keep=cfg.trainer.keep_checkpoints)
+        save_checkpoint(out, step, model=model, tokenizer=tokenizer, state=_state(learner, tasks, summary), keep=cfg.trainer.keep_checkpoints)
     summary["train_steps"] = step
     summary["env"] = env_short
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -267,6 +282,16 @@ def collect_batch(rollout: Any, sampler: Any, cfg: TrainConfig, filter_algo: Any
         log.info("dynamic sampling kept no group in %d rounds; training on the last round", rounds)
         kept = trajs
     return kept[: want * G], rounds
+
+
+def make_async_collector(cfg: TrainConfig, rollout: Any, sampler: Any) -> Any:
+    """``run.mode: async``: episodes keep running while the learner trains, with at most
+    ``rollout.max_staleness`` versions between a token's sampler and the weights it trains
+    (docs/async.md); ``next_batch(step)`` replaces ``collect_batch``."""
+    from agentrl.rollout.async_collector import AsyncCollector
+
+    r = cfg.rollout
+    return AsyncCollector(rollout, sampler, group_size=r.group_size, tasks_per_step=r.tasks_per_step, max_staleness=r.max_staleness, order=r.async_order)
 
 
 def make_rollout(cfg: TrainConfig, model: Any, tokenizer: Any) -> Any:
