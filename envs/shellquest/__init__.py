@@ -27,7 +27,9 @@ correct ``submit``. Success = full reward (1.0) in both modes.
 Horizon: ``horizon`` is the expert's number of turns: exactly, in small mode (from 4 up; e.g.
 6 for the quickstart, 10 and 50 for long-horizon studies); ``2K + 1`` with
 ``K = (horizon - 1) // 2`` stages in full mode (5 to 100+). ``max_turns`` defaults to
-``horizon + max(4, horizon // 2)``. ``difficulty`` (1-3) adds chore kinds, hidden clue
+``horizon + max(4, horizon // 2)``. ``horizon=[lo, hi]`` mixes lengths in one env: each task's
+horizon is a seeded uniform draw from lo..hi, and the task is the fixed-horizon task of that
+horizon and index (``benchmarks/async_speedup.py`` uses [5, 50]). ``difficulty`` (1-3) adds chore kinds, hidden clue
 locations and a deeper tree (full) or decoy files and a final count (small).
 """
 

@@ -37,12 +37,16 @@ class ShellQuestEnv(ToolEnv):
         difficulty: 1, 2 or 3 (see :mod:`.full` and :mod:`.small` for what each adds).
         horizon: the number of turns the expert takes (exactly in small mode; ``2K + 1`` for
             ``K = (horizon - 1) // 2`` stages in full mode). Default 11 (full), 6 (small).
+            ``[lo, hi]`` mixes horizons: each task's horizon is drawn uniformly from lo..hi, a
+            pure function of (lo, hi, split, index) (:meth:`task_horizon`), and the task is
+            then exactly the fixed-horizon env's task of that horizon and index (same quest,
+            same task id). For episodes of very different lengths in one run (async training).
         reward: "sparse" (1.0 at submit when every answer is right, else 0) or "partial"
             (``1/(n+1)`` when each of the n sub-goals is first completed, the rest at a
             correct submit; the return is 1.0 exactly when the task is solved).
         num_train_tasks, num_test_tasks: size of each split (tasks are generated lazily).
         command_timeout_s: wall-clock limit of one shell command.
-        max_turns: default ``horizon + max(4, horizon // 2)``.
+        max_turns: default ``horizon + max(4, horizon // 2)`` (per task with mixed horizons).
         max_tool_output_chars: default 4000 (full), 300 (small).
         **kwargs: the rest of :class:`~agentrl.envs.base.ToolEnv`'s options (sandbox, ...).
     """
@@ -54,7 +58,7 @@ class ShellQuestEnv(ToolEnv):
         *,
         vocab: str = "full",
         difficulty: int = 1,
-        horizon: int | None = None,
+        horizon: int | list[int] | tuple[int, int] | None = None,
         reward: str = "sparse",
         num_train_tasks: int = 100_000,
         num_test_tasks: int = 1_000,
@@ -70,12 +74,29 @@ class ShellQuestEnv(ToolEnv):
         gen = _GENERATORS[vocab]
         horizon = DEFAULT_HORIZON[vocab] if horizon is None else horizon
         lo = gen.min_horizon(difficulty)
-        if not isinstance(horizon, int) or isinstance(horizon, bool) or not lo <= horizon <= MAX_HORIZON:
+
+        def valid(h: Any) -> bool:
+            return isinstance(h, int) and not isinstance(h, bool) and lo <= h <= MAX_HORIZON
+
+        if isinstance(horizon, (list, tuple)):
+            if len(horizon) != 2 or not all(valid(h) for h in horizon) or horizon[0] > horizon[1]:
+                raise ValueError(
+                    f"ShellQuest: a mixed horizon must be [lo, hi] with ints {lo} <= lo <= hi <= {MAX_HORIZON} for "
+                    f"vocab={vocab!r}, difficulty={difficulty}, got {list(horizon)!r}, e.g. horizon=[5, 50]."
+                )
+            self.horizon_range: tuple[int, int] = (horizon[0], horizon[1])
+        elif valid(horizon):
+            self.horizon_range = (horizon, horizon)
+        else:
             raise ValueError(
                 f"ShellQuest: horizon must be an int in [{lo}, {MAX_HORIZON}] for vocab={vocab!r}, "
-                f"difficulty={difficulty}, got {horizon!r}. It is the expert's number of turns, e.g. horizon=10."
+                f"difficulty={difficulty}, got {horizon!r}. It is the expert's number of turns, e.g. horizon=10 "
+                f"(or [lo, hi] for horizons mixed per task)."
             )
-        self.horizon = horizon
+        #: the fixed horizon; None when horizons are mixed (see :meth:`task_horizon`)
+        self.horizon: int | None = horizon if isinstance(horizon, int) else None
+        self._fixed_max_turns = max_turns
+        hi = self.horizon_range[1]
         for name, n in (("num_train_tasks", num_train_tasks), ("num_test_tasks", num_test_tasks)):
             if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                 raise ValueError(f"ShellQuest: {name} must be a positive int, got {n!r}.")
@@ -87,7 +108,7 @@ class ShellQuestEnv(ToolEnv):
             raise ValueError(f"ShellQuest: expert_noise must be a probability in [0, 1], got {expert_noise!r}.")
         self.expert_noise = float(expert_noise)
         super().__init__(
-            max_turns=max_turns if max_turns is not None else horizon + max(4, horizon // 2),
+            max_turns=max_turns if max_turns is not None else hi + max(4, hi // 2),
             max_tool_output_chars=max_tool_output_chars or DEFAULT_OUTPUT_CHARS[vocab],
             **kwargs,
         )
@@ -107,15 +128,22 @@ class ShellQuestEnv(ToolEnv):
             self._cache[split, index] = self._generate(split, index)
         return self._cache[split, index]
 
+    def task_horizon(self, split: str, index: int) -> int:
+        """The expert's number of turns for this task: the fixed horizon, or with ``horizon=[lo,
+        hi]`` a uniform draw from lo..hi seeded by (lo, hi, split, index)."""
+        lo, hi = self.horizon_range
+        return lo if lo == hi else quest_rng("shellquest-horizon", lo, hi, split, index).randint(lo, hi)
+
     def _generate(self, split: str, index: int) -> Task:
         gen = _GENERATORS[self.vocab]
-        tid = f"shellquest-{self.vocab}-d{self.difficulty}-h{self.horizon}/{split}/{index}"
+        horizon = self.task_horizon(split, index)
+        tid = f"shellquest-{self.vocab}-d{self.difficulty}-h{horizon}/{split}/{index}"
         # Small quests come from a small space, so two seeds can draw the same quest: keep
         # drawing until the quest's content hashes into this split (split_of), which makes the
         # splits disjoint by content. Full quests carry random ids and numbers everywhere, so
         # their splits are disjoint by seed alone.
         for attempt in range(10_000):
-            quest = gen.generate(quest_rng("shellquest", self.vocab, self.difficulty, self.horizon, split, index, attempt), self.difficulty, self.horizon)
+            quest = gen.generate(quest_rng("shellquest", self.vocab, self.difficulty, horizon, split, index, attempt), self.difficulty, horizon)
             if self.vocab == "full" or split_of(quest.signature) == split:
                 return Task(tid, split, index, quest.prompt, data=quest)
         raise RuntimeError(f"ShellQuest: no {split} quest found for {tid} after 10000 draws")  # pragma: no cover
@@ -137,6 +165,9 @@ class ShellQuestEnv(ToolEnv):
 
     # ----------------------------------------------------------------- episode
     async def setup(self, task: Task) -> None:
+        if self.horizon is None and self._fixed_max_turns is None:  # mixed horizons: each task its own default
+            h = self.task_horizon(task.split, task.index)
+            self.max_turns = h + max(4, h // 2)
         self._session = await self.open_session("bash", files=task.data.files)
         self._done, self._credit = 0, 0.0
 

@@ -107,6 +107,40 @@ def test_bad_options_have_clear_errors():
         env.reset(options={"split": "test", "task_index": 7})
 
 
+def test_mixed_horizons_draw_each_tasks_horizon_and_keep_its_quest():
+    """horizon=[5, 50]: each task's horizon is a seeded draw from 5..50, and the task is the
+    fixed-horizon env's task of that horizon and index (same quest, same id)."""
+    env = make(vocab="small", difficulty=1, horizon=[5, 50])
+    assert env.horizon is None and env.horizon_range == (5, 50) and env.max_turns == 75  # the longest task's default
+    hs = [env.task_horizon("train", i) for i in range(60)]
+    assert all(5 <= h <= 50 for h in hs) and min(hs) <= 10 and max(hs) >= 45 and len(set(hs)) > 20
+    assert hs == [make(vocab="small", difficulty=1, horizon=[5, 50]).task_horizon("train", i) for i in range(60)]
+    for i in (0, 1, 7):
+        fixed = make(vocab="small", difficulty=1, horizon=hs[i]).get_task("train", i)
+        task = env.get_task("train", i)
+        assert task.task_id == fixed.task_id == f"shellquest-small-d1-h{hs[i]}/train/{i}" and task.data == fixed.data
+        assert len(task.data.commands) + 1 == hs[i]  # the expert's turns
+    assert make(vocab="small", horizon=[7, 7]).get_task("test", 3) == make(vocab="small", horizon=7).get_task("test", 3)
+    for bad in ([50, 5], [3, 10], [5], [5, 2000], [5.0, 9], "5-50"):
+        with pytest.raises(ValueError, match=r"horizon"):
+            make(vocab="small", difficulty=1, horizon=bad)
+
+
+def test_mixed_horizon_episode_sets_max_turns_per_task():
+    env = envs.make(ID, vocab="small", difficulty=1, horizon=[5, 50])
+    core: ShellQuestEnv = env.unwrapped  # type: ignore[assignment]
+    try:
+        index = next(i for i in range(100) if core.task_horizon("train", i) <= 8)  # a short one: fast
+        h = core.task_horizon("train", index)
+        _, info = env.reset(options={"task_index": index})
+        assert info["max_turns"] == h + 4
+        r = envs.run_episode(env, core.expert, options={"task_index": index})
+        assert r["success"] and r["turns"] == h
+        assert make(vocab="small", horizon=[5, 50], max_turns=9).max_turns == 9  # an explicit max_turns is kept
+    finally:
+        env.close()
+
+
 def test_max_turns_and_output_cap_follow_the_mode():
     assert make(vocab="small", horizon=6).max_turns == 10 and make(vocab="small").max_tool_output_chars == 300
     assert make(horizon=101).max_turns == 151 and make().max_tool_output_chars == 4000
