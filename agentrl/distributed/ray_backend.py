@@ -10,6 +10,10 @@
   the driver's model, so it always samples the current weights; to behave the same, a rollout
   whose driver model changed since the last sync (SFT warm start before the first evaluation)
   re-syncs it first, under the last version number (detected by parameter version counters).
+- Asynchronous training (``run.mode: async``): :meth:`RayRollout.play` is the streaming form,
+  one episode per call on the driver's event loop, under the same capacity, supervision and
+  failure rules; the GenerationWorkers keep their own weights, so an episode in flight across a
+  :meth:`~RayRollout.sync_weights` continues with the new version (partial rollouts).
 - Fault handling: a supervisor pass between waits pings every worker (``ray.health_check_s``).
   A dead EnvWorker's in-flight episodes come back as failed Trajectories ("env worker 1
   died") and a new EnvWorker takes its index; a dead GenerationWorker's in-flight requests fail
@@ -21,7 +25,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -54,6 +60,17 @@ class _Slot:
 
 
 MAX_FAILED_STARTS = 3
+
+
+@dataclass
+class _PlayState:
+    """:meth:`RayRollout.play`'s state on one event loop: free env instances (as worker
+    indices, one entry per instance), the supervisor task, and the error that stopped it."""
+
+    loop: Any
+    free: Any
+    supervisor: Any = None
+    error: BaseException | None = None
 
 
 def split_evenly(n: int, parts: int) -> list[int]:
@@ -91,6 +108,10 @@ class RayRollout:
             s.ready = True
         self._ray = ray
         self.failures = {"env_worker_restarts": 0, "generation_worker_restarts": 0, "episodes_lost": 0}
+        # play() runs on an event loop thread while the training loop calls sync_weights and
+        # sandbox_metrics: worker replacement happens under this lock, once per dead actor
+        self._lock = threading.RLock()
+        self._play_state: _PlayState | None = None
 
     # ------------------------------------------------------------------ actors
     @property
@@ -132,24 +153,31 @@ class RayRollout:
             raise RuntimeError(f"{what} died {n} times in a row before it was ready; last error: {reason}")
         return n
 
-    def _replace_generation_worker(self, i: int, reason: str) -> None:
-        log.warning("generation worker %d died (%s); starting a replacement", i, reason)
-        old = self._gen[i]
-        failed_starts = self._failed_starts(old, f"generation worker {i}", reason)
-        self._gen[i] = self._start_generation_worker(i)
-        self._gen[i].restarts, self._gen[i].failed_starts = old.restarts + 1, failed_starts
-        self.failures["generation_worker_restarts"] += 1
-        for j, slot in enumerate(self._env):  # starting ones too: the call runs after their __init__
-            if j % len(self._gen) == i:
-                slot.handle.set_generation_worker.remote(self._gen[i].handle, i)
+    def _replace_generation_worker(self, i: int, reason: str, dead: _Slot) -> None:
+        """Replace generation worker ``i`` if ``dead`` is still its slot (another thread may
+        have replaced it already)."""
+        with self._lock:
+            if self._gen[i] is not dead:
+                return
+            log.warning("generation worker %d died (%s); starting a replacement", i, reason)
+            failed_starts = self._failed_starts(dead, f"generation worker {i}", reason)
+            self._gen[i] = self._start_generation_worker(i)
+            self._gen[i].restarts, self._gen[i].failed_starts = dead.restarts + 1, failed_starts
+            self.failures["generation_worker_restarts"] += 1
+            for j, slot in enumerate(self._env):  # starting ones too: the call runs after their __init__
+                if j % len(self._gen) == i:
+                    slot.handle.set_generation_worker.remote(self._gen[i].handle, i)
 
-    def _replace_env_worker(self, i: int, reason: str) -> None:
-        log.warning("env worker %d died (%s); starting a replacement", i, reason)
-        old = self._env[i]
-        failed_starts = self._failed_starts(old, f"env worker {i}", reason)
-        self._env[i] = self._start_env_worker(i)
-        self._env[i].restarts, self._env[i].failed_starts = old.restarts + 1, failed_starts
-        self.failures["env_worker_restarts"] += 1
+    def _replace_env_worker(self, i: int, reason: str, dead: _Slot) -> None:
+        """Replace env worker ``i`` if ``dead`` is still its slot."""
+        with self._lock:
+            if self._env[i] is not dead:
+                return
+            log.warning("env worker %d died (%s); starting a replacement", i, reason)
+            failed_starts = self._failed_starts(dead, f"env worker {i}", reason)
+            self._env[i] = self._start_env_worker(i)
+            self._env[i].restarts, self._env[i].failed_starts = dead.restarts + 1, failed_starts
+            self.failures["env_worker_restarts"] += 1
 
     def _check(self, slot: _Slot) -> str | None:
         """Advance ``slot``'s startup / ping; returns why it is dead, or None."""
@@ -173,14 +201,15 @@ class RayRollout:
 
     def _supervise(self) -> None:
         """Replace dead workers (one pass, no blocking)."""
-        for i, slot in enumerate(self._gen):
-            why = self._check(slot)
-            if why is not None:
-                self._replace_generation_worker(i, why)
-        for i, slot in enumerate(self._env):
-            why = self._check(slot)
-            if why is not None:
-                self._replace_env_worker(i, why)
+        with self._lock:
+            for i, slot in enumerate(self._gen):
+                why = self._check(slot)
+                if why is not None:
+                    self._replace_generation_worker(i, why, slot)
+            for i, slot in enumerate(self._env):
+                why = self._check(slot)
+                if why is not None:
+                    self._replace_env_worker(i, why, slot)
 
     # ------------------------------------------------------------------ rollouts
     def num_tasks(self, split: str) -> int:
@@ -200,6 +229,7 @@ class RayRollout:
         results: list[Trajectory | None] = [None] * len(specs)
         queue = deque(range(len(specs)))
         inflight: dict[Any, tuple[int, int, _Slot, float]] = {}  # ref -> (spec index, worker index, its slot, start time)
+        running = [0] * len(self._env)  # this call's episodes per worker (play() may run others meanwhile)
         timeout_s = self.cfg.ray.episode_timeout_s
 
         def finish(i: int, traj: Trajectory) -> None:
@@ -210,11 +240,12 @@ class RayRollout:
         while queue or inflight:
             self._supervise()
             for w, slot in enumerate(self._env):
-                while slot.ready and queue and len(slot.inflight) < self._env_sizes[w]:
+                while slot.ready and queue and running[w] < self._env_sizes[w]:
                     i = queue.popleft()
                     ref = slot.handle.run_episode.remote(specs[i], evaluation)
                     inflight[ref] = (i, w, slot, time.monotonic())
                     slot.inflight.add(ref)
+                    running[w] += 1
             if not inflight:  # every worker is (re)starting
                 self._wait_for_env_workers()
                 continue
@@ -222,12 +253,13 @@ class RayRollout:
             for ref in done:
                 i, w, slot, _ = inflight.pop(ref)
                 slot.inflight.discard(ref)
+                running[w] -= 1
                 try:
                     finish(i, ray.get(ref))
                 except Exception as e:
-                    if is_actor_death(e) and self._env[w] is slot:  # replace now: no more episodes go to it
-                        self._replace_env_worker(w, f"{type(e).__name__} while running an episode")
-                    finish(i, self._failed(specs[i], w, e))
+                    if is_actor_death(e):  # replace now: no more episodes go to it
+                        self._replace_env_worker(w, f"{type(e).__name__} while running an episode", slot)
+                    finish(i, self._failed(specs[i], w, e, self._task_id(specs[i])))
             if timeout_s > 0:
                 now = time.monotonic()
                 for ref, (i, w, slot, t0) in list(inflight.items()):
@@ -235,7 +267,8 @@ class RayRollout:
                         ray.cancel(ref, force=False)
                         inflight.pop(ref)
                         slot.inflight.discard(ref)
-                        finish(i, self._failed(specs[i], w, TimeoutError(f"episode ran longer than ray.episode_timeout_s={timeout_s:g}")))
+                        running[w] -= 1
+                        finish(i, self._failed(specs[i], w, TimeoutError(f"episode ran longer than ray.episode_timeout_s={timeout_s:g}"), self._task_id(specs[i])))
         return [r for r in results if r is not None]
 
     def _wait_for_env_workers(self) -> None:
@@ -247,15 +280,16 @@ class RayRollout:
         except Exception:  # died while starting: the next supervisor pass replaces it again
             time.sleep(0.5)
 
-    def _failed(self, spec: EpisodeSpec, worker: int, error: BaseException) -> Trajectory:
+    def _failed(self, spec: EpisodeSpec, worker: int, error: BaseException, task_id: str) -> Trajectory:
         """A failed Trajectory for an episode whose worker died (or that timed out)."""
         if is_actor_death(error):
             reason = f"WorkerDied: env worker {worker} died during the episode ({type(error).__name__})"
-            self.failures["episodes_lost"] += 1
+            with self._lock:
+                self.failures["episodes_lost"] += 1
         else:
             reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
         log.warning("episode %s#%d failed: %s", spec.options, spec.sample_index, reason)
-        traj = Trajectory(task_id=self._task_id(spec), sample_index=spec.sample_index, env_id=self.cfg.env.id, failed=True, failure_reason=reason)
+        traj = Trajectory(task_id=task_id, sample_index=spec.sample_index, env_id=self.cfg.env.id, failed=True, failure_reason=reason)
         traj.metrics.update({"wall_time_s": 0.0, "generate_time_s": 0.0, "env_time_s": 0.0, "tool_errors": 0.0, "generated_tokens": 0.0, "total_tokens": 0.0})
         return traj
 
@@ -269,6 +303,100 @@ class RayRollout:
                     continue
         return f"unknown:{spec.options}"
 
+    async def _atask_id(self, spec: EpisodeSpec) -> str:
+        """:meth:`_task_id` without blocking the event loop."""
+        for slot in list(self._env):
+            if slot.ready:
+                try:
+                    return str(await asyncio.wait_for(slot.handle.task_id.remote(spec.options), timeout=10))
+                except Exception:
+                    continue
+        return f"unknown:{spec.options}"
+
+    # ------------------------------------------------------------------ streaming (async mode)
+    async def play(self, spec: EpisodeSpec) -> Trajectory:
+        """The streaming API (asynchronous training): one training episode on an EnvWorker, a
+        coroutine for the driver's event loop (the sandbox runtime's background loop, where
+        :class:`~agentrl.rollout.async_collector.AsyncCollector` runs it).
+
+        At most as many episodes as an EnvWorker has env instances run on it; further calls
+        wait in call order for a free instance on any worker. A supervisor task on the same
+        loop pings the workers every ``ray.health_check_s`` (at most 1 s) while this rollout
+        lives and replaces dead ones. An episode whose EnvWorker dies, or that runs past
+        ``ray.episode_timeout_s``, comes back as a failed Trajectory (counted in
+        ``failures["episodes_lost"]`` for a death); one whose GenerationWorker dies fails inside
+        the EnvWorker (``WorkerDied``). Raises only when the rollout cannot go on: a worker
+        that dies ``MAX_FAILED_STARTS`` times in a row while starting, or a replacement not
+        ready within ``ray.startup_timeout_s`` (TimeoutError).
+        """
+        state = self._play_loop_state()
+        if state.error is not None:
+            raise state.error
+        w = await state.free.get()
+        try:
+            slot = await self._ready_env_slot(w, state)
+            ref = slot.handle.run_episode.remote(spec, False)
+            slot.inflight.add(ref)
+            timeout_s = self.cfg.ray.episode_timeout_s
+            fut = asyncio.wrap_future(ref.future())
+            try:
+                return await (asyncio.wait_for(fut, timeout_s) if timeout_s > 0 else fut)
+            except asyncio.TimeoutError:
+                self._ray.cancel(ref, force=False)
+                error: BaseException = TimeoutError(f"episode ran longer than ray.episode_timeout_s={timeout_s:g}")
+            except asyncio.CancelledError:
+                self._ray.cancel(ref, force=False)
+                raise
+            except Exception as e:
+                if is_actor_death(e):  # replace now: no more episodes go to it
+                    self._replace_env_worker(w, f"{type(e).__name__} while running an episode", slot)
+                error = e
+            finally:
+                slot.inflight.discard(ref)
+            return self._failed(spec, w, error, await self._atask_id(spec))
+        finally:
+            state.free.put_nowait(w)
+
+    def _play_loop_state(self) -> _PlayState:
+        """The free-instance queue and supervisor of the running event loop (made on first use)."""
+        loop = asyncio.get_running_loop()
+        state = self._play_state
+        if state is None or state.loop is not loop:
+            if state is not None and not state.loop.is_closed():
+                state.loop.call_soon_threadsafe(state.supervisor.cancel)
+            free: asyncio.Queue = asyncio.Queue()
+            for w, size in enumerate(self._env_sizes):
+                for _ in range(size):
+                    free.put_nowait(w)
+            state = _PlayState(loop=loop, free=free)
+            state.supervisor = loop.create_task(self._supervise_forever(state))
+            self._play_state = state
+        return state
+
+    async def _supervise_forever(self, state: _PlayState) -> None:
+        try:
+            while True:
+                self._supervise()
+                await asyncio.sleep(min(self.cfg.ray.health_check_s, 1.0))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a worker that cannot start: every later play() raises it
+            log.error("ray rollout supervisor stopped: %s", e)
+            state.error = e
+
+    async def _ready_env_slot(self, w: int, state: _PlayState) -> _Slot:
+        """EnvWorker ``w``'s current slot once it is ready (a replacement may be starting)."""
+        deadline = time.monotonic() + self.cfg.ray.startup_timeout_s
+        while True:
+            if state.error is not None:
+                raise state.error
+            slot = self._env[w]
+            if slot.ready:
+                return slot
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"replacement env worker {w} did not start within ray.startup_timeout_s={self.cfg.ray.startup_timeout_s:g}s")
+            await asyncio.sleep(0.1)
+
     # ------------------------------------------------------------------ weights
     def sync_weights(self, model: Any, version: int) -> None:
         """Publish ``model``'s weights as ``version``: one ``ray.put``, every GenerationWorker
@@ -279,14 +407,15 @@ class RayRollout:
         self._weights = (version, ref)
         if model is self._model:
             self._synced = param_versions(model)
-        calls = [(i, s.handle.update_weights.remote(ref, version)) for i, s in enumerate(self._gen)]
-        for i, call in calls:
+        with self._lock:
+            calls = [(i, s, s.handle.update_weights.remote(ref, version)) for i, s in enumerate(self._gen)]
+        for i, slot, call in calls:
             try:
                 ray.get(call, timeout=self.cfg.ray.startup_timeout_s)
             except Exception as e:
                 if not is_actor_death(e):
                     raise
-                self._replace_generation_worker(i, f"{type(e).__name__} during weight sync")
+                self._replace_generation_worker(i, f"{type(e).__name__} during weight sync", slot)
 
     # ------------------------------------------------------------------ metrics, shutdown
     def sandbox_metrics(self) -> dict[str, float]:
@@ -313,6 +442,9 @@ class RayRollout:
     def close(self) -> None:
         """Close the env instances (sandboxes) and stop every actor of this rollout."""
         ray = self._ray
+        state, self._play_state = self._play_state, None
+        if state is not None and not state.loop.is_closed():
+            state.loop.call_soon_threadsafe(state.supervisor.cancel)
         closing = []
         for slot in self._env + self._gen:
             try:
