@@ -17,7 +17,7 @@ A study file (YAML; every key but ``study`` and ``base`` optional)::
       offpolicy:
         sync: {}                                    # a level: dotted overrides ...
         async_s4:                                   # ... or overrides for a subset of runs
-          overrides: {run.mode: async, rollout.max_staleness: 4}
+          overrides: {run.mode: async, rollout.max_staleness: 4, algorithm.off_policy.behavior_is_cap: 5.0}
           methods: [bapo, grpo, cispo]
           envs: [h50]
     shared_sft: true                   # one SFT warm start per (env variant, seed)
@@ -27,7 +27,9 @@ A study file (YAML; every key but ``study`` and ``base`` optional)::
     smoke: {methods: [grpo, empg], seeds: [0], ...}  # replaces top-level keys under --smoke
 
 Overrides apply in the order base -> ``overrides`` -> env variant -> axis levels, so the more
-specific setting wins. Relative paths are looked up from the current directory, then from the
+specific setting wins. The ``algorithm`` section comes from the method file, before the axis
+levels: a level may change ``algorithm.*`` keys (for every method it applies to); ``overrides``
+and env variants may not (ConfigError). Relative paths are looked up from the current directory, then from the
 study file's folder and its parents.
 
 With ``shared_sft`` (default) and ``sft.enabled`` in the resolved config, every (env variant,
@@ -234,6 +236,13 @@ def load_study(path: str | Path, *, smoke: bool = False) -> Study:
         target_success=float(data.get("target_success", 0.5)), final_window=int(data.get("final_window", 1)),
         smooth=int(data.get("smooth", 1)), smoke=smoke, source=path,
     )
+    for where, over in [("overrides", study.overrides), *((f"envs.{k}", v) for k, v in envs.items())]:
+        bad_keys = [k for k in over if k == "algorithm" or k.startswith("algorithm.")]
+        if bad_keys:
+            raise ConfigError(
+                f"{path}: {where} sets {bad_keys[0]!r}, but every run takes its algorithm section from its method file; "
+                f"put algorithm changes in an axis level (applied after the method's section) or in the method files"
+            )
     if study.final_window < 1 or study.smooth < 1:
         raise ConfigError(f"{path}: final_window and smooth must be >= 1, got {study.final_window} and {study.smooth}")
     if study.shared_sft:
@@ -312,9 +321,9 @@ def expand_runs(study: Study, out: Path) -> list[RunSpec]:
                 for levels in _level_combos(study, method, env):
                     key = "/".join([env, *(lvl for _, lvl in levels), method, f"seed{seed}"])
                     data = copy.deepcopy(common)
-                    for axis, lvl in levels:
-                        data = _apply(data, study.axes[axis][lvl].overrides, f"{study.source}: axes.{axis}.{lvl}")
                     data["algorithm"] = _method_algorithm(study, method)
+                    for axis, lvl in levels:  # after the method's algorithm: a level may set algorithm.* keys
+                        data = _apply(data, study.axes[axis][lvl].overrides, f"{study.source}: axes.{axis}.{lvl}")
                     data["run"].update(name=key.replace("/", "-"), output_dir=str(out / "runs" / key))
                     if shared:
                         data["model"] = {**data["model"], "path": str(out / sft_key / SFT_CHECKPOINT), "init": None}

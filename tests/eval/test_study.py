@@ -15,6 +15,7 @@ from agentrl.eval.study import check_runs, expand_runs, load_study
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "configs" / "studies" / "long_horizon_entropy.yaml"
+OFF_POLICY = ROOT / "configs" / "studies" / "off_policy.yaml"
 
 
 def _variant(guess_study: Path, name: str, text: str) -> Path:
@@ -44,6 +45,49 @@ def test_long_horizon_study_expands_to_every_method_both_horizons_three_seeds(tm
     order = [r.key for r in runs]
     assert all(order.index(r.needs) < order.index(r.key) for r in rl)
     check_runs(runs)  # env ids, algorithm sections and env options (horizons) are all valid
+
+
+def test_off_policy_study_expands_to_three_methods_at_three_off_policy_levels(tmp_path):
+    """configs/studies/off_policy.yaml (issue 7): BAPO, PPO clip (grpo) and CISPO, each sync,
+    async at staleness 4 (decoupled) and async coupled to the sampler, 3 seeds, one shared warm
+    start per seed on mixed horizons 5-50. Loads and validates every run; trains nothing."""
+    study = load_study(OFF_POLICY)
+    assert study.methods == ["grpo", "bapo", "cispo"] and study.seeds == [0, 1, 2] and list(study.axes) == ["offpolicy"]
+    runs = expand_runs(study, tmp_path)
+    rl = [r for r in runs if r.kind == "rl"]
+    assert len(rl) == 3 * 3 * 3 and [r.key for r in runs if r.kind == "sft"] == ["sft/mixed/seed0", "sft/mixed/seed1", "sft/mixed/seed2"]
+    want = {  # level -> (run.mode, max_staleness, off_policy section)
+        "sync": ("sync", 0, None),
+        "async_s4": ("async", 4, {"behavior_is_cap": 5.0}),
+        "async_s4_coupled": ("async", 4, {"proximal": "behavior"}),
+    }
+    for r in rl:
+        level = dict(r.levels)["offpolicy"]
+        mode, k, off_policy = want[level]
+        assert (r.config["run"]["mode"], r.config["rollout"]["max_staleness"]) == (mode, k), r.key
+        algorithm = yaml.safe_load((ROOT / "configs" / "methods" / f"{r.method}.yaml").read_text())["algorithm"]
+        if off_policy is not None:
+            algorithm["off_policy"] = off_policy
+        assert r.config["algorithm"] == algorithm, r.key  # the method's section plus the level's keys only
+        assert r.config["env"]["kwargs"]["horizon"] == [5, 50] and r.config["rollout"]["max_total_tokens"] == 4096
+        assert r.needs == f"sft/mixed/seed{r.seed}" and r.variant == f"{r.method} @ {level}"
+    check_runs(runs)  # env options (the mixed horizon), algorithm sections, async mode's checks
+    smoke = load_study(OFF_POLICY, smoke=True)
+    smoke_runs = expand_runs(smoke, tmp_path / "smoke")
+    assert len([r for r in smoke_runs if r.kind == "rl"]) == 2 * 3 and smoke.overrides["trainer.total_steps"] == 2
+    check_runs(smoke_runs)
+
+
+def test_algorithm_keys_belong_to_axis_levels_not_overrides(guess_study, tmp_path):
+    path = _variant(guess_study, "algo_axis", "axes: {prox: {coupled: {algorithm.off_policy.proximal: behavior}}}")
+    runs = [r for r in expand_runs(load_study(path), tmp_path) if r.kind == "rl"]
+    assert {r.method for r in runs} == {"grpo", "empg"}
+    for r in runs:  # applied after the method file's section, to every method
+        algorithm = yaml.safe_load((ROOT / "configs" / "methods" / f"{r.method}.yaml").read_text())["algorithm"]
+        assert r.config["algorithm"] == {**algorithm, "off_policy": {"proximal": "behavior"}}
+    for text in ("overrides: {algorithm.entropy_coef: 0.01}", "envs: {high4: {env.kwargs.high: 4, algorithm.kl.coef: 0.1}}"):
+        with pytest.raises(ConfigError, match="takes its algorithm section from its method file"):
+            load_study(_variant(guess_study, "algo_bad", text))
 
 
 def test_smoke_variant_is_small():
