@@ -885,7 +885,9 @@ def _stderr_flood_check(r: ExecResult, ctx: Ctx) -> None:
 ATTACKS: list[Attack] = [
     simple("fork_bomb", 1, "fork() loop that never reaps", _FORK_BOMB, {S.RESOURCE_LIMIT, S.TIMEOUT},
            max_wall_s=T + GRACE_S, timeout_s=T),
-    simple("fork_bomb_shell", 1, "the shell :(){ :|:& };: bomb", "bomb() { bomb | bomb & }; bomb; wait",
+    # the top shell spins (a builtin loop, no fork) instead of returning: a bomb whose parent
+    # exits at once let the call end "ok" before any fork was refused (1 run in 5 under load)
+    simple("fork_bomb_shell", 1, "the shell :(){ :|:& };: bomb", "bomb() { bomb | bomb & }; bomb; while :; do :; done",
            {S.RESOURCE_LIMIT, S.TIMEOUT}, language="bash", max_wall_s=T + GRACE_S, timeout_s=T),
     simple("thread_bomb", 2, "spawn threads until failure", _THREAD_BOMB, {S.RESOURCE_LIMIT, S.RUNTIME_ERROR},
            max_wall_s=T + GRACE_S, timeout_s=T),
