@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     st = sub.add_parser("selftest", help="run the adversarial suite against a backend")
     st.add_argument("--backend", default=DEFAULT_BACKEND, help=f"one of: {backends} (default {DEFAULT_BACKEND})")
-    st.add_argument("--only", default=None, help="comma-separated globs of attack names or SANDBOXES.md numbers")
+    st.add_argument("--only", default=None, help="comma-separated globs of attack names or group numbers (the # column)")
     st.add_argument("--json", default=None, metavar="PATH", help="also write the rows as JSON")
     st.set_defaults(func=_selftest)
 

@@ -1,4 +1,4 @@
-"""The adversarial suite: SANDBOXES.md's twenty attacks (and issue 2's list) against any backend.
+"""The adversarial suite: 27 attacks in 20 numbered groups against any backend.
 
 Each :class:`Attack` is data: a program (or a short scripted scenario), the limits it runs
 under, the statuses that count as contained, and checks on the result. After every attack the
