@@ -484,10 +484,11 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
               f"every rank must run the same number of micro-batches (pick learner_ranks dividing {mini})")
 
 
-def import_modules(names: list[str]) -> None:
-    """Import the ``run.imports`` entries: dotted module names, or paths to ``.py`` files
-    (loaded as a module named ``agentrl_user.<file stem>``). Each entry is imported once per
-    process. Raises ConfigError naming the entry that failed and why."""
+def import_modules(names: list[str], source: str = "run.imports") -> None:
+    """Import the ``run.imports`` entries (or a CLI's ``--import`` values, ``source`` naming
+    which in messages): dotted module names, or paths to ``.py`` files (loaded as a module
+    named ``agentrl_user.<file stem>``). Each entry is imported once per process. Raises
+    ConfigError naming the entry that failed and why."""
     import importlib
     import importlib.util
     import sys
@@ -512,7 +513,8 @@ def import_modules(names: list[str]) -> None:
             else:
                 importlib.import_module(name)
         except Exception as e:
-            raise ConfigError(
-                f"run.imports: could not import {name!r}: {type(e).__name__}: {e}. Entries are dotted module names "
-                f"importable in every Ray worker (install the package) or paths to .py files visible to every worker"
-            ) from e
+            hint = (
+                "Entries are dotted module names importable in every Ray worker (install the package) or paths to .py files visible to every worker"
+                if source == "run.imports" else "Give a dotted module name (an installed package) or the path of a .py file"
+            )
+            raise ConfigError(f"{source}: could not import {name!r}: {type(e).__name__}: {e}. {hint}") from e

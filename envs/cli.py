@@ -22,11 +22,28 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _import_user_modules(args: argparse.Namespace) -> bool:
+    """Import the ``--import`` modules / .py files (envs registered outside agentrl) with the
+    helper of ``run.imports`` and ``agentrl eval --import``; False (after an ``error:`` line)
+    when one cannot be imported."""
+    from agentrl.config import ConfigError, import_modules
+
+    try:
+        import_modules(getattr(args, "imports", None) or [], source="--import")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from . import DESCRIPTIONS, list_envs
+
+    if not _import_user_modules(args):
+        return 2
 
     table = Table(title="agentrl environments")
     table.add_column("id")
@@ -43,6 +60,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from .checks import run_checks
 
+    if not _import_user_modules(args):
+        return 2
     results = run_checks(args.env_id, only=args.only, n_tasks=args.tasks, **_parse_options(args.option))
     table = Table(title=f"agentrl envs check {args.env_id}")
     for col in ("check", "result", "time (s)", "detail"):
@@ -60,6 +79,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_play(args: argparse.Namespace) -> int:
     from . import make
 
+    if not _import_user_modules(args):
+        return 2
     env = make(args.env_id, **_parse_options(args.option))
     core = env.unwrapped
     obs, info = env.reset(seed=args.seed, options={"task_index": args.task} if args.task is not None else None)
@@ -107,21 +128,29 @@ def cmd_play(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_import_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE.py",
+                   help="module or .py file that registers envs (repeatable), e.g. --import guess_number.py")
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("envs", help="list, check and play environments")
     sub = p.add_subparsers(dest="envs_command", metavar="SUBCOMMAND", required=True)
     ls = sub.add_parser("list", help="registered env ids with descriptions")
+    _add_import_option(ls)
     ls.set_defaults(func=cmd_list)
     ck = sub.add_parser("check", help="run every env check (gymnasium checker, determinism, expert, ...)")
     ck.add_argument("env_id")
     ck.add_argument("--tasks", type=int, default=3, help="expert tasks per split (default 3)")
     ck.add_argument("--only", nargs="*", help="run only these checks")
     ck.add_argument("-o", "--option", action="append", default=[], help="env option key=value (repeatable)")
+    _add_import_option(ck)
     ck.set_defaults(func=cmd_check)
     pl = sub.add_parser("play", help="play an env in the terminal, typing tool calls")
     pl.add_argument("env_id")
     pl.add_argument("--seed", type=int, default=0)
     pl.add_argument("--task", type=int, default=None, help="task index (default: drawn from the seed)")
     pl.add_argument("-o", "--option", action="append", default=[], help="env option key=value (repeatable)")
+    _add_import_option(pl)
     pl.set_defaults(func=cmd_play)
 

@@ -172,7 +172,7 @@ def evaluate_policy(settings: EvalSettings) -> dict[str, Any]:
 
     model_path, run_cfg = resolve_policy(settings.policy)
     s = fill_defaults(settings, run_cfg)
-    import_modules(s.imports)
+    import_modules(s.imports, source="--import" if settings.imports else "run.imports")
     check_settings(s)
     if s.engine == "openai" and not s.tokenizer and not Path(model_path).exists():
         raise ValueError(f"--engine openai with model name {model_path!r}: pass --tokenizer (an HF tokenizer folder or name for that model) so prompts are tokenized as the server expects")

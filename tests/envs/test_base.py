@@ -143,3 +143,30 @@ def test_cli_check_and_play(guess_env_id, capsys, monkeypatch):
     assert cli.cmd_play(argparse.Namespace(env_id=guess_env_id, seed=0, task=3, option=[])) == 0
     out = capsys.readouterr().out
     assert "== guess/train/3" in out and "[tool/guess] higher" in out
+
+
+def test_doc_check_command_imports_the_saved_file(tmp_path, monkeypatch, capsys):
+    """docs/add_env.md as a new user follows it: save the block as the file it names, run its
+    `agentrl envs check ... --import FILE` line; nothing else registers GuessNumber."""
+    import shlex
+    import sys
+
+    from agentrl.cli import main
+
+    text = DOC.read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
+    filename = re.search(r"Save it as `([\w.]+\.py)`", text).group(1)
+    (tmp_path / filename).write_text(code)
+    line = next(ln for ln in text.splitlines() if ln.startswith("agentrl envs check"))
+    argv = shlex.split(line.split("#", 1)[0])[1:]
+    assert "--import" in argv
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(gym.registry, "agentrl/GuessNumber-v0", raising=False)
+    monkeypatch.delitem(sys.modules, f"agentrl_user.{filename[:-3]}", raising=False)
+    assert main([*argv, "--only", "truncation", "--tasks", "1"]) == 0
+    assert "pass" in capsys.readouterr().out
+    # list and play take it too; a missing file is one error line, exit 2
+    assert main(["envs", "list", "--import", filename]) == 0
+    assert main(["envs", "play", "agentrl/GuessNumber-v0", "--import", "missing.py"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --import: could not import 'missing.py'") and "Traceback" not in err
