@@ -77,8 +77,8 @@ def ensure_model(cfg: TrainConfig) -> None:
 
 
 def check_config(cfg: TrainConfig) -> Any:
-    """Everything that can be checked before work starts: env id, algorithm names and keys,
-    model path. Returns the built algorithm config. Raises with a clear message."""
+    """Everything that can be checked before work starts: env id, env option names,
+    algorithm names and keys, model path. Returns the built algorithm config. Raises with a clear message."""
     import agentrl.envs as envs
     from agentrl.algorithms.config import AlgorithmConfig
     from agentrl.config import ConfigError, import_modules
@@ -89,6 +89,11 @@ def check_config(cfg: TrainConfig) -> Any:
         from agentrl.envs.base import suggest
 
         raise ConfigError(f"env.id: unknown environment {cfg.env.id!r}.{suggest(cfg.env.id, known)} Registered: {', '.join(known)}")
+    for key in ("kwargs", "eval_kwargs"):  # option names against the constructor's signature (values: when built)
+        try:
+            envs.check_options(cfg.env.id, getattr(cfg.env, key) or {})
+        except envs.EnvOptionError as e:
+            raise ConfigError(f"env.{key}: {e}") from None
     try:
         algo_cfg = AlgorithmConfig.from_dict(cfg.algorithm)
         algo_cfg.validate()

@@ -9,7 +9,7 @@ Importing this package registers the built-in env ids but imports no env impleme
 
 from .base import EpisodeStats, Message, Observation, Task, ToolEnv, run_episode, shared_sandbox
 from .parsing import HermesParser, JSONParser, ParseResult, ToolCall, get_parser, register_parser
-from .registry import DESCRIPTIONS, ENTRY_POINT_GROUP, env_id, list_envs, load_plugins, make, register_env
+from .registry import DESCRIPTIONS, ENTRY_POINT_GROUP, EnvOptionError, check_id, check_options, env_id, env_options, list_envs, load_plugins, make, register_env
 from .spaces import Messages, UnicodeText
 from .tools import Tool, ToolOutput, tool
 
@@ -30,6 +30,7 @@ for _name, _entry, _desc in BUILTIN:
 __all__ = [
     "DESCRIPTIONS",
     "ENTRY_POINT_GROUP",
+    "EnvOptionError",
     "EpisodeStats",
     "HermesParser",
     "JSONParser",
@@ -43,7 +44,10 @@ __all__ = [
     "ToolEnv",
     "ToolOutput",
     "UnicodeText",
+    "check_id",
+    "check_options",
     "env_id",
+    "env_options",
     "get_parser",
     "list_envs",
     "load_plugins",

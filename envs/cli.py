@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -13,7 +16,8 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise SystemExit(f"option {pair!r} must look like key=value (e.g. max_turns=30)")
+            print(f"error: option {pair!r} must look like key=value (e.g. max_turns=30)", file=sys.stderr)
+            raise SystemExit(2)
         key, value = pair.split("=", 1)
         try:
             out[key] = json.loads(value)
@@ -34,6 +38,25 @@ def _import_user_modules(args: argparse.Namespace) -> bool:
         print(f"error: {e}", file=sys.stderr)
         return False
     return True
+
+
+def _make_or_error(env_id: str, options: dict[str, Any]) -> Any:
+    """The env, or None after one ``error:`` line when the id is unknown or an option is
+    unknown or invalid (the constructor's ValueError/TypeError; ``agentrl -v`` logs the
+    traceback)."""
+    import gymnasium as gym
+
+    from . import EnvOptionError, make
+
+    try:
+        return make(env_id, **options)
+    except (gym.error.NameNotFound, EnvOptionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, TypeError) as e:
+        log.debug("constructing %s failed", env_id, exc_info=True)
+        shown = f" with options {options}" if options else ""
+        print(f"error: cannot make {env_id}{shown}: {e} (agentrl -v ... shows the traceback)", file=sys.stderr)
+    return None
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -62,7 +85,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     if not _import_user_modules(args):
         return 2
-    results = run_checks(args.env_id, only=args.only, n_tasks=args.tasks, **_parse_options(args.option))
+    options = _parse_options(args.option)
+    env = _make_or_error(args.env_id, options)  # a wrong id or option: one line, not every check failing
+    if env is None:
+        return 2
+    env.close()
+    results = run_checks(args.env_id, only=args.only, n_tasks=args.tasks, **options)
     table = Table(title=f"agentrl envs check {args.env_id}")
     for col in ("check", "result", "time (s)", "detail"):
         table.add_column(col)
@@ -77,11 +105,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_play(args: argparse.Namespace) -> int:
-    from . import make
-
     if not _import_user_modules(args):
         return 2
-    env = make(args.env_id, **_parse_options(args.option))
+    env = _make_or_error(args.env_id, _parse_options(args.option))
+    if env is None:
+        return 2
     core = env.unwrapped
     obs, info = env.reset(seed=args.seed, options={"task_index": args.task} if args.task is not None else None)
     print(f"== {info['task_id']}  (max_turns {info['max_turns']})")

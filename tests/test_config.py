@@ -107,3 +107,21 @@ def test_every_method_config_is_a_complete_experiment(path):
     assert cfg.run.name == path.stem and cfg.run.output_dir == f"runs/{path.stem}"
     assert cfg.env == quick.env and cfg.model == quick.model and cfg.sft == quick.sft
     assert cfg.algorithm == yaml.safe_load(path.read_text())["algorithm"]
+
+
+def test_env_option_typos_fail_in_check_config_with_a_suggestion(tmp_path, capsys):
+    """env.kwargs / env.eval_kwargs are checked against the env constructor's signature (its
+    **kwargs followed into ToolEnv) before any work, as one `error:` line from `agentrl train`."""
+    from agentrl.cli import main
+    from agentrl.train import check_config
+
+    text = BASE.replace("agentrl/GuessNumber-v0", "agentrl/ShellQuest-v0").replace("{high: 16}", "{horizon: 5}")
+    path = write(tmp_path, text)
+    check_config(load_config(path))  # valid names pass
+    with pytest.raises(ConfigError, match=re.escape("env.kwargs: unknown option 'horizn' for agentrl/ShellQuest-v0. Did you mean 'horizon'?")):
+        check_config(load_config(path, overrides=["env.kwargs.horizn=5"]))
+    with pytest.raises(ConfigError, match=re.escape("env.eval_kwargs: unknown option 'max_turn' for agentrl/ShellQuest-v0. Did you mean 'max_turns'?")):
+        check_config(load_config(path, overrides=["env.eval_kwargs={max_turn: 5}"]))
+    assert main(["train", str(path), "env.kwargs.horizn=5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Did you mean 'horizon'?" in err and "Traceback" not in err

@@ -110,7 +110,7 @@ def test_bad_input_errors(guess_env_id):
         env.reset(options={"task_idx": 1})
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         envs.make(guess_env_id, split="dev")
-    with pytest.raises(TypeError, match="Invalid option for agentrl/GuessNumber-v0"):
+    with pytest.raises(TypeError, match="unknown option .hgh. for agentrl/GuessNumber-v0. Did you mean .high."):
         envs.make(guess_env_id, hgh=3)
     with pytest.raises(ValueError, match="max_turns must be a positive int"):
         envs.make(guess_env_id, max_turns=0)
@@ -170,3 +170,37 @@ def test_doc_check_command_imports_the_saved_file(tmp_path, monkeypatch, capsys)
     assert main(["envs", "play", "agentrl/GuessNumber-v0", "--import", "missing.py"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --import: could not import 'missing.py'") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["check", "agentrl/ShelQuest-v0"], "error: Unknown environment id 'agentrl/ShelQuest-v0'. Did you mean 'agentrl/ShellQuest-v0'"),
+        (["play", "agentrl/ShelQuest-v0"], "error: Unknown environment id 'agentrl/ShelQuest-v0'. Did you mean 'agentrl/ShellQuest-v0'"),
+        (["check", "agentrl/ShellQuest-v0", "-o", "horizn=5"], "error: unknown option 'horizn' for agentrl/ShellQuest-v0. Did you mean 'horizon'?"),
+        (["play", "agentrl/GuessNumber-v0", "-o", "hgh=5"], "error: unknown option 'hgh' for agentrl/GuessNumber-v0. Did you mean 'high'?"),
+        (["check", "agentrl/GuessNumber-v0", "-o", "high=1"], "error: cannot make agentrl/GuessNumber-v0 with options {'high': 1}: high must be >= 2"),
+    ],
+)
+def test_cli_wrong_id_or_option_is_one_error_line(guess_env_id, capsys, argv, message):
+    from agentrl.cli import main
+
+    assert main(["envs", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(message) and captured.err.count("\n") == 1, captured.err
+    assert captured.out == ""
+
+
+def test_env_options_follow_kwargs_into_tool_env(guess_env_id):
+    assert {"high", "num_tasks", "max_turns", "parser"} <= set(envs.env_options(guess_env_id))
+
+    class Anything(gym.Env):
+        def __init__(self, **kwargs):
+            pass
+
+    envs.register_env("AnythingGoes", Anything)
+    try:
+        assert envs.env_options("agentrl/AnythingGoes-v0") is None
+        envs.check_options("agentrl/AnythingGoes-v0", {"whatever": 1})  # **kwargs to the end: not checked
+    finally:
+        del gym.registry["agentrl/AnythingGoes-v0"]

@@ -100,7 +100,7 @@ def test_bad_options_have_clear_errors():
         make(vocab="small", difficulty=3, horizon=4)
     with pytest.raises(ValueError, match="command_timeout_s"):
         make(command_timeout_s=0)
-    with pytest.raises(TypeError, match="Invalid option for agentrl/ShellQuest-v0"):
+    with pytest.raises(TypeError, match="unknown option .horizn. for agentrl/ShellQuest-v0. Did you mean .horizon."):
         envs.make(ID, horizn=5)
     env = envs.make(ID, num_test_tasks=7)
     with pytest.raises(IndexError, match=r"split 'test' has 7 tasks"):

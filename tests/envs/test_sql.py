@@ -65,7 +65,7 @@ def test_bad_options_have_clear_errors():
         make(difficulty=7)
     with pytest.raises(ValueError, match="query_timeout_s"):
         make(query_timeout_s=-1)
-    with pytest.raises(TypeError, match="Invalid option for agentrl/SQL-v0"):
+    with pytest.raises(TypeError, match="unknown option .dificulty. for agentrl/SQL-v0. Did you mean .difficulty."):
         envs.make(ID, dificulty=2)
 
 
