@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -482,6 +483,18 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         check(mini % r.learner_ranks == 0,
               f"a mini-batch of {mini} trajectories does not split evenly over ray.learner_ranks={r.learner_ranks}; "
               f"every rank must run the same number of micro-batches (pick learner_ranks dividing {mini})")
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Whether a model name means a local path rather than a Hugging Face Hub id
+    (``name`` or ``org/name``), so a missing one can fail at once instead of being looked up
+    on the Hub: it starts with '.', '/' or '~'; or it has more than one '/' (no Hub id does,
+    e.g. ``<run>/checkpoints/step_000010/model``); or its first component is ``runs`` (where
+    agentrl writes runs) or an existing local folder."""
+    parts = name.replace(os.sep, "/").split("/")
+    if name.startswith((".", "/", "~")) or len(parts) > 2:
+        return True
+    return len(parts) == 2 and (parts[0] == "runs" or Path(parts[0]).is_dir())
 
 
 def import_modules(names: list[str], source: str = "run.imports") -> None:

@@ -81,7 +81,7 @@ def check_config(cfg: TrainConfig) -> Any:
     algorithm names and keys, model path. Returns the built algorithm config. Raises with a clear message."""
     import agentrl.envs as envs
     from agentrl.algorithms.config import AlgorithmConfig
-    from agentrl.config import ConfigError, import_modules
+    from agentrl.config import ConfigError, import_modules, looks_like_local_path
 
     import_modules(cfg.run.imports)  # envs registered outside agentrl (Ray workers import them too)
     known = envs.list_envs()
@@ -103,7 +103,7 @@ def check_config(cfg: TrainConfig) -> Any:
         raise ConfigError("algorithm.dynamic_sampling is not supported with run.mode: async (it regenerates whole batches "
                           "round by round); disable it or use run.mode: sync")
     path = Path(cfg.model.path)
-    if cfg.model.init is None and not path.exists() and (cfg.model.path.startswith((".", "/", "~")) or path.parts[:1] == ("runs",)):
+    if cfg.model.init is None and not path.exists() and looks_like_local_path(cfg.model.path):
         raise ConfigError(f"model.path {cfg.model.path!r} does not exist; run `agentrl model init --out {cfg.model.path}` or add a model.init section")
     return algo_cfg
 

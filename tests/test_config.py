@@ -125,3 +125,13 @@ def test_env_option_typos_fail_in_check_config_with_a_suggestion(tmp_path, capsy
     assert main(["train", str(path), "env.kwargs.horizn=5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Did you mean 'horizon'?" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("model_path", ["runs/nope/model", "./nope", "out/checkpoints/step_000001/model"])
+def test_missing_local_model_path_fails_in_check_config(tmp_path, model_path):
+    """The same rule as `agentrl eval --policy` (agentrl.config.looks_like_local_path)."""
+    from agentrl.train import check_config
+
+    path = write(tmp_path, BASE.replace("agentrl/GuessNumber-v0", "agentrl/ShellQuest-v0").replace("{high: 16}", "{}"))
+    with pytest.raises(ConfigError, match=re.escape(f"model.path {model_path!r} does not exist")):
+        check_config(load_config(path, overrides=[f"model.path={model_path}", "model.init=null"]))

@@ -72,6 +72,27 @@ def resolve_policy(policy: str) -> tuple[str, dict[str, Any] | None]:
     return policy, None
 
 
+def check_policy_path(policy: str, *, env_given: bool) -> None:
+    """Fail fast (FileNotFoundError) for a policy that is not an existing path and either looks
+    like a local one (:func:`agentrl.config.looks_like_local_path`: it would otherwise be
+    looked up on the Hugging Face Hub, retrying the network) or is all there is to say which
+    env to evaluate on (no --env)."""
+    from agentrl.config import looks_like_local_path
+
+    if Path(policy).expanduser().exists():
+        return
+    if looks_like_local_path(policy):
+        raise FileNotFoundError(
+            f"policy path {policy!r} does not exist; pass a run folder of `agentrl train` (e.g. runs/NAME), "
+            f"a checkpoint's model folder, an HF model folder or a Hugging Face Hub id (org/name)"
+        )
+    if not env_given:
+        raise FileNotFoundError(
+            f"policy path {policy!r} does not exist, and without --env only a run folder as --policy says which env "
+            f"to evaluate on; pass an existing run folder, or --env ID for a Hugging Face Hub model"
+        )
+
+
 def fill_defaults(s: EvalSettings, run_cfg: dict[str, Any] | None) -> EvalSettings:
     """Settings with every None replaced (from the run config when there is one)."""
     env = (run_cfg or {}).get("env", {})
@@ -162,6 +183,8 @@ def episode_specs(num_tasks: int, s: EvalSettings) -> list[Any]:
 def evaluate_policy(settings: EvalSettings) -> dict[str, Any]:
     """Play the policy on every env of ``settings``; returns a JSON-ready dict with the
     settings used and per-env metrics. Raises ValueError/FileNotFoundError for bad input."""
+    if settings.engine != "openai":  # a served model's name may be a path on the server
+        check_policy_path(settings.policy, env_given=bool(settings.envs))  # before importing torch
     import agentrl.envs as envs
     from agentrl.config import import_modules
     from agentrl.learner.policy import load_tokenizer

@@ -86,3 +86,26 @@ def test_eval_bad_input(compared, capsys, args, message):
     run = compared["out"] / "runs" / "high4" / "grpo" / "seed0"
     assert main(["eval", "--policy", str(run), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_eval_missing_local_policy_fails_fast(tmp_path, monkeypatch, capsys):
+    """A missing path that looks local is not looked up on the Hugging Face Hub (which retried
+    the network for 30 s), and without --env a missing policy says so rather than 'no env'."""
+    import time
+
+    from agentrl.cli import main
+    from agentrl.config import looks_like_local_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    local = ["runs/doesnotexist", "./m", "/abs/m", "~/m", "models/qwen", "a/checkpoints/step_000003/model"]
+    assert all(looks_like_local_path(p) for p in local)
+    assert not any(looks_like_local_path(p) for p in ["Qwen/Qwen2.5-0.5B", "gpt2"])
+    t0 = time.perf_counter()
+    for policy in local:
+        assert main(["eval", "--policy", policy, "--env", "agentrl/ShellQuest-v0"]) == 2
+        assert f"error: policy path {policy!r} does not exist" in capsys.readouterr().err
+    assert main(["eval", "--policy", "Qwen/NotAModel"]) == 2  # no --env: the path, not "no env to evaluate on"
+    err = capsys.readouterr().err
+    assert "policy path 'Qwen/NotAModel' does not exist" in err and "--env ID" in err
+    assert time.perf_counter() - t0 < 5
