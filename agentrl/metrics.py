@@ -31,8 +31,13 @@ class MetricsLogger:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.dir / "tensorboard"))
-            except Exception as e:  # tensorboard not installed
-                log.debug("TensorBoard disabled: %s", e)
+            except ImportError as e:  # not a dependency: only the [test] extra installs it
+                log.warning(
+                    "logging.tensorboard is true but TensorBoard cannot be imported (%s); no tensorboard/ events are written. "
+                    "Install it with `pip install tensorboard` (or `pip install -e '.[test]'`), or set logging.tensorboard=false.", e
+                )
+            except Exception as e:
+                log.warning("TensorBoard disabled: %s: %s", type(e).__name__, e)
         if wandb:
             try:
                 import wandb as wb

@@ -40,9 +40,23 @@ def _print_summary(summary: dict) -> None:
             table.add_row(label.replace("_", " "), f"{ev[key + '/success']:.3f}", f"{ev[key + '/reward_mean']:.3f}", f"{int(ev[key + '/episodes'])}")
     console.print(table)
     out = summary.get("output_dir")
-    console.print(f"run folder: {out}  (metrics.jsonl, summary.json, checkpoints/, samples.jsonl, tensorboard/)")
+    written = run_folder_contents(out) if out else []
+    console.print(f"run folder: {out}" + (f"  ({', '.join(written)})" if written else ""))
     for p in summary.get("plots", []):
         console.print(f"plot: {p}")
+
+
+RUN_OUTPUTS = ("metrics.jsonl", "summary.json", "checkpoints/", "samples.jsonl", "tensorboard/")
+"""What a run folder may hold, in the order the end-of-run line lists them."""
+
+
+def run_folder_contents(out: str) -> list[str]:
+    """The entries of :data:`RUN_OUTPUTS` that this run folder actually holds (no samples.jsonl
+    with logging.log_trajectories 0, no tensorboard/ without the tensorboard package)."""
+    from pathlib import Path
+
+    root = Path(out)
+    return [name for name in RUN_OUTPUTS if ((root / name).is_dir() if name.endswith("/") else (root / name).is_file())]
 
 
 def cmd_model_init(args: argparse.Namespace) -> int:

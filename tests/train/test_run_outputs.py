@@ -1,0 +1,38 @@
+"""What a finished run reports about its folder: the end-of-run line, the TensorBoard
+warning, and the training plot. Fast: no training, hand-written run folders."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+
+def test_end_of_run_line_lists_only_what_the_run_folder_holds(tmp_path, capsys, monkeypatch):
+    from agentrl.train_cli import _print_summary
+
+    monkeypatch.setenv("COLUMNS", "1000")  # rich: no wrapping of the long line
+
+    (tmp_path / "metrics.jsonl").write_text("")
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "checkpoints").mkdir()
+    _print_summary({"run": "r", "train_steps": 1, "output_dir": str(tmp_path)})
+    assert f"run folder: {tmp_path}  (metrics.jsonl, summary.json, checkpoints/)\n" in capsys.readouterr().out
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "samples.jsonl").write_text("")
+    _print_summary({"run": "r", "train_steps": 1, "output_dir": str(tmp_path)})
+    assert "(metrics.jsonl, summary.json, checkpoints/, samples.jsonl, tensorboard/)\n" in capsys.readouterr().out
+
+
+def test_missing_tensorboard_is_one_warning_with_the_install_command(tmp_path, monkeypatch, caplog):
+    from agentrl.metrics import MetricsLogger
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    with caplog.at_level(logging.WARNING, logger="agentrl.metrics"):
+        logger = MetricsLogger(tmp_path, tensorboard=True)
+        logger.log(1, {"x": 1.0})
+        logger.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "pip install tensorboard" in warnings[0] and "logging.tensorboard=false" in warnings[0]
+    assert not (tmp_path / "tensorboard").exists()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["x"] == 1.0
