@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import yaml
+
 from agentrl.metrics import read_metrics
+
+
+def run_name(run_dir: str | Path) -> str:
+    """The run's name: ``run.name`` of its resolved config.yaml (or a ``name``/``run`` in
+    run_info.json), else the folder's name."""
+    run_dir = Path(run_dir)
+    try:
+        name = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("run", {}).get("name")
+        if isinstance(name, str) and name:
+            return name
+    except (OSError, yaml.YAMLError, AttributeError):
+        pass
+    try:
+        info = json.loads((run_dir / "run_info.json").read_text())
+        name = info.get("name") or info.get("run")
+        if isinstance(name, str) and name:
+            return name
+    except (OSError, ValueError, AttributeError):
+        pass
+    return run_dir.resolve().name
 
 
 def plot_training(run_dir: str | Path) -> list[Path]:
@@ -14,6 +37,7 @@ def plot_training(run_dir: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     run_dir = Path(run_dir)
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "rollout/reward_mean" in r]
@@ -31,10 +55,11 @@ def plot_training(run_dir: str | Path) -> list[Path]:
         ys = [r.get(key) for r in rows]
         ax.plot(steps, [y if y is not None else float("nan") for y in ys], marker=".")
         ax.set_xlabel("train_step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no train_step 1.5
         ax.set_ylabel(label)
         ax.set_title(key)
         ax.grid(alpha=0.3)
-    fig.suptitle(run_dir.name)
+    fig.suptitle(run_name(run_dir))
     fig.tight_layout()
     out = [run_dir / "training.png"]
     fig.savefig(out[0], dpi=110)
@@ -52,6 +77,7 @@ def plot_training(run_dir: str | Path) -> list[Path]:
                     ys.append(sum(vals) / len(vals))
             ax.plot(xs, ys, marker="o", label=label)
         ax.set_xlabel("assistant turn index")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("mean token entropy (nats)")
         ax.set_title("entropy by turn")
         ax.legend()

@@ -36,3 +36,26 @@ def test_missing_tensorboard_is_one_warning_with_the_install_command(tmp_path, m
     assert len(warnings) == 1 and "pip install tensorboard" in warnings[0] and "logging.tensorboard=false" in warnings[0]
     assert not (tmp_path / "tensorboard").exists()
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["x"] == 1.0
+
+
+def test_training_plot_has_integer_steps_and_the_run_name(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    import yaml
+
+    from agentrl import plots
+
+    run = tmp_path / "run-folder"
+    run.mkdir()
+    rows = [{"train_step": s, "rollout/reward_mean": 0.1 * s, "rollout/success": 0.5, "policy/entropy": 1.0, "rollout/turns_mean": 3} for s in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to inspect it
+    assert plots.plot_training(run) == [run / "training.png"]
+    fig = figures[0]
+    assert fig.get_suptitle() == "run-folder"  # no config.yaml: the folder's name
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    (run / "config.yaml").write_text(yaml.safe_dump({"run": {"name": "grpo-shellquest-h10"}}))
+    plots.plot_training(run)
+    assert figures[-1].get_suptitle() == "grpo-shellquest-h10"
