@@ -374,7 +374,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. trainer.total_steps=5)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            why = ", ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or type(e).__name__
+            mark = getattr(e, "problem_mark", None)
+            where = f" at character {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(
+                f"override {item!r}: the value {raw!r} is not valid YAML ({why}{where}); values are parsed as YAML, "
+                f"e.g. env.kwargs={{high: 16}} or run.name=my-run (quote a string holding ':', '{{' or '[')"
+            ) from None
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -403,7 +412,10 @@ def read_config_data(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist; see configs/ for complete examples (e.g. configs/quickstart.yaml)")
+        siblings = sorted(p.name for p in path.parent.glob("*.y*ml")) if path.parent.is_dir() else []
+        close = difflib.get_close_matches(path.name, siblings, n=1)
+        hint = f" Did you mean {path.parent / close[0]}?" if close else ""
+        raise ConfigError(f"config file {str(path)!r} does not exist.{hint} See configs/ for complete examples (e.g. configs/quickstart.yaml)")
     if path.resolve() in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path.resolve()))
         raise ConfigError(f"{path}: 'base:' files form a cycle ({chain}); remove one of the base: lines")

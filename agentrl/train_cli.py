@@ -95,7 +95,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train an agent: agentrl train CONFIG.yaml [section.key=value ...]")
     p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.total_steps=5")
+    # default=[]: argparse otherwise lists a nargs="*" positional as required when config is missing
+    p.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. trainer.total_steps=5")
     p.set_defaults(func=cmd_train)
 
     m = subparsers.add_parser("model", help="create models")

@@ -135,3 +135,17 @@ def test_missing_local_model_path_fails_in_check_config(tmp_path, model_path):
     path = write(tmp_path, BASE.replace("agentrl/GuessNumber-v0", "agentrl/ShellQuest-v0").replace("{high: 16}", "{}"))
     with pytest.raises(ConfigError, match=re.escape(f"model.path {model_path!r} does not exist")):
         check_config(load_config(path, overrides=[f"model.path={model_path}", "model.init=null"]))
+
+
+def test_train_cli_usage_missing_file_and_bad_override_value(tmp_path, capsys, monkeypatch):
+    from agentrl.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train"])
+    assert exit_.value.code == 2
+    assert "the following arguments are required: config\n" in capsys.readouterr().err  # overrides are optional
+    monkeypatch.chdir(ROOT)
+    assert main(["train", "configs/methods/cipso.yaml"]) == 2
+    assert "does not exist. Did you mean configs/methods/cispo.yaml?" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=re.escape("override 'env.kwargs={high: 16': the value '{high: 16' is not valid YAML")):
+        load_config(write(tmp_path, BASE), overrides=["env.kwargs={high: 16"])
