@@ -30,6 +30,9 @@ pytestmark = pytest.mark.timeout(900)
 ASYNC_ONLY = ("async/", "policy/behavior_")
 SYNC_ONLY = ("rollout/generation_rounds",)
 NOT_COMPARED = ("time/", "throughput/")
+# rollout/* keys the learner computes in float32 from the batch (not counts of the episodes):
+# compared within the learner tolerance; a fresh-clone CI run saw 3.739006996 vs 3.739006757
+LEARNER_COMPUTED = ("rollout/nll", "rollout/entropy")
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +95,7 @@ def test_async_staleness_zero_matches_sync(tmp_path, warm_model):
         for k in x.keys() & y.keys():
             if k.startswith(NOT_COMPARED) or k.endswith("time_s"):
                 continue
-            if k.startswith(("rollout/", "env/", "eval/")):
+            if k.startswith(("rollout/", "env/", "eval/")) and k not in LEARNER_COMPUTED:
                 assert x[k] == y[k], (x["train_step"], k, x[k], y[k])
             else:
                 assert math.isclose(x[k], y[k], rel_tol=1e-6, abs_tol=1e-7), (x["train_step"], k, x[k], y[k])
