@@ -61,9 +61,18 @@ class _Group:
     trajs: list[Trajectory | None] = field(default_factory=list)
     finished_seq: int | None = None  # completion order among groups; None while running
     tasks: list[asyncio.Task] = field(default_factory=list)
+    oldest: list[float] = field(default_factory=list)  # per member: its oldest trained token's version
 
     def __post_init__(self) -> None:
         self.trajs = [None] * len(self.specs)
+        self.oldest = [float(self.admitted_version)] * len(self.specs)
+
+    def finish_member(self, i: int, traj: Trajectory) -> None:
+        """Record member ``i``'s trajectory and, once, the version of its oldest trained token
+        (inf when it generated nothing): the per-token scan happens here, not on every
+        scheduling decision."""
+        self.trajs[i] = traj
+        self.oldest[i] = min((v for v, m in zip(traj.policy_versions, traj.loss_mask) if m), default=float("inf"))
 
     @property
     def finished(self) -> bool:
@@ -72,13 +81,7 @@ class _Group:
     def oldest_version(self) -> float:
         """Lower bound on the version of the group's oldest token: exact for finished members
         (inf when a member generated nothing), the admission version for running ones."""
-        low = float("inf")
-        for t in self.trajs:
-            if t is None:
-                low = min(low, self.admitted_version)
-            else:
-                low = min([low, *(v for v, m in zip(t.policy_versions, t.loss_mask) if m)])
-        return low
+        return min(self.oldest, default=float("inf"))
 
 
 class AsyncCollector:
@@ -209,7 +212,7 @@ class AsyncCollector:
                 self._error = e
             self._changed.set()
             return
-        g.trajs[i] = traj
+        g.finish_member(i, traj)
         self._running -= 1
         if self._running == 0:
             self._idle_since = time.perf_counter()
