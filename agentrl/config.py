@@ -74,6 +74,9 @@ class ModelInitConfig:
     """Attention heads."""
     num_kv_heads: int = 2
     """Key/value heads (grouped-query attention)."""
+    initializer_range: float = 0.02
+    """Std of the normal init of the weights (HF's default 0.02). Tiny models learn to copy from
+    tool output much sooner with about ``1/sqrt(hidden_size)``; the quickstart uses 0.1."""
     corpus_episodes: int = 200
     """Expert episodes of the training env used to train the tokenizer."""
 

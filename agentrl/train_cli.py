@@ -68,6 +68,7 @@ def cmd_model_init(args: argparse.Namespace) -> int:
     path = create_tiny_model(
         args.out, texts, template=args.template, arch=args.arch, vocab_size=args.vocab_size, seed=args.seed,
         hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads, num_kv_heads=args.num_kv_heads,
+        initializer_range=args.initializer_range,
     )
     print(f"saved {args.arch} model + tokenizer ({args.template} template) to {path}")
     return 0
@@ -113,6 +114,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     mi.add_argument("--num-layers", type=int, default=4)
     mi.add_argument("--num-heads", type=int, default=4)
     mi.add_argument("--num-kv-heads", type=int, default=2)
+    mi.add_argument("--initializer-range", type=float, default=0.02, help="std of the weight init (HF default 0.02; about 1/sqrt(hidden-size) makes tiny models learn to copy sooner)")
     mi.add_argument("--seed", type=int, default=0)
     mi.set_defaults(func=cmd_model_init)
 
