@@ -14,6 +14,7 @@ calls them in order.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -73,6 +74,7 @@ def ensure_model(cfg: TrainConfig) -> None:
     create_tiny_model(
         path, texts, template=init.template, arch=init.arch, vocab_size=init.vocab_size, seed=cfg.run.seed,
         hidden_size=init.hidden_size, num_layers=init.num_layers, num_heads=init.num_heads, num_kv_heads=init.num_kv_heads,
+        initializer_range=init.initializer_range,
     )
 
 
@@ -125,7 +127,15 @@ def evaluate(rollout: Any, cfg: TrainConfig, label: str) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run the experiment described by ``cfg``; returns the summary (also in summary.json)."""
+    """Run the experiment described by ``cfg``; returns the summary (also in summary.json).
+
+    The rollout (sandboxes, engine), the async collector, the learner (Ray actors) and the
+    metrics writers are closed however the run ends, an exception included."""
+    with contextlib.ExitStack() as closing:
+        return _train(cfg, closing)
+
+
+def _train(cfg: TrainConfig, closing: contextlib.ExitStack) -> dict[str, Any]:
     from agentrl.algorithms import build_algorithm
     from agentrl.learner.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
     from agentrl.learner.policy import load_model, load_tokenizer
@@ -149,10 +159,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     driver_device = cfg.run.device if cfg.run.backend == "local" else "cpu"
     model = load_model(model_path, dtype=cfg.model.dtype, device=driver_device, gradient_checkpointing=cfg.model.gradient_checkpointing)
     rollout = make_rollout(cfg, model, tokenizer)
+    closing.callback(rollout.close)
     sampler = TaskSampler(rollout.num_tasks(cfg.env.train_split), seed=cfg.run.seed, split=cfg.env.train_split)
     feed = make_async_collector(cfg, rollout, sampler) if cfg.run.mode == "async" else None
+    if feed is not None:
+        closing.callback(feed.close)  # runs first: stops the producer before the rollout closes
     tasks = feed or sampler  # what checkpoints record as the data position
     logger = MetricsLogger(out, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb, run_name=cfg.run.name, config=to_dict(cfg))
+    closing.callback(logger.close)
     summary: dict[str, Any] = {"run": cfg.run.name, "output_dir": str(out)}
 
     if ckpt is None and cfg.sft.enabled:
@@ -162,6 +176,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         losses = sft(model, data, pad_token_id=tokenizer.pad_token_id, epochs=cfg.sft.epochs, steps=cfg.sft.steps, warmup_steps=cfg.sft.warmup_steps, lr=cfg.sft.lr, batch_size=cfg.sft.batch_size, max_tokens=cfg.sft.max_tokens, seed=cfg.run.seed, progress=cfg.logging.progress)
         summary["sft"] = {"episodes": len(data), "losses": losses, "time_s": time.perf_counter() - t0}
     learner = make_learner(cfg, model, algo_cfg)
+    closing.callback(learner.close)
     filter_algo = build_algorithm(algo_cfg) if algo_cfg.dynamic_sampling.enabled else None
 
     step = 0
@@ -219,7 +234,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if bar is not None:
         bar.close()
     if feed is not None:
-        feed.close()  # episodes still in flight are discarded
+        feed.close()  # episodes still in flight are discarded (before the final evaluation uses the rollout)
 
     if step == 0 and "before_rl" in summary:  # no RL happened (e.g. an SFT-only run): nothing new to evaluate
         summary["after_rl"] = {k.replace("eval/before_rl/", "eval/after_rl/"): v for k, v in summary["before_rl"].items()}
@@ -238,9 +253,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         summary["plots"] = [str(p) for p in plot_training(out)]
     except Exception as e:  # plotting must never lose a finished run
         log.warning("plotting failed: %s", e)
-    logger.close()
-    rollout.close()
-    learner.close()
     return summary
 
 

@@ -47,3 +47,33 @@ def test_train_end_to_end(tmp_path, guess_env_id):
     assert (run / "summary.json").exists() and (run / "config.yaml").exists() and (run / "training.png").exists()
     assert json.loads((run / "run_info.json").read_text())["versions"]["torch"].startswith("2.")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_failing_step_still_closes_rollout_collector_and_logger(tmp_path, guess_env_id, monkeypatch, mode):
+    """An exception inside the loop (here the learner's update) propagates, and the rollout
+    (engine, sandboxes), the async collector and the metrics writers are closed on the way out."""
+    from agentrl.learner.learner import Learner
+    from agentrl.metrics import MetricsLogger
+    from agentrl.rollout.async_collector import AsyncCollector
+    from agentrl.rollout.local import LocalRollout
+    from agentrl.train import train
+
+    closed: list[str] = []
+    for cls, name in ((LocalRollout, "rollout"), (AsyncCollector, "collector"), (MetricsLogger, "logger")):
+        original = cls.close
+
+        def close(self, _original=original, _name=name):
+            closed.append(_name)
+            return _original(self)
+
+        monkeypatch.setattr(cls, "close", close)
+
+    def update(self, batch):
+        raise RuntimeError("learner blew up")
+
+    monkeypatch.setattr(Learner, "update", update)
+    with pytest.raises(RuntimeError, match="learner blew up"):
+        train(make_cfg(tmp_path, [f"run.mode={mode}", "sft.enabled=false"]))
+    expected = ["logger", "collector", "rollout"] if mode == "async" else ["logger", "rollout"]
+    assert closed == expected
