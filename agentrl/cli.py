@@ -16,7 +16,7 @@ import sys
 COMMANDS: list[str] = [
     "agentrl.sandboxes.cli",
     "agentrl.envs.cli",
-    "agentrl.algorithms.cli",
+    "agentrl.methods_cli",  # outside agentrl.algorithms, whose __init__ imports torch
     "agentrl.train_cli",
     "agentrl.eval.cli",
 ]
@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and friends, which stopped reading
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def collect(kind: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """``{kind: [{name, summary, paper, source, options}]}`` from the registries."""
     import agentrl.algorithms  # noqa: F401  (importing the package registers every component)
 
-    from .registry import REGISTRIES, UnknownNameError, suggest
+    from agentrl.algorithms.registry import REGISTRIES, UnknownNameError, suggest
 
     if kind is not None and kind not in REGISTRIES:
         raise UnknownNameError(f"unknown kind {kind!r}.{suggest(kind, list(REGISTRIES))} Known kinds: {', '.join(REGISTRIES)}.")
