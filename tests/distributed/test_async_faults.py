@@ -19,7 +19,7 @@ from tests.train.test_train_smoke import make_cfg
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 RAY = ["run.backend=ray", "ray.env_workers=2", "ray.generation_workers=1", "ray.learner_ranks=1", "ray.cpus_per_generation_worker=0.5",
-       "ray.cpus_per_learner_rank=0.5", "ray.startup_timeout_s=240", "ray.health_check_s=0.5"]
+       "ray.cpus_per_learner_rank=0.5", "ray.startup_timeout_s=480", "ray.health_check_s=0.5"]
 
 
 def wait_for_step(metrics_path, step: int, timeout_s: float = 400) -> bool:

@@ -29,7 +29,7 @@ def rollout(ray_cluster, tiny_model_dir, guess_env_file):
         "model": {"path": path},
         "env": {"id": "agentrl/SlowGuessNumber-v0", "kwargs": {"high": 1000, "max_turns": 6, "step_delay_s": STEP_DELAY_S}, "num_envs": 4},
         "rollout": {"max_new_tokens": 12, "max_total_tokens": 2048},
-        "ray": {"env_workers": 2, "generation_workers": 1, "cpus_per_generation_worker": 0.5, "health_check_s": 0.2, "startup_timeout_s": 240},
+        "ray": {"env_workers": 2, "generation_workers": 1, "cpus_per_generation_worker": 0.5, "health_check_s": 0.2, "startup_timeout_s": 480},
     })
     model = load_model(path)
     r = RayRollout(cfg, model, load_tokenizer(path))

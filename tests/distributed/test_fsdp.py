@@ -91,7 +91,7 @@ def test_two_fsdp_ranks_equal_one_process(ray_cluster, tiny_model_dir):
     cfg = from_dict(TrainConfig, {
         "run": {"backend": "ray", "device": DEVICE, "seed": 0}, "model": {"path": path},
         "trainer": trainer(1), "algorithm": ALGORITHM,
-        "ray": {"learner_ranks": 2, "cpus_per_learner_rank": 0.5, "gpus_per_learner_rank": gpus, "startup_timeout_s": 240},
+        "ray": {"learner_ranks": 2, "cpus_per_learner_rank": 0.5, "gpus_per_learner_rank": gpus, "startup_timeout_s": 480},
     })
     group = LearnerGroup(cfg, mirror)
     try:
