@@ -8,6 +8,9 @@
 #                     `pip install -e .[vllm]` + pytest plugins; on a machine without a package
 #                     index, the project alone (--no-deps) plus any wheels carried in ./.whl
 #   env               torch / CUDA / GPUs / package versions -> $OUT/env.json
+#   hf_cuda_conformance  benchmarks/gpu_tests/test_hf_cuda.py: the HF engine with the model on the
+#                     GPU, 6-turn episodes per chat template: trained ids == sampled ids, behavior
+#                     logprobs == the learner's recomputation within 1e-4 -> $OUT/hf_cuda_conformance.json
 #   vllm_conformance  benchmarks/gpu_tests/test_vllm_gpu.py on the GPU: vLLM's sampled ids re-scored
 #                     by the learner's HF forward give vLLM's logprobs, before and after a weight
 #                     sync -> $OUT/vllm_conformance.json
@@ -60,7 +63,11 @@ t0=$SECONDS
 if [ "$VENV" = current ]; then  # AGENTRL_GPU_VENV=current: the active environment as it is
     setup_note="the active environment, nothing installed"
 else
+    # the packages of the python3 that makes the venv (when that python3 is itself a venv, as on
+    # images that keep CUDA torch in one, --system-site-packages alone would not see them)
+    parent_site=$(python3 -c "import site; print('\n'.join(site.getsitepackages()))")
     python3 -m venv --system-site-packages "$VENV" && . "$VENV/bin/activate" || { record setup failed 0 "no venv"; exit 1; }
+    printf '%s\n' "$parent_site" >"$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_agentrl_parent_site.pth"
     if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then  # wheels carried for an offline machine
         python -m pip install -q --no-index --no-deps --no-compile .whl/*.whl || echo "carried wheels did not all install"
     fi
@@ -98,6 +105,16 @@ EOF
 NGPU=$(python -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
 PYTEST_OK=0
 has pytest && has pytest_timeout && has pytest_asyncio && PYTEST_OK=1
+
+# ----------------------------------------------------------------------------- HF engine on CUDA
+if [ "$NGPU" -lt 1 ]; then
+    record hf_cuda_conformance skipped 0 "no CUDA device"
+elif [ $PYTEST_OK -ne 1 ]; then
+    record hf_cuda_conformance skipped 0 "pytest plugins missing"
+else
+    AGENTRL_RESULTS_DIR=$OUT run_step hf_cuda_conformance 300 \
+        python -m pytest -q -p no:cacheprovider benchmarks/gpu_tests/test_hf_cuda.py -rs
+fi
 
 # ----------------------------------------------------------------------------- vllm conformance
 if [ "$NGPU" -lt 1 ]; then
