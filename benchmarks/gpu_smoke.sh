@@ -148,12 +148,22 @@ trainer: {{total_steps: 2, lr: 1e-3, micro_batch_size: 2, checkpoint_every: 1, e
 logging: {{progress: false, tensorboard: false}}
 algorithm: {{estimator: grpo, loss: {{name: ppo}}, aggregation: token-mean}}
 """)
+# a run passes only if it trained every step and no episode failed (engine errors end as failed
+# episodes, not as a crash, so the exit status alone would not show them)
+(work / "check_run.py").write_text("""import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1] + "/metrics.jsonl")]
+steps = sorted({r["train_step"] for r in rows if "loss/total" in r})
+failed = {k: v for r in rows for k, v in r.items() if k.endswith("failed_frac") and v > 0}
+print("train_steps with a loss:", steps, "| failed episode fractions > 0:", failed or "none")
+sys.exit(0 if steps == [1, 2] and not failed else 1)
+""")
 EOF
 
 if [ "$NGPU" -lt 1 ]; then
     record train_local_cuda skipped 0 "no CUDA device"
 else
-    run_step train_local_cuda 300 python -m agentrl.cli train "$WORK/smoke.yaml" run.device=cuda run.output_dir="$WORK/run_local"
+    run_step train_local_cuda 300 bash -c "python -m agentrl.cli train $WORK/smoke.yaml run.device=cuda run.output_dir=$WORK/run_local \
+        && python $WORK/check_run.py $WORK/run_local"
     cp "$WORK/run_local/metrics.jsonl" "$OUT/train_local_cuda_metrics.jsonl" 2>/dev/null || true
 fi
 
@@ -161,10 +171,11 @@ if [ "$NGPU" -lt 1 ] || ! has vllm || ! has ray; then
     record train_ray_vllm skipped 0 "needs a CUDA device, vllm and ray (have: ${NGPU} GPUs; missing: ${missing:-none})"
 else
     if [ "$NGPU" -ge 2 ]; then GPUS=1; else GPUS=0.45; fi  # one GPU: the generation worker and the learner rank share it
-    run_step train_ray_vllm 420 python -m agentrl.cli train "$WORK/smoke.yaml" run.device=cuda run.backend=ray \
-        run.output_dir="$WORK/run_ray" rollout.engine=vllm ray.num_cpus=8 \
+    run_step train_ray_vllm 420 bash -c "python -m agentrl.cli train $WORK/smoke.yaml run.device=cuda run.backend=ray \
+        run.output_dir=$WORK/run_ray rollout.engine=vllm ray.num_cpus=8 \
         ray.gpus_per_generation_worker=$GPUS ray.gpus_per_learner_rank=$GPUS \
-        "rollout.vllm={gpu_memory_utilization: 0.2, max_model_len: 2048, enforce_eager: true, dtype: float32}"
+        'rollout.vllm={gpu_memory_utilization: 0.2, max_model_len: 2048, enforce_eager: true, dtype: float32}' \
+        && python $WORK/check_run.py $WORK/run_ray"
     cp "$WORK/run_ray/metrics.jsonl" "$OUT/train_ray_vllm_metrics.jsonl" 2>/dev/null || true
 fi
 

@@ -123,8 +123,9 @@ def sample_batch(
 ) -> list[tuple[list[int], list[float], str]]:
     """Batched sampling with a KV cache: left-pad, prefill, then one token per step.
 
-    Each row samples with its own generator and its own params (temperature, top-k/p, stop
-    ids, max tokens); rows that finished keep being fed a pad token (their outputs ignored).
+    Each row samples with its own generator (a CPU ``torch.Generator``, whatever the model's
+    device) and its own params (temperature, top-k/p, stop ids, max tokens); rows that finished
+    keep being fed a pad token (their outputs ignored).
     Returns (ids, logprobs, finish_reason) per prompt.
     """
     B = len(prompts)
@@ -149,11 +150,14 @@ def sample_batch(
         logits = next_logits / temps
         logp_all = torch.log_softmax(logits, dim=-1)
         tokens = torch.empty(B, dtype=torch.long)
+        # the seeded generators live on the CPU (same draws whatever the model's device): one
+        # [B, V] copy per step instead of a device generator per row
+        sample_logits = logits.cpu()
         for i in range(B):
             if done[i]:
                 tokens[i] = pad_token_id
                 continue
-            row = _filter_logits(logits[i : i + 1], params[i].top_k, params[i].top_p)
+            row = _filter_logits(sample_logits[i : i + 1], params[i].top_k, params[i].top_p)
             tokens[i] = torch.multinomial(row.softmax(-1), 1, generator=generators[i])[0, 0]
         chosen_logp = logp_all.gather(-1, tokens[:, None].to(device))[:, 0].tolist()
         for i in range(B):
