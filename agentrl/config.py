@@ -248,8 +248,9 @@ class RayConfig:
 class LoggingConfig:
     """Where metrics go."""
 
-    tensorboard: bool = True
-    """Also write TensorBoard events when tensorboard is installed."""
+    tensorboard: bool | None = None
+    """Also write TensorBoard events: None (default) when tensorboard is installed (an info line
+    says so when it is not), true to ask for them (a warning when it is not installed), false never."""
     wandb: bool = False
     """Also log to Weights & Biases when installed and configured."""
     progress: bool = True
@@ -371,6 +372,28 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return conv(cfg)
 
 
+def check_override_key(cls: type, item: str) -> None:
+    """Raise ConfigError naming the override when the dotted key of ``item`` (``a.b.c=value``)
+    is not a field of ``cls``'s sections, with the full corrected key as a suggestion. Keys
+    under free-form mappings (``env.kwargs.*``) are not checked here."""
+    key = item.split("=", 1)[0]
+    parts, tp = key.split("."), cls
+    for i, part in enumerate(parts):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if not dataclasses.is_dataclass(tp) and len(args) == 1 and dataclasses.is_dataclass(args[0]):
+            tp = args[0]  # an optional section (model.init)
+        if not dataclasses.is_dataclass(tp):
+            return
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            where = ".".join(parts[:i])
+            close = difflib.get_close_matches(part, list(hints), n=1)
+            hint = f" Did you mean {'.'.join([*parts[:i], close[0]])!r}?" if close else ""
+            raise ConfigError(f"override {item!r}: unknown config key {key!r}.{hint} "
+                              f"Valid keys{' of ' + where if where else ''}: {', '.join(hints)}.")
+        tp = hints[part]
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict."""
     for item in overrides:
@@ -450,6 +473,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     apply overrides, validate. Raises ConfigError."""
     path = Path(path)
     data = read_config_data(path)
+    for item in overrides or []:
+        check_override_key(TrainConfig, item)
     data = apply_overrides(data, overrides or [])
     try:
         cfg = from_dict(TrainConfig, data)

@@ -20,22 +20,25 @@ class MetricsLogger:
     run killed after logging but before checkpointing never shows a train_step twice).
     """
 
-    def __init__(self, out_dir: str | Path, *, tensorboard: bool = True, wandb: bool = False, run_name: str = "run", config: dict[str, Any] | None = None) -> None:
+    def __init__(self, out_dir: str | Path, *, tensorboard: bool | None = None, wandb: bool = False, run_name: str = "run", config: dict[str, Any] | None = None) -> None:
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "metrics.jsonl"
         self._tb = None
         self._wandb = None
-        if tensorboard:
+        if tensorboard is not False:  # None: when installed; True: asked for
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.dir / "tensorboard"))
             except ImportError as e:  # not a dependency: only the [test] extra installs it
-                log.warning(
-                    "logging.tensorboard is true but TensorBoard cannot be imported (%s); no tensorboard/ events are written. "
-                    "Install it with `pip install tensorboard` (or `pip install -e '.[test]'`), or set logging.tensorboard=false.", e
-                )
+                if tensorboard:
+                    log.warning(
+                        "logging.tensorboard is true but TensorBoard cannot be imported (%s); no tensorboard/ events are written. "
+                        "Install it with `pip install tensorboard` (or `pip install -e '.[test]'`), or set logging.tensorboard=false.", e
+                    )
+                else:
+                    log.info("TensorBoard is not installed: metrics go to metrics.jsonl only (`pip install tensorboard` adds tensorboard/ events)")
             except Exception as e:
                 log.warning("TensorBoard disabled: %s: %s", type(e).__name__, e)
         if wandb:

@@ -229,8 +229,9 @@ def _train(cfg: TrainConfig, closing: contextlib.ExitStack) -> dict[str, Any]:
         if step % cfg.trainer.checkpoint_every == 0 or step == cfg.trainer.total_steps:
             save_checkpoint(out, step, model=model, tokenizer=tokenizer, state=_state(learner, tasks, summary), keep=cfg.trainer.keep_checkpoints)
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.2f}", success=f"{metrics['rollout/success']:.2f}", entropy=f"{metrics.get('policy/entropy', float('nan')):.2f}")
+            bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.2f}", success=f"{metrics['rollout/success']:.2f}",
+                            entropy=f"{metrics.get('policy/entropy', float('nan')):.2f}", refresh=False)
+            bar.update(1)  # redraws at most every progress_interval() seconds
     if bar is not None:
         bar.close()
     if feed is not None:
@@ -330,7 +331,15 @@ def _progress(cfg: TrainConfig, start: int) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=cfg.trainer.total_steps, initial=start, desc=f"train {cfg.run.name}", unit="step")
+    return tqdm(total=cfg.trainer.total_steps, initial=start, desc=f"train {cfg.run.name}", unit="step", mininterval=progress_interval())
+
+
+def progress_interval() -> float:
+    """Seconds between progress-bar redraws: tqdm's 0.1 on a terminal; 30 when stderr is a file
+    or a pipe, where every redraw is a line of the log."""
+    import sys
+
+    return 0.1 if sys.stderr.isatty() else 30.0
 
 
 def _save_samples(out: Path, step: int, trajs: list[Any], n: int) -> None:

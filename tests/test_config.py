@@ -39,8 +39,10 @@ def test_load_and_override(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("trainer.totl_steps=3", "unknown config key 'trainer.totl_steps'. Did you mean 'total_steps'?"),
-        ("rolout.group_size=3", "unknown config key 'rolout'. Did you mean 'rollout'?"),
+        # an override's typo names the override and the full corrected key
+        ("trainer.totl_steps=3", "override 'trainer.totl_steps=3': unknown config key 'trainer.totl_steps'. Did you mean 'trainer.total_steps'?"),
+        ("rolout.group_size=3", "override 'rolout.group_size=3': unknown config key 'rolout.group_size'. Did you mean 'rollout'?"),
+        ("model.init.initialiser_range=0.1", "Did you mean 'model.init.initializer_range'? Valid keys of model.init: arch,"),
         ("trainer.total_steps=many", "trainer.total_steps: expected an integer, got str 'many'"),
         ("trainer.mini_batches=3", "does not divide into trainer.mini_batches=3"),
         ("run.backend=slurm", "run.backend must be 'local' or 'ray'"),
@@ -51,6 +53,12 @@ def test_load_and_override(tmp_path):
 def test_bad_configs_fail_early_with_a_fix(tmp_path, override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(write(tmp_path, BASE), overrides=[override])
+
+
+def test_a_typo_in_the_file_names_the_file(tmp_path):
+    path = write(tmp_path, BASE + "\nlogging: {progres: false}\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: unknown config key 'logging.progres'. Did you mean 'progress'?")):
+        load_config(path)
 
 
 def test_missing_file_and_bad_yaml(tmp_path):

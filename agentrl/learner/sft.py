@@ -59,7 +59,9 @@ def sft(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(batches), desc="sft", unit="step", leave=False)
+        from agentrl.train import progress_interval
+
+        bar = tqdm(total=len(batches), desc="sft", unit="step", leave=False, mininterval=progress_interval())
     losses: list[float] = []
     chunk = max(len(batches) // 10, 1)
     running = 0.0
@@ -78,8 +80,8 @@ def sft(
             losses.append(running / (i - chunk * (len(losses))))
             running = 0.0
         if bar is not None:
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # drawn by update, at most every mininterval
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
     if bar is not None:
         bar.close()
     model.eval()

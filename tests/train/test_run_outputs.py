@@ -38,6 +38,21 @@ def test_missing_tensorboard_is_one_warning_with_the_install_command(tmp_path, m
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["x"] == 1.0
 
 
+def test_missing_tensorboard_by_default_is_an_info_line_not_a_warning(tmp_path, monkeypatch, caplog):
+    """The default (logging.tensorboard unset) writes events only when TensorBoard is installed;
+    a fresh install without it (the main command) gets no warning."""
+    from agentrl.config import LoggingConfig
+    from agentrl.metrics import MetricsLogger
+
+    assert LoggingConfig().tensorboard is None
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with caplog.at_level(logging.INFO, logger="agentrl.metrics"):
+        MetricsLogger(tmp_path).close()
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert [lv for lv, _ in levels] == [logging.INFO] and "metrics.jsonl only" in levels[0][1]
+    assert not (tmp_path / "tensorboard").exists()
+
+
 def test_training_plot_has_integer_steps_and_the_run_name(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
     import yaml
