@@ -8,9 +8,10 @@
 #                     `pip install -e .[vllm]` + pytest plugins; on a machine without a package
 #                     index, the project alone (--no-deps) plus any wheels carried in ./.whl
 #   env               torch / CUDA / GPUs / package versions -> $OUT/env.json
-#   hf_cuda_conformance  benchmarks/gpu_tests/test_hf_cuda.py: the HF engine with the model on the
-#                     GPU, 6-turn episodes per chat template: trained ids == sampled ids, behavior
-#                     logprobs == the learner's recomputation within 1e-4 -> $OUT/hf_cuda_conformance.json
+#   hf_cuda_conformance  tests/rollout/test_conformance.py with AGENTRL_TEST_DEVICE=cuda: the HF engine
+#                     with the model on the GPU, 6-turn episodes per chat template: trained ids ==
+#                     sampled ids, behavior logprobs == the learner's recomputation within 1e-5
+#                     -> $OUT/conformance_cuda.json
 #   vllm_conformance  benchmarks/gpu_tests/test_vllm_gpu.py on the GPU: vLLM's sampled ids re-scored
 #                     by the learner's HF forward give vLLM's logprobs, before and after a weight
 #                     sync -> $OUT/vllm_conformance.json
@@ -106,27 +107,21 @@ NGPU=$(python -c "import torch; print(torch.cuda.device_count())" 2>/dev/null ||
 PYTEST_OK=0
 has pytest && has pytest_timeout && has pytest_asyncio && PYTEST_OK=1
 
-# ----------------------------------------------------------------------------- HF engine on CUDA
-if [ "$NGPU" -lt 1 ]; then
-    record hf_cuda_conformance skipped 0 "no CUDA device"
-elif [ $PYTEST_OK -ne 1 ]; then
-    record hf_cuda_conformance skipped 0 "pytest plugins missing"
-else
-    AGENTRL_RESULTS_DIR=$OUT run_step hf_cuda_conformance 300 \
-        python -m pytest -q -p no:cacheprovider benchmarks/gpu_tests/test_hf_cuda.py -rs
-fi
-
-# ----------------------------------------------------------------------------- vllm conformance
-if [ "$NGPU" -lt 1 ]; then
-    record vllm_conformance skipped 0 "no CUDA device"
-elif ! has vllm; then
-    record vllm_conformance skipped 0 "vllm is not installed"
-elif [ $PYTEST_OK -ne 1 ]; then
-    record vllm_conformance skipped 0 "pytest plugins missing"
-else
-    AGENTRL_RESULTS_DIR=$OUT run_step vllm_conformance 420 \
-        python -m pytest -q -p no:cacheprovider benchmarks/gpu_tests/test_vllm_gpu.py -rs
-fi
+# ----------------------------------------------------------------------------- GPU pytest files
+gpu_pytest_step() {  # name timeout_s test_file [python module it needs]; the tests put models on cuda
+    local name=$1 limit=$2 file=$3 needs=${4:-}
+    if [ "$NGPU" -lt 1 ]; then
+        record "$name" skipped 0 "no CUDA device"
+    elif [ -n "$needs" ] && ! has "$needs"; then
+        record "$name" skipped 0 "$needs is not installed"
+    elif [ $PYTEST_OK -ne 1 ]; then
+        record "$name" skipped 0 "pytest plugins missing"
+    else
+        AGENTRL_RESULTS_DIR=$OUT AGENTRL_TEST_DEVICE=cuda run_step "$name" "$limit" python -m pytest -q -p no:cacheprovider "$file" -rs
+    fi
+}
+gpu_pytest_step hf_cuda_conformance 300 tests/rollout/test_conformance.py
+gpu_pytest_step vllm_conformance 420 benchmarks/gpu_tests/test_vllm_gpu.py vllm
 
 # ----------------------------------------------------------------------------- training runs
 python - "$WORK" <<'EOF'

@@ -74,8 +74,9 @@ def test_two_fsdp_ranks_equal_one_process(ray_cluster, tiny_model_dir):
     from agentrl.learner.learner import Learner
     from agentrl.learner.policy import load_model, load_tokenizer
 
-    if DEVICE == "cuda" and torch.cuda.device_count() < 2:
-        pytest.skip("needs 2 GPUs")
+    if DEVICE == "cuda" and torch.cuda.device_count() < 2:  # NCCL: one GPU per rank
+        pytest.fail(f"AGENTRL_TEST_DEVICE=cuda runs 2 ranks on 2 GPUs, found {torch.cuda.device_count()}; "
+                    "unset AGENTRL_TEST_DEVICE to run the same test on CPU with gloo")
     path = str(tiny_model_dir("chatml"))
     tok = load_tokenizer(path)
     base = load_model(path)

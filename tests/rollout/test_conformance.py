@@ -3,11 +3,18 @@
 For a tiny model per template and 6-turn episodes with tool output: every prompt the engine
 saw is a prefix of the final trajectory, the tokens trained on (loss_mask) are exactly the
 tokens sampled, and the learner's recomputed logprobs match the behavior logprobs to 1e-5.
+
+On the CPU by default; ``AGENTRL_TEST_DEVICE=cuda`` puts the model on the GPU (what
+benchmarks/gpu_smoke.sh runs), and ``AGENTRL_RESULTS_DIR`` collects the largest logprob
+error per template in ``conformance_<device>.json`` there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +24,8 @@ import agentrl.envs as envs
 from agentrl.models.chat import ChatFormat
 from agentrl.rollout import AgentLoop, EpisodeSpec, HFEngine, SamplingParams
 from agentrl.rollout.engines import Engine, Generation
+
+DEVICE = os.environ.get("AGENTRL_TEST_DEVICE", "cpu")
 
 
 class RecordingEngine(Engine):
@@ -34,15 +43,29 @@ class RecordingEngine(Engine):
 def recompute_logprobs(model, ids: list[int], temperature: float) -> torch.Tensor:
     """The learner's view: one forward over the whole sequence, logprob of token t given <t."""
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float() / temperature
+        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0, :-1].float().cpu() / temperature
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+def record_error(template: str, err: float) -> None:
+    """Add this template's largest logprob error to $AGENTRL_RESULTS_DIR/conformance_<device>.json."""
+    out = os.environ.get("AGENTRL_RESULTS_DIR")
+    if not out:
+        return
+    f = Path(out, f"conformance_{DEVICE}.json")
+    results = json.loads(f.read_text()) if f.exists() else {}
+    results[template] = {"device": DEVICE, "gpu": torch.cuda.get_device_name(0) if DEVICE == "cuda" else None,
+                         "max_abs_err": err, "tolerance": 1e-5}
+    f.write_text(json.dumps(results, indent=2))
 
 
 @pytest.mark.parametrize("template", ["chatml", "llama3", "qwen3"])
 def test_sampled_ids_are_trained_ids_and_logprobs_match(template, tiny_model_dir, guess_env_id):
     path = tiny_model_dir(template)
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    if DEVICE == "cuda" and not torch.cuda.is_available():
+        pytest.fail("AGENTRL_TEST_DEVICE=cuda but torch sees no CUDA device; unset it to run on the CPU")
+    model = AutoModelForCausalLM.from_pretrained(path).to(DEVICE).eval()
     chat = ChatFormat(tok)
     engine = RecordingEngine(HFEngine(model, pad_token_id=tok.pad_token_id, seed=1))
     temperature = 0.7
@@ -53,6 +76,7 @@ def test_sampled_ids_are_trained_ids_and_logprobs_match(template, tiny_model_dir
     trajs = asyncio.run(loop.collect([EpisodeSpec({"task_index": i}, sample_index=i, seed=i) for i in range(3)]))
     loop.close()
     assert len(trajs) == 3
+    errors = []
     for traj in trajs:
         assert not traj.failed, traj.failure_reason
         assert traj.num_turns == 6 and traj.truncated  # a random model never guesses right
@@ -70,7 +94,9 @@ def test_sampled_ids_are_trained_ids_and_logprobs_match(template, tiny_model_dir
         lp = recompute_logprobs(model, traj.input_ids, temperature)
         mask = torch.tensor(traj.loss_mask[1:])
         behavior = torch.tensor(traj.behavior_logprobs[1:])
+        errors.append((lp[mask] - behavior[mask]).abs().max().item())
         torch.testing.assert_close(lp[mask], behavior[mask], atol=1e-5, rtol=0)
+    record_error(template, max(errors))
 
 
 class ScriptedEngine(Engine):
