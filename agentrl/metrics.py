@@ -13,6 +13,14 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def progress_interval() -> float:
+    """Seconds between progress-bar redraws (tqdm's ``mininterval``): tqdm's 0.1 on a
+    terminal; 30 when stderr is a file or a pipe, where every redraw is a line of the log."""
+    import sys
+
+    return 0.1 if sys.stderr.isatty() else 30.0
+
+
 class MetricsLogger:
     """Append-only metrics for one run folder.
 

@@ -41,24 +41,33 @@ def seed_everything(seed: int, num_threads: int = 1) -> None:
     torch.manual_seed(seed)
 
 
-def write_run_info(cfg: TrainConfig, out: Path) -> None:
-    """Resolved config, git commit and package versions next to the results."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+RUN_INFO_PACKAGES = ("agentrl", "torch", "transformers", "gymnasium", "ray", "vllm", "trl")
+
+
+def environment_info(packages: tuple[str, ...] = RUN_INFO_PACKAGES) -> dict[str, Any]:
+    """``{git_commit, python, platform, versions}``: the code and software a result came from
+    (git commit of this checkout, "" without git; versions of the installed ``packages``).
+    Written as run_info.json by every run and recorded by the benchmarks."""
+    import importlib.metadata as md
+
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
     except Exception:
         commit = ""
-    import importlib.metadata as md
-
     versions = {}
-    for pkg in ("agentrl", "torch", "transformers", "gymnasium", "ray", "vllm", "trl"):
+    for pkg in packages:
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
-    info = {"git_commit": commit, "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
-    (out / "run_info.json").write_text(json.dumps(info, indent=2))
+    return {"git_commit": commit, "python": platform.python_version(), "platform": platform.platform(), "versions": versions}
+
+
+def write_run_info(cfg: TrainConfig, out: Path) -> None:
+    """Resolved config, git commit and package versions next to the results."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    (out / "run_info.json").write_text(json.dumps(environment_info(), indent=2))
 
 
 def ensure_model(cfg: TrainConfig) -> None:
@@ -331,15 +340,10 @@ def _progress(cfg: TrainConfig, start: int) -> Any:
         return None
     from tqdm.auto import tqdm
 
+    from agentrl.metrics import progress_interval
+
     return tqdm(total=cfg.trainer.total_steps, initial=start, desc=f"train {cfg.run.name}", unit="step", mininterval=progress_interval())
 
-
-def progress_interval() -> float:
-    """Seconds between progress-bar redraws: tqdm's 0.1 on a terminal; 30 when stderr is a file
-    or a pipe, where every redraw is a line of the log."""
-    import sys
-
-    return 0.1 if sys.stderr.isatty() else 30.0
 
 
 def _save_samples(out: Path, step: int, trajs: list[Any], n: int) -> None:

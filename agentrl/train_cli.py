@@ -102,20 +102,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     m = subparsers.add_parser("model", help="create models")
     msub = m.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
+    from agentrl.config import ModelInitConfig
+
+    d = ModelInitConfig()  # the defaults of model.init in a config
     mi = msub.add_parser("init", help="a tiny Qwen2/Llama model with a tokenizer trained on env transcripts",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     mi.add_argument("--out", required=True, help="folder to write the model and tokenizer to (HF format)")
-    mi.add_argument("--arch", default="qwen2", choices=["qwen2", "llama"], help="architecture (HF config class)")
-    mi.add_argument("--template", default="chatml", choices=["chatml", "llama3", "qwen3"], help="chat template")
-    mi.add_argument("--env", action="append", help="env id(s) whose expert transcripts train the tokenizer (repeatable; default agentrl/ShellQuest-v0)")
+    mi.add_argument("--arch", default=d.arch, choices=["qwen2", "llama"], help="architecture (HF config class)")
+    mi.add_argument("--template", default=d.template, choices=["chatml", "llama3", "qwen3"], help="chat template")
+    mi.add_argument("--env", action="append", help="env id(s) whose expert transcripts train the tokenizer (repeatable; None: agentrl/ShellQuest-v0)")
     mi.add_argument("--env-kwargs", default=None, help="JSON options for the env(s), e.g. '{\"vocab\": \"small\"}'")
-    mi.add_argument("--episodes", type=int, default=200, help="expert episodes per env in the tokenizer corpus")
-    mi.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size (bytes + merges + special tokens)")
-    mi.add_argument("--hidden-size", type=int, default=128, help="model width")
-    mi.add_argument("--num-layers", type=int, default=4, help="transformer blocks")
-    mi.add_argument("--num-heads", type=int, default=4, help="attention heads")
-    mi.add_argument("--num-kv-heads", type=int, default=2, help="key/value heads (grouped-query attention)")
-    mi.add_argument("--initializer-range", type=float, default=0.02,
+    mi.add_argument("--episodes", type=int, default=d.corpus_episodes, help="expert episodes per env in the tokenizer corpus")
+    mi.add_argument("--vocab-size", type=int, default=d.vocab_size, help="BPE vocabulary size (bytes + merges + special tokens)")
+    mi.add_argument("--hidden-size", type=int, default=d.hidden_size, help="model width")
+    mi.add_argument("--num-layers", type=int, default=d.num_layers, help="transformer blocks")
+    mi.add_argument("--num-heads", type=int, default=d.num_heads, help="attention heads")
+    mi.add_argument("--num-kv-heads", type=int, default=d.num_kv_heads, help="key/value heads (grouped-query attention)")
+    mi.add_argument("--initializer-range", type=float, default=d.initializer_range,
                     help="std of the weight init (HF's default); about 1/sqrt(hidden-size), e.g. 0.1 at 128, makes tiny "
                          "models learn to copy from tool output much sooner (configs/quickstart.yaml, docs/results.md)")
     mi.add_argument("--seed", type=int, default=0, help="seed of the corpus episodes and the weight init")

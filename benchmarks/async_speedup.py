@@ -72,7 +72,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -338,11 +337,11 @@ def main(argv: list[str] | None = None) -> int:
             r["speedup_train_steps_steady"] = round(r["train_steps_per_min_steady"] / sync["train_steps_per_min_steady"], 3)
             r["speedup_env_steps_steady"] = round(r["env_steps_per_s_steady"] / sync["env_steps_per_s_steady"], 3)
             r["turns_trained_vs_sync"] = round(r["turns_trained_mean"] / sync["turns_trained_mean"], 3) if sync["turns_trained_mean"] else None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=5, check=False).stdout.strip()
-    except Exception:  # noqa: BLE001 - no git: no commit
-        commit = ""
     import torch
+
+    from agentrl.train import environment_info
+
+    commit = environment_info(())["git_commit"]
 
     doc = {
         "benchmark": "async_speedup",

@@ -83,17 +83,6 @@ def _clock() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("torch", "transformers", "trl", "accelerate"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
 
 def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Create (or reuse) the tiny model and render the prompts; returns the worker spec."""
@@ -467,17 +456,16 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {k: a[k] / t[k] for k in ("rollout_tokens_per_s_cpu", "rollout_tokens_per_s_wall", "learner_tokens_per_s_cpu", "learner_tokens_per_s_wall")}
     ratios.update({k: t[k] / a[k] for k in ("step_wall_s_mean", "step_cpu_s_mean", "rollout_wall_s_mean", "learner_wall_s_mean")})
     ratios.update(paired_ratios(rows["agentrl"], rows["trl"]))
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, timeout=5, check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
+    from agentrl.train import environment_info
+
+    env = environment_info(("torch", "transformers", "trl", "accelerate"))
     result = {
         "config": {**{k: v for k, v in vars(args).items() if k not in ("out", "worker", "spec", "work_dir", "model")},
                    "batch": args.prompts * args.group, "prompt_tokens": plens, "model_meta": spec["model_meta"]},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "loadavg_before": load_before, "loadavg_after": list(os.getloadavg()),
                     "note": "load average = runnable processes on the whole machine (other jobs included); 1-minute, 5, 15"},
-        "versions": _versions(), "git_commit": commit, "total_wall_s": time.perf_counter() - t_start,
+        "versions": env["versions"], "git_commit": env["git_commit"], "total_wall_s": time.perf_counter() - t_start,
         "token_counts": "rollout = sampled completion tokens; learner = non-padding prompt + completion tokens of the trained batch; same for both",
         "agentrl": a, "trl": t, "ratios": ratios, "steps": rows,
     }

@@ -59,7 +59,7 @@ def sft(
     if progress:
         from tqdm.auto import tqdm
 
-        from agentrl.train import progress_interval
+        from agentrl.metrics import progress_interval
 
         bar = tqdm(total=len(batches), desc="sft", unit="step", leave=False, mininterval=progress_interval())
     losses: list[float] = []
