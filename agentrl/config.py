@@ -113,6 +113,37 @@ class EnvConfig:
     """Split the training tasks come from."""
     eval_split: str = "test"
     """Held-out split for evaluation."""
+    step_timeout_s: float | None = None
+    """Longest one env step (tool calls included) may take; past it the episode ends as
+    failed (reason ``env_timeout``) and the others go on. None: the env class's own
+    ``step_timeout_s`` (300 s in ToolEnv)."""
+    reset_timeout_s: float | None = None
+    """Longest an env reset may take (None: the env class's ``reset_timeout_s``, 300 s)."""
+    close_timeout_s: float = 60.0
+    """Longest closing an env instance may take at the end of a run; past it the close is
+    abandoned (logged) so a stuck env never keeps a finished run from ending."""
+
+
+@dataclass
+class FaultConfig:
+    """One injected fault, for testing that failures stay contained (docs/faults.md). Which
+    opportunities it hits is a pure function of (episode seed, group member, turn, point), so
+    a run with faults is as reproducible as one without."""
+
+    point: str = "step"
+    """Where: "reset" (env reset), "before_generate", "after_generate" (between the engine's
+    answer and the env step), "step" (inside env.step) or "close" (closing an env instance)."""
+    kind: str = "raise"
+    """What: "raise" (an exception), "hang" (never returns; the point's timeout must end it),
+    "garbage" (a malformed result: token ids outside the vocabulary from the engine, a
+    non-message observation or a NaN reward from the env) or "kill_sandbox" (the env's
+    sandbox sessions are killed, at "after_generate")."""
+    rate: float = 1.0
+    """Fraction of the opportunities hit, in [0, 1]."""
+    turn: int | None = None
+    """Only at this turn index (None: any turn)."""
+    evaluation: bool = False
+    """Also inject into held-out evaluation episodes (default: training episodes only)."""
 
 
 @dataclass
@@ -152,6 +183,11 @@ class RolloutConfig:
     """Extra vllm.LLM arguments (gpu_memory_utilization, tensor_parallel_size, ...)."""
     openai_base_url: str | None = None
     """Base URL of an OpenAI-compatible server for engine "openai"."""
+    generate_timeout_s: float = 0.0
+    """Longest one generation request (an assistant turn) may wait for the engine; past it
+    the episode ends as failed (reason ``engine_timeout``). 0: no limit."""
+    faults: list[FaultConfig] = field(default_factory=list)
+    """Injected faults (testing; empty by default): see FaultConfig and docs/faults.md."""
 
 
 @dataclass
@@ -174,6 +210,9 @@ class SFTConfig:
     """Sequences per optimizer step."""
     max_tokens: int = 4096
     """Longest expert sequence kept."""
+    max_failed_frac: float = 0.5
+    """Expert episodes that fail (an env error, a timeout) are skipped, counted and logged;
+    SFT stops with an error only when more than this fraction of them failed."""
 
 
 @dataclass
@@ -484,6 +523,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     return cfg
 
 
+FAULT_KINDS: dict[str, tuple[str, ...]] = {
+    "reset": ("raise", "hang", "garbage"),
+    "before_generate": ("raise", "hang"),
+    "after_generate": ("raise", "garbage", "kill_sandbox"),
+    "step": ("raise", "hang", "garbage"),
+    "close": ("raise", "hang"),
+}
+"""Injection points of :class:`FaultConfig` and the fault kinds each one takes."""
+
+
 def validate(cfg: TrainConfig, source: str = "config") -> None:
     """Cross-field checks that need no heavy imports; raise ConfigError before any work."""
 
@@ -513,6 +562,15 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
     check(not (cfg.run.mode == "async" and cfg.rollout.engine == "openai"),
           "run.mode: async needs an engine whose weights agentrl updates ('hf' or 'vllm'), not 'openai'")
     check(cfg.model.dtype in ("float32", "bfloat16"), f"model.dtype must be 'float32' or 'bfloat16', got {cfg.model.dtype!r}")
+    for i, f in enumerate(cfg.rollout.faults):
+        where = f"rollout.faults[{i}]"
+        check(f.point in FAULT_KINDS, f"{where}.point must be one of {list(FAULT_KINDS)}, got {f.point!r}")
+        check(f.kind in FAULT_KINDS[f.point], f"{where}: kind {f.kind!r} cannot be injected at point {f.point!r}; "
+              f"kinds there: {list(FAULT_KINDS[f.point])}")
+        check(0.0 <= f.rate <= 1.0, f"{where}.rate must be in [0, 1], got {f.rate}")
+        check(f.turn is None or f.turn >= 0, f"{where}.turn must be >= 0 or null, got {f.turn}")
+        check(not (f.point == "before_generate" and f.kind == "hang" and cfg.rollout.generate_timeout_s <= 0),
+              f"{where}: a hang before generate needs rollout.generate_timeout_s > 0 to end it (it is {cfg.rollout.generate_timeout_s})")
     if cfg.run.backend == "ray":
         r = cfg.ray
         check(r.env_workers >= 1 and r.generation_workers >= 1 and r.learner_ranks >= 1,
