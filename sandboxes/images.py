@@ -9,8 +9,11 @@ uid :data:`KEEPER_UID` for the container's idle main process, and an empty ``/wo
   from this machine's own files: a Python interpreter (``/usr/bin/python3`` when present, else
   the running one) with its standard library (tests, tkinter, idle, the static libpython and
   other dead weight left out), bash, dash, coreutils and a few text tools, plus every shared
-  library ``ldd`` says they load. It streams that as one tar to ``docker import``. Result: about
-  35 MB, built in seconds; tagged ``agentrl-sandbox:py311-<hash>`` where the hash covers the
+  library ``ldd`` says they load, plus what glibc loads by name at run time and ``ldd`` never
+  lists (:data:`RUNTIME_LIBS`: ``libgcc_s`` for thread exit, the NSS modules behind
+  ``/etc/nsswitch.conf``; see :func:`_runtime_lib_paths`), the C.UTF-8 locale and the time zone
+  database. It streams that as one tar to ``docker import``. Result: about 55 MB, built in
+  seconds; tagged ``agentrl-sandbox:py311-<hash>`` where the hash covers the
   builder version and every input file's path, size and mtime, so a changed interpreter gives a
   new tag and an unchanged one is never rebuilt.
 - :func:`build_dockerfile_image` builds ``FROM python:3.11-slim`` with the same user layout; use
@@ -46,7 +49,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_REPO = "agentrl-sandbox"
 #: Bump when the rootfs layout or the generated files change, so old tags are not reused.
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "4"
 #: uid/gid of the user that runs untrusted code (execs, sessions).
 SANDBOX_UID = 1000
 #: uid/gid of the container's main process (init + ``sleep``). Distinct from SANDBOX_UID so
@@ -75,6 +78,43 @@ _STDLIB_SKIP_FILE = re.compile(
     r"(\.opt-[12]\.pyc$)|(^_test.*\.so$)|(^_ctypes_test.*\.so$)|(^xxlimited.*\.so$)"
     r"|(^_xxtestfuzz.*\.so$)|(^turtle\.py$)|(^EXTERNALLY-MANAGED$)"
 )
+
+#: Libraries glibc (not the program) opens by soname at run time, so ``ldd`` cannot report them.
+#: ``libgcc_s.so.1``: pthread_exit and thread cancellation unwind the stack through it; without
+#: it every exiting thread aborts the process ("libgcc_s.so.1 must be installed for pthread_exit
+#: to work", SIGABRT), e.g. Python daemon threads at interpreter exit. ``libnss_files`` and
+#: ``libnss_dns``: the modules for the ``files`` and ``dns`` sources of the image's
+#: ``/etc/nsswitch.conf`` (getpwuid, getgrgid, getaddrinfo). Since glibc 2.34 both are built into
+#: libc and these files are small stubs; before that they are the real modules, and without them
+#: ``pwd.getpwuid`` fails. A name the host does not have is skipped (musl has none of them).
+RUNTIME_LIBS = ("libgcc_s.so.1", "libnss_files.so.2", "libnss_dns.so.2")
+
+#: Asks an interpreter's own loader where it finds each soname in argv (dlopen + dlinfo's link
+#: map, so the path is the one the loader searched, symlinks kept), printing {soname: path}.
+_RUNTIME_PROBE = r"""
+import ctypes, json, sys
+class LinkMap(ctypes.Structure):
+    _fields_ = [("l_addr", ctypes.c_void_p), ("l_name", ctypes.c_char_p)]
+dlinfo = None
+for lib in (None, "libdl.so.2"):
+    try:
+        dlinfo = ctypes.CDLL(lib).dlinfo
+        break
+    except (OSError, AttributeError):
+        pass
+found = {}
+for name in sys.argv[1:]:
+    try:
+        handle = ctypes.CDLL(name)._handle
+    except OSError:
+        continue
+    lm = ctypes.POINTER(LinkMap)()
+    if dlinfo is not None and dlinfo(ctypes.c_void_p(handle), 2, ctypes.byref(lm)) == 0 and lm:
+        found[name] = lm.contents.l_name.decode()
+print(json.dumps(found))
+"""
+
+_ZONEINFO = "/usr/share/zoneinfo"
 
 _PASSWD = (
     "root:x:0:0:root:/root:/usr/sbin/nologin\n"
@@ -130,6 +170,29 @@ def _python_info(python: str) -> dict[str, str]:
     )
     out = subprocess.run([python, "-I", "-S", "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
+
+
+def _runtime_lib_paths(python: str, libc_dirs: list[str]) -> dict[str, str]:
+    """Where :data:`RUNTIME_LIBS` are on this machine: ``{soname: host path}``.
+
+    Asked of ``python`` itself (:data:`_RUNTIME_PROBE`), so an interpreter with its own library
+    directory (a conda or pyenv build) gets the copy its loader would really open. A name the
+    probe could not resolve is looked up in ``libc_dirs`` (where ldd found libc: glibc's own
+    directory, also libgcc_s's on Debian, Ubuntu and Fedora). Names found nowhere are left out.
+    """
+    found: dict[str, str] = {}
+    try:
+        out = subprocess.run([python, "-I", "-S", "-c", _RUNTIME_PROBE, *RUNTIME_LIBS],
+                             capture_output=True, text=True, timeout=60)
+        found = {k: v for k, v in json.loads(out.stdout or "{}").items()
+                 if k in RUNTIME_LIBS and os.path.isabs(v) and os.path.isfile(v)}
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        log.debug("runtime library probe of %s failed: %s", python, e)
+    for name in RUNTIME_LIBS:
+        for d in libc_dirs:
+            if name not in found and os.path.isfile(os.path.join(d, name)):
+                found[name] = os.path.join(d, name)
+    return found
 
 
 def _ldd(paths: list[str]) -> list[str]:
@@ -225,13 +288,19 @@ class _Collector:
         self.add(host_path, dest)
         self.elf.append(host_path)
 
-    def add_libraries(self) -> None:
-        for lib in _ldd_cached(self.elf):
-            self.add(lib)
-            if not lib.startswith(_SYSTEM_LIB_DIRS):
-                # e.g. pyenv's libpython, found through an $ORIGIN rpath that points elsewhere
-                # once the binary sits in /usr/bin: also put it where the loader always looks.
-                self.plan.files.setdefault(f"/usr/lib/{os.path.basename(lib)}", os.path.realpath(lib))
+    def add_libraries(self) -> list[str]:
+        """Add every library ldd names for the ELF files so far; returns those paths."""
+        libs = _ldd_cached(self.elf)
+        for lib in libs:
+            self.add_library(lib)
+        return libs
+
+    def add_library(self, lib: str) -> None:
+        self.add(lib)
+        if not lib.startswith(_SYSTEM_LIB_DIRS):
+            # e.g. pyenv's libpython, found through an $ORIGIN rpath that points elsewhere
+            # once the binary sits in /usr/bin: also put it where the loader always looks.
+            self.plan.files.setdefault(f"/usr/lib/{os.path.basename(lib)}", os.path.realpath(lib))
 
 
 def plan_rootfs(python: str | None = None) -> RootfsPlan:
@@ -280,13 +349,40 @@ def plan_rootfs(python: str | None = None) -> RootfsPlan:
             continue
         col.add_with_libs(os.path.realpath(found), dest)
 
+    libs = col.add_libraries()
+
+    # What glibc dlopens by name (RUNTIME_LIBS), with the libraries those need in turn.
+    libc_dirs = list(dict.fromkeys(os.path.dirname(p) for p in libs
+                                   if os.path.basename(p).startswith("libc.so")))
+    runtime = _runtime_lib_paths(python, libc_dirs)
+    if "libgcc_s.so.1" not in runtime:
+        log.warning("libgcc_s.so.1 not found: threads that exit will abort in the sandbox image")
+    col.elf = list(runtime.values())
+    for lib in runtime.values():
+        col.add_library(lib)
     col.add_libraries()
 
+    # Locale data: LANG=C.UTF-8 (built into glibc >= 2.35, a data directory before).
     locale = "/usr/lib/locale/C.utf8"
     if os.path.isdir(locale):
         for root, _dirs, filenames in os.walk(locale):
             for name in filenames:
                 plan.files[os.path.join(root, name)] = os.path.join(root, name)
+    # Time zones (0.6 MB): glibc reads them for TZ=Area/City, Python's zoneinfo for ZoneInfo().
+    # right/ (leap-second variants) is left out; links leaving the database (localtime ->
+    # /etc/localtime) too.
+    right = os.path.join(_ZONEINFO, "right")
+    for root, dirnames, filenames in os.walk(_ZONEINFO):
+        dirnames[:] = sorted(d for d in dirnames if os.path.join(root, d) != right)
+        for name in sorted(filenames) + dirnames:  # os.walk lists links to directories as dirs
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                target = os.path.realpath(path)
+                if target.startswith(_ZONEINFO + "/") and not target.startswith(right + "/") \
+                        and target != right and os.path.exists(target):
+                    plan.symlinks[path] = os.readlink(path)
+            elif os.path.isfile(path):
+                plan.files[path] = path
 
     # Merged-/usr layout, so /bin/sh and /lib64/ld-linux-*.so resolve even when the host is not.
     for link, target in (("/bin", "usr/bin"), ("/sbin", "usr/sbin"), ("/lib", "usr/lib"), ("/lib64", "usr/lib64")):
