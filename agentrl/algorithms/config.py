@@ -21,7 +21,10 @@ class, with the defaults written there::
 
 Unknown keys, names and options raise :class:`~agentrl.algorithms.registry.UnknownNameError`
 with a suggestion. Numeric strings such as ``1e-4`` (which PyYAML reads as strings) are
-converted where a number is expected.
+converted where a number is expected. Every value must have the type of its default and lie
+in its range (:data:`SECTION_RANGES` for the sections here, ``OPTION_RANGES`` in the registry
+for component options); errors are ValueErrors of one line naming the full key
+(``algorithm.loss.eps_high must be >= 0, got -1.0``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .registry import (AGGREGATIONS, CONTROLLERS, ESTIMATORS, KL_ESTIMATORS, LOSSES, SHAPING, TOKEN_MASKS, Registry,
-                       UnknownNameError, suggest)
+                       UnknownNameError, suggest, value_problem)
 
 __all__ = [
     "ComponentSpec",
@@ -42,6 +45,7 @@ __all__ = [
     "OverlongConfig",
     "OffPolicyConfig",
     "AlgorithmConfig",
+    "SECTION_RANGES",
     "load_algorithm_config",
 ]
 
@@ -80,8 +84,11 @@ class ComponentSpec:
             raise ValueError(f"{where}: expected a mapping with a 'name' key (e.g. {{name: ...}}), got {raw!r}")
         options = dict(raw)
         name = options.pop("name")
-        entry = registry.get(name)
-        entry.check_options(options)
+        try:
+            entry = registry.get(name)
+            entry.check_options(options)
+        except UnknownNameError as e:
+            raise UnknownNameError(f"{where}: {e}") from None
         defaults = entry.options()
         options = {k: _coerce(v, defaults[k], f"{where}.{k}") for k, v in options.items()}
         return cls(name, options)
@@ -169,6 +176,27 @@ class OffPolicyConfig:
     proximal: str = "recompute"
 
 
+UINT32 = "[0, 4294967295]"
+
+SECTION_RANGES: dict[type, dict[str, str]] = {
+    CreditConfig: {"gamma": "[0, 1]"},
+    KLConfig: {"coef": ">= 0; 0 disables the KL penalty"},
+    DynamicSamplingConfig: {"max_num_gen_batches": ">= 0; 0: unlimited"},
+    OverlongConfig: {"max_response_tokens": ">= 1", "buffer_tokens": ">= 0", "penalty_factor": ">= 0"},
+    OffPolicyConfig: {"behavior_is_cap": "> 0"},
+}
+"""Ranges of the numeric fields of the sections (notation of
+:func:`~agentrl.algorithms.registry.range_problem`; an optional field also takes null).
+``entropy_coef`` and ``seed`` of :class:`AlgorithmConfig` are added below it."""
+
+
+def _field_problem(obj: Any, name: str, where: str) -> str | None:
+    f = next(f for f in dataclasses.fields(obj) if f.name == name)
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    spec = SECTION_RANGES.get(type(obj), {}).get(name)
+    return value_problem(getattr(obj, name), default, spec, where, nullable="None" in str(f.type))
+
+
 _SECTIONS = {"credit": CreditConfig, "kl": KLConfig, "dynamic_sampling": DynamicSamplingConfig,
              "overlong": OverlongConfig, "off_policy": OffPolicyConfig}
 
@@ -249,16 +277,27 @@ class AlgorithmConfig:
         return cfg
 
     def validate(self) -> None:
-        """Cross-field checks; raises ValueError (or UnknownNameError) naming the fix."""
-        KL_ESTIMATORS.get(self.kl.estimator).check_options(self.kl.options)
-        if self.kl.coef < 0 or self.entropy_coef < 0:
-            raise ValueError("kl.coef and entropy_coef must be >= 0")
+        """Value and cross-field checks; raises ValueError (or UnknownNameError) of one line
+        naming the key and the fix."""
+        fields = [(self, name, f"algorithm.{name}") for name in ("entropy_coef", "seed")]
+        fields += [(getattr(self, key), f.name, f"algorithm.{key}.{f.name}")
+                   for key in _SECTIONS for f in dataclasses.fields(_SECTIONS[key]) if f.name != "options"]
+        for obj, name, where in fields:
+            problem = _field_problem(obj, name, where)
+            if problem:
+                raise ValueError(problem)
+        try:
+            kl_entry = KL_ESTIMATORS.get(self.kl.estimator)
+            kl_entry.check_options(self.kl.options)
+        except UnknownNameError as e:
+            raise UnknownNameError(f"algorithm.kl: {e}") from None
+        kl_entry.check_values(self.kl.options, "algorithm.kl.options")
+        for where, spec, reg in self._components():
+            reg.get(spec.name).check_values(spec.options, where)
         if self.credit.turn_rewards not in ("env", "final"):
-            raise ValueError(f"credit.turn_rewards must be 'env' or 'final', got {self.credit.turn_rewards!r}")
-        if not 0.0 <= self.credit.gamma <= 1.0:
-            raise ValueError(f"credit.gamma must be in [0, 1], got {self.credit.gamma}")
+            raise ValueError(f"algorithm.credit.turn_rewards must be 'env' or 'final', got {self.credit.turn_rewards!r}")
         if self.dynamic_sampling.metric not in ("acc", "seq_reward"):
-            raise ValueError(f"dynamic_sampling.metric must be 'acc' or 'seq_reward', got {self.dynamic_sampling.metric!r}")
+            raise ValueError(f"algorithm.dynamic_sampling.metric must be 'acc' or 'seq_reward', got {self.dynamic_sampling.metric!r}")
         for kind, specs in (("shaping", self.shaping), ("controllers", self.controllers)):
             names = [s.name for s in specs]
             if len(set(names)) != len(names):
@@ -270,12 +309,28 @@ class AlgorithmConfig:
                                  f"not {self.loss.name!r}; set algorithm.loss.name: {compatible[0]}")
             if spec.name == "prorl" and self.kl.coef <= 0:
                 raise ValueError("controller 'prorl' resets the KL reference: set algorithm.kl.coef > 0 (beta)")
-        if self.off_policy.behavior_is_cap is not None and not self.off_policy.behavior_is_cap > 0:
-            raise ValueError("off_policy.behavior_is_cap must be > 0 or null")
         if self.off_policy.proximal not in ("recompute", "behavior"):
-            raise ValueError(f"off_policy.proximal must be 'recompute' or 'behavior', got {self.off_policy.proximal!r}")
+            raise ValueError(f"algorithm.off_policy.proximal must be 'recompute' or 'behavior', got {self.off_policy.proximal!r}")
         if self.overlong.enabled and not 0 < self.overlong.buffer_tokens <= self.overlong.max_response_tokens:
-            raise ValueError("overlong: need 0 < buffer_tokens <= max_response_tokens")
+            raise ValueError(f"algorithm.overlong: need 0 < buffer_tokens <= max_response_tokens, got buffer_tokens "
+                             f"{self.overlong.buffer_tokens} and max_response_tokens {self.overlong.max_response_tokens}")
+        for i, spec in enumerate(self.controllers):
+            # the controllers check their options together in __init__ (BAPO's bounds, Skywork's
+            # coefficient interval): build each once here, so that runs before any work
+            try:
+                CONTROLLERS.get(spec.name).obj(**spec.options)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"algorithm.controllers[{i}] ({spec.name}): {e}") from None
+
+    def _components(self) -> list[tuple[str, ComponentSpec, Registry]]:
+        """(key, spec, registry) of every component of the config, e.g. ``("algorithm.shaping[0]", ...)``."""
+        out = [("algorithm.estimator", self.estimator, ESTIMATORS), ("algorithm.loss", self.loss, LOSSES),
+               ("algorithm.aggregation", self.aggregation, AGGREGATIONS)]
+        if self.token_mask is not None:
+            out.append(("algorithm.token_mask", self.token_mask, TOKEN_MASKS))
+        out += [(f"algorithm.shaping[{i}]", s, SHAPING) for i, s in enumerate(self.shaping)]
+        out += [(f"algorithm.controllers[{i}]", c, CONTROLLERS) for i, c in enumerate(self.controllers)]
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Plain mapping that :meth:`from_dict` reads back (for saving the resolved config)."""
@@ -294,6 +349,9 @@ class AlgorithmConfig:
             out[key] = dataclasses.asdict(getattr(self, key))
         out["seed"] = self.seed
         return out
+
+
+SECTION_RANGES[AlgorithmConfig] = {"entropy_coef": ">= 0", "seed": UINT32}
 
 
 def load_algorithm_config(path: str | Path) -> AlgorithmConfig:

@@ -7,6 +7,11 @@ returns an :class:`EstimatorOutput` whose ``advantages`` are per trajectory ``[B
 (``level="turn"``, broadcast to each turn's tokens through turn ids). ``keep [B] bool`` marks
 rows to train on (PSR/NSR drop rows; others keep all). Rewards are float ``[B]``.
 
+``needs_group=True`` on a registration declares that the estimator's baseline is the other
+members of the group (GRPO, RLOO, GiGPO): with ``rollout.group_size`` 1 there are none, and
+``agentrl.config`` refuses such a config. Option ranges: ``OPTION_RANGES`` in
+:mod:`~agentrl.algorithms.registry`.
+
 All estimators are vectorised with sort-based group ids (:func:`~agentrl.algorithms.ops.compact_ids`),
 compute statistics in float64 and return float32; none syncs with the host.
 """
@@ -54,6 +59,7 @@ def _finish(adv: Tensor, valid: Tensor | None) -> Tensor:
     paper="arXiv 2402.03300 (GRPO, outcome supervision); arXiv 2503.20783 (Dr. GRPO, no std)",
     source="verl core_algos.compute_grpo_outcome_advantage",
     inputs=("rewards", "group_ids", "valid"),
+    needs_group=True,
 )
 def grpo(*, rewards: Tensor, group_ids: Tensor, valid: Tensor | None = None, normalize_std: bool = True,
          eps: float = 1e-6) -> EstimatorOutput:
@@ -81,6 +87,7 @@ def grpo(*, rewards: Tensor, group_ids: Tensor, valid: Tensor | None = None, nor
     paper="arXiv 2402.14740 (Back to Basics: RLOO)",
     source="verl core_algos.compute_rloo_outcome_advantage",
     inputs=("rewards", "group_ids", "valid"),
+    needs_group=True,
 )
 def rloo(*, rewards: Tensor, group_ids: Tensor, valid: Tensor | None = None) -> EstimatorOutput:
     """RLOO: ``A_i = R_i - (sum_g R - R_i) / (n - 1)`` = ``n/(n-1) * (R_i - mean_g R)``.
@@ -167,6 +174,7 @@ def w_reinforce(*, rewards: Tensor, correct: Tensor | None = None, success_thres
     paper="arXiv 2505.10978 (GiGPO) Eqs. 3, 5-8",
     source="verl-agent gigpo/core_gigpo.py (fork Elrond1701/verl-agent)",
     inputs=("rewards", "group_ids", "turn_returns", "turn_mask", "anchor_ids"),
+    needs_group=True,
 )
 def gigpo(*, rewards: Tensor, group_ids: Tensor, turn_returns: Tensor, turn_mask: Tensor, anchor_ids: Tensor,
           step_weight: float = 1.0, mode: str = "mean_norm", episode_stats_over: str = "steps",
