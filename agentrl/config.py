@@ -314,6 +314,74 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
+# ----------------------------------------------------------------------------- valid values
+UINT32 = "[0, 4294967295]"
+"""Seeds: numpy takes 0 .. 2**32 - 1."""
+
+RANGES: dict[type, dict[str, str]] = {
+    RunConfig: {"seed": UINT32, "num_threads": ">= 1"},
+    ModelInitConfig: {
+        "vocab_size": ">= 257; 256 bytes + special tokens + merges",
+        "hidden_size": ">= 2", "num_layers": ">= 1", "num_heads": ">= 1", "num_kv_heads": ">= 1",
+        "initializer_range": "> 0", "corpus_episodes": ">= 1",
+    },
+    EnvConfig: {"num_envs": ">= 1", "step_timeout_s": "> 0", "reset_timeout_s": "> 0", "close_timeout_s": "> 0"},
+    FaultConfig: {"rate": "[0, 1]", "turn": ">= 0"},
+    RolloutConfig: {
+        "group_size": ">= 1", "tasks_per_step": ">= 1",
+        "temperature": "> 0; use a small value like 1e-3 for near-greedy sampling", "top_p": "(0, 1]", "top_k": ">= 0",
+        "max_new_tokens": ">= 1", "max_total_tokens": ">= 1",
+        "eval_temperature": "> 0; use a small value like 1e-3 for near-greedy sampling",
+        "max_staleness": ">= 0", "generate_timeout_s": ">= 0; 0: no limit",
+    },
+    SFTConfig: {
+        "episodes": ">= 1", "epochs": ">= 1", "steps": ">= 0; 0: use epochs", "warmup_steps": ">= 0", "lr": "> 0",
+        "batch_size": ">= 1", "max_tokens": ">= 1", "max_failed_frac": "[0, 1]",
+    },
+    TrainerConfig: {
+        "total_steps": ">= 0", "lr": "> 0", "warmup_steps": ">= 0", "weight_decay": ">= 0",
+        "betas": "[0, 1)",  # each of the two (torch.optim.AdamW)
+        "grad_clip": ">= 0; 0: off", "ppo_epochs": ">= 1", "mini_batches": ">= 1", "micro_batch_size": ">= 1",
+        "logits_chunk_size": ">= 1", "checkpoint_every": ">= 1",
+        "keep_checkpoints": ">= 1; the newest checkpoint is always kept", "eval_every": ">= 0; 0: only before and after",
+        "eval_episodes": ">= 1",
+    },
+    RayConfig: {
+        "num_cpus": ">= 1", "env_workers": ">= 1", "generation_workers": ">= 1", "learner_ranks": ">= 1",
+        "cpus_per_env_worker": ">= 0", "cpus_per_generation_worker": ">= 0", "gpus_per_generation_worker": ">= 0",
+        "cpus_per_learner_rank": "> 0; a Ray placement-group bundle needs a resource", "gpus_per_learner_rank": ">= 0",
+        "startup_timeout_s": "> 0", "health_check_s": "> 0", "episode_timeout_s": ">= 0; 0: no limit",
+    },
+    LoggingConfig: {"log_trajectories": ">= 0"},
+}
+"""The valid values of every numeric field, per config class, wherever an instance sits
+(``model.init``, each ``rollout.faults[i]``): ``">= 0"``, ``"> 0"``, ``"[0, 1]"``, ``"(0, 1]"``,
+``"[0, 1)"``; ``"any"`` for any finite number. Every number must be finite (no nan, no inf).
+An optional field (``float | None``) also takes null. Text after ``;`` is added to the message.
+A tuple field's range applies to each element. :func:`validate` checks them generically;
+tests/test_config.py fails when a numeric field of a config class has no entry here."""
+
+FAULT_KINDS: dict[str, tuple[str, ...]] = {
+    "reset": ("raise", "hang", "garbage"),
+    "before_generate": ("raise", "hang"),
+    "after_generate": ("raise", "garbage", "kill_sandbox"),
+    "step": ("raise", "hang", "garbage"),
+    "close": ("raise", "hang"),
+}
+"""Injection points of :class:`FaultConfig` and the fault kinds each one takes."""
+
+CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
+    RunConfig: {"backend": ("local", "ray"), "mode": ("sync", "async")},
+    ModelInitConfig: {"arch": ("qwen2", "llama"), "template": ("chatml", "llama3", "qwen3")},
+    ModelConfig: {"chat_template": ("chatml", "llama3", "qwen3"), "dtype": ("float32", "bfloat16")},
+    FaultConfig: {"point": tuple(FAULT_KINDS), "kind": tuple(dict.fromkeys(k for kinds in FAULT_KINDS.values() for k in kinds))},
+    RolloutConfig: {"engine": ("hf", "vllm", "openai"), "async_order": ("completion", "fifo")},
+    TrainerConfig: {"lr_schedule": ("constant", "cosine")},
+}
+"""The values a string field takes (agentrl.models.chat.TEMPLATE_NAMES, agentrl.models.tiny.ARCHS;
+tests/test_config.py keeps them equal); checked like :data:`RANGES`."""
+
+
 # ----------------------------------------------------------------------------- parsing
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
@@ -523,28 +591,94 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     return cfg
 
 
-FAULT_KINDS: dict[str, tuple[str, ...]] = {
-    "reset": ("raise", "hang", "garbage"),
-    "before_generate": ("raise", "hang"),
-    "after_generate": ("raise", "garbage", "kill_sandbox"),
-    "step": ("raise", "hang", "garbage"),
-    "close": ("raise", "hang"),
-}
-"""Injection points of :class:`FaultConfig` and the fault kinds each one takes."""
+def _range_problem(value: float, spec: str, where: str, nullable: bool = False) -> str | None:
+    """``None`` when ``value`` lies in ``spec`` (the notation of :data:`RANGES`), else the
+    message: ``trainer.lr must be > 0, got -0.0001``. (agentrl.algorithms.registry has the same
+    helper for method options; it cannot be imported from here without torch.)"""
+    rule, _, why = (part.strip() for part in spec.partition(";"))
+    if rule == "any":
+        ok, text = True, "a finite number"
+    elif rule[0] in "[(":
+        lo, hi = (float(x) for x in rule[1:-1].split(","))
+        ok = (value >= lo if rule[0] == "[" else value > lo) and (value <= hi if rule[-1] == "]" else value < hi)
+        text = f"in {rule}"
+    else:
+        op, bound = rule.split()
+        b = float(bound)
+        ok = {">=": value >= b, ">": value > b, "<=": value <= b, "<": value < b}[op]
+        text = rule
+    finite = value == value and value not in (float("inf"), float("-inf"))
+    if ok and finite:
+        return None
+    text = text if finite or rule == "any" else f"a finite number {text}"
+    return f"{where} must be {text}{' or null' if nullable else ''}, got {value!r}" + (f" ({why})" if why else "")
+
+
+def _quoted_choices(choices: tuple[str, ...]) -> str:
+    quoted = [repr(c) for c in choices]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def _optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def field_problems(obj: Any, where: str = "") -> str | None:
+    """The first value of dataclass ``obj`` (and the config dataclasses inside it) outside its
+    :data:`RANGES` or :data:`CHOICES`, as a one-line message naming the dotted key; None when
+    every value is valid."""
+    hints = typing.get_type_hints(type(obj))
+    ranges, choices = RANGES.get(type(obj), {}), CHOICES.get(type(obj), {})
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            problem = field_problems(value, key)
+        elif isinstance(value, list) and any(dataclasses.is_dataclass(v) for v in value):
+            problem = next((p for i, v in enumerate(value) if (p := field_problems(v, f"{key}[{i}]"))), None)
+        elif value is None:
+            problem = None
+        elif f.name in choices:
+            options = choices[f.name]
+            problem = None if value in options else f"{key} must be {_quoted_choices(options)}, got {value!r}"
+        elif f.name in ranges and isinstance(value, tuple):
+            problem = next((p for i, v in enumerate(value) if (p := _range_problem(v, ranges[f.name], f"{key}[{i}]"))), None)
+        elif f.name in ranges:
+            problem = _range_problem(value, ranges[f.name], key, _optional(hints[f.name]))
+        else:
+            problem = None
+        if problem:
+            return problem
+    return None
 
 
 def validate(cfg: TrainConfig, source: str = "config") -> None:
-    """Cross-field checks that need no heavy imports; raise ConfigError before any work."""
+    """Every check that can run before any work; raise ConfigError (one line naming the key).
+
+    First each value against its :data:`RANGES` / :data:`CHOICES` entry, then the cross-field
+    checks of the train config, then the ``algorithm:`` section (:func:`algorithm_config`,
+    which imports agentrl.algorithms and so torch: last, so that the errors above come fast)."""
 
     def check(cond: bool, msg: str) -> None:
         if not cond:
             raise ConfigError(f"{source}: {msg}")
 
-    check(cfg.run.backend in ("local", "ray"), f"run.backend must be 'local' or 'ray', got {cfg.run.backend!r}")
-    check(cfg.run.mode in ("sync", "async"), f"run.mode must be 'sync' or 'async', got {cfg.run.mode!r}")
-    check(cfg.rollout.engine in ("hf", "vllm", "openai"), f"rollout.engine must be 'hf', 'vllm' or 'openai', got {cfg.rollout.engine!r}")
+    problem = field_problems(cfg)
+    check(problem is None, problem or "")
     check(bool(cfg.model.path), "model.path is empty; give an HF model name or a local folder (with model.init to create a tiny one)")
-    check(cfg.rollout.group_size >= 1 and cfg.rollout.tasks_per_step >= 1, "rollout.group_size and rollout.tasks_per_step must be >= 1")
+    init = cfg.model.init
+    if init is not None:
+        check(init.hidden_size % init.num_heads == 0 and init.num_heads % init.num_kv_heads == 0,
+              f"model.init.hidden_size ({init.hidden_size}) must divide by model.init.num_heads ({init.num_heads}) "
+              f"and num_heads by model.init.num_kv_heads ({init.num_kv_heads})")
+        check((init.hidden_size // init.num_heads) % 2 == 0,
+              f"model.init: the head size hidden_size / num_heads = {init.hidden_size} / {init.num_heads} = "
+              f"{init.hidden_size // init.num_heads} must be even (rotary position embeddings)")
+        from agentrl.models.chat import TEMPLATE_TOKENS  # light: no torch, no transformers
+
+        tokens = TEMPLATE_TOKENS[init.template]
+        least = 256 + len([t for t in (tokens.pad, tokens.eos, tokens.bos, *tokens.extra) if t]) + 1
+        check(init.vocab_size >= least, f"model.init.vocab_size must be >= {least} with template {init.template!r} "
+              f"(256 bytes + its special tokens + merges), got {init.vocab_size}")
     batch = cfg.rollout.group_size * cfg.rollout.tasks_per_step
     check(
         batch % cfg.trainer.mini_batches == 0,
@@ -556,31 +690,50 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         mini % cfg.trainer.micro_batch_size == 0 or cfg.trainer.micro_batch_size >= mini,
         f"a mini-batch of {mini} trajectories does not divide into trainer.micro_batch_size={cfg.trainer.micro_batch_size}",
     )
-    check(cfg.trainer.total_steps >= 0, "trainer.total_steps must be >= 0")
-    check(cfg.rollout.max_staleness >= 0, "rollout.max_staleness must be >= 0")
-    check(cfg.rollout.async_order in ("completion", "fifo"), f"rollout.async_order must be 'completion' or 'fifo', got {cfg.rollout.async_order!r}")
     check(not (cfg.run.mode == "async" and cfg.rollout.engine == "openai"),
           "run.mode: async needs an engine whose weights agentrl updates ('hf' or 'vllm'), not 'openai'")
-    check(cfg.model.dtype in ("float32", "bfloat16"), f"model.dtype must be 'float32' or 'bfloat16', got {cfg.model.dtype!r}")
     for i, f in enumerate(cfg.rollout.faults):
         where = f"rollout.faults[{i}]"
-        check(f.point in FAULT_KINDS, f"{where}.point must be one of {list(FAULT_KINDS)}, got {f.point!r}")
         check(f.kind in FAULT_KINDS[f.point], f"{where}: kind {f.kind!r} cannot be injected at point {f.point!r}; "
               f"kinds there: {list(FAULT_KINDS[f.point])}")
-        check(0.0 <= f.rate <= 1.0, f"{where}.rate must be in [0, 1], got {f.rate}")
-        check(f.turn is None or f.turn >= 0, f"{where}.turn must be >= 0 or null, got {f.turn}")
         check(not (f.point == "before_generate" and f.kind == "hang" and cfg.rollout.generate_timeout_s <= 0),
               f"{where}: a hang before generate needs rollout.generate_timeout_s > 0 to end it (it is {cfg.rollout.generate_timeout_s})")
     if cfg.run.backend == "ray":
         r = cfg.ray
-        check(r.env_workers >= 1 and r.generation_workers >= 1 and r.learner_ranks >= 1,
-              "ray.env_workers, ray.generation_workers and ray.learner_ranks must be >= 1")
-        check(r.cpus_per_learner_rank > 0, f"ray.cpus_per_learner_rank must be > 0 (a Ray placement-group bundle needs a resource), got {r.cpus_per_learner_rank}")
         check(r.env_workers <= cfg.env.num_envs,
               f"ray.env_workers={r.env_workers} is more than env.num_envs={cfg.env.num_envs}; every EnvWorker needs at least one env instance")
         check(mini % r.learner_ranks == 0,
               f"a mini-batch of {mini} trajectories does not split evenly over ray.learner_ranks={r.learner_ranks}; "
               f"every rank must run the same number of micro-batches (pick learner_ranks dividing {mini})")
+    try:
+        algorithm_config(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def algorithm_config(cfg: TrainConfig) -> Any:
+    """The :class:`~agentrl.algorithms.config.AlgorithmConfig` of ``cfg.algorithm``, with its
+    checks against the rest of the config (a group baseline needs groups). Raises ConfigError
+    naming the key (``algorithm.loss.eps_high must be >= 0, got -1.0``). Imports torch."""
+    from agentrl.algorithms.config import AlgorithmConfig
+    from agentrl.algorithms.registry import ESTIMATORS
+
+    try:
+        algo = AlgorithmConfig.from_dict(cfg.algorithm)
+    except (ValueError, KeyError, TypeError) as e:
+        msg = str(e).strip("'\"") if isinstance(e, KeyError) else str(e)
+        raise ConfigError(msg if "algorithm" in msg else f"algorithm: {msg}") from None
+    g = cfg.rollout.group_size
+    if g < 2 and ESTIMATORS.get(algo.estimator.name).extra.get("needs_group"):
+        without = [e.name for e in ESTIMATORS if not e.extra.get("needs_group")]
+        raise ConfigError(
+            f"rollout.group_size={g}: estimator {algo.estimator.name!r} takes its baseline from the other trajectories of "
+            f"the same task (its group), and a group of {g} has none; set rollout.group_size >= 2, or use an estimator "
+            f"without a group baseline (algorithm.estimator: {', '.join(without)})")
+    if g < 2 and algo.dynamic_sampling.enabled:
+        raise ConfigError(f"rollout.group_size={g}: algorithm.dynamic_sampling keeps only groups whose rewards differ, and a group "
+                          f"of {g} never does; set rollout.group_size >= 2 or disable dynamic_sampling")
+    return algo
 
 
 def looks_like_local_path(name: str) -> bool:
