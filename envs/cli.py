@@ -81,10 +81,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .checks import run_checks
+    from .checks import CHECKS, run_checks
 
     if not _import_user_modules(args):
         return 2
+    if args.tasks < 1:
+        print(f"error: --tasks must be >= 1 (expert tasks per split), got {args.tasks}", file=sys.stderr)
+        return 2
+    for name in args.only or []:
+        if name not in CHECKS:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(CHECKS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            print(f"error: --only: unknown check {name!r}.{hint} Checks: {', '.join(CHECKS)}", file=sys.stderr)
+            return 2
     options = _parse_options(args.option)
     env = _make_or_error(args.env_id, options)  # a wrong id or option: one line, not every check failing
     if env is None:
@@ -111,7 +122,20 @@ def cmd_play(args: argparse.Namespace) -> int:
     if env is None:
         return 2
     core = env.unwrapped
-    obs, info = env.reset(seed=args.seed, options={"task_index": args.task} if args.task is not None else None)
+    if args.task is not None and hasattr(core, "num_tasks"):
+        n = core.num_tasks(core.split)
+        if not 0 <= args.task < n:
+            print(f"error: --task {args.task} is out of range: {args.env_id} has {n} tasks in split {core.split!r} "
+                  f"(valid: 0..{n - 1})", file=sys.stderr)
+            env.close()
+            return 2
+    try:
+        obs, info = env.reset(seed=args.seed, options={"task_index": args.task} if args.task is not None else None)
+    except (IndexError, ValueError) as e:  # an env outside ToolEnv refusing the task index
+        log.debug("reset of %s failed", args.env_id, exc_info=True)
+        print(f"error: cannot reset {args.env_id} (--task {args.task}): {e} (agentrl -v ... shows the traceback)", file=sys.stderr)
+        env.close()
+        return 2
     print(f"== {info['task_id']}  (max_turns {info['max_turns']})")
     print("tools: " + ", ".join(t["function"]["name"] for t in info["tools"]))
     print("Type a tool call as `name {json args}` (e.g. shell {\"command\": \"ls\"}), raw assistant text, "

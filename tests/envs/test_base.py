@@ -180,6 +180,12 @@ def test_doc_check_command_imports_the_saved_file(tmp_path, monkeypatch, capsys)
         (["check", "agentrl/ShellQuest-v0", "-o", "horizn=5"], "error: unknown option 'horizn' for agentrl/ShellQuest-v0. Did you mean 'horizon'?"),
         (["play", "agentrl/GuessNumber-v0", "-o", "hgh=5"], "error: unknown option 'hgh' for agentrl/GuessNumber-v0. Did you mean 'high'?"),
         (["check", "agentrl/GuessNumber-v0", "-o", "high=1"], "error: cannot make agentrl/GuessNumber-v0 with options {'high': 1}: high must be >= 2"),
+        # a task index out of range (was a 39-line traceback from reset), a bad count or check name
+        (["play", "agentrl/ShellQuest-v0", "--task", "999999"],
+         "error: --task 999999 is out of range: agentrl/ShellQuest-v0 has 100000 tasks in split 'train' (valid: 0..99999)"),
+        (["play", "agentrl/GuessNumber-v0", "--task", "-1"], "error: --task -1 is out of range: agentrl/GuessNumber-v0 has "),
+        (["check", "agentrl/GuessNumber-v0", "--tasks", "0"], "error: --tasks must be >= 1 (expert tasks per split), got 0"),
+        (["check", "agentrl/GuessNumber-v0", "--only", "determinsm"], "error: --only: unknown check 'determinsm'. Did you mean 'determinism'?"),
     ],
 )
 def test_cli_wrong_id_or_option_is_one_error_line(guess_env_id, capsys, argv, message):
