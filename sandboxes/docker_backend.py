@@ -301,8 +301,17 @@ class DockerSandbox(Sandbox):
         nofile = max(limits.max_open_files, 64)  # the session worker itself needs a few
         fsize = limits.max_file_size_mb << 20
         inodes = max(1024, ws * 256)
+        # Without a network the container still gets docker's generated /etc/hosts (the image's
+        # own is hidden under an empty placeholder by docker's init layer, and network_disabled
+        # would leave that empty: "localhost" then did not resolve, unlike on bwrap). Its entries
+        # match the image's and bwrap's ("localhost", "sandbox" -> 127.0.0.1), and resolv.conf
+        # names 127.0.0.1 (glibc's default without one, as on bwrap) instead of the host's
+        # resolvers. With a network, docker's defaults stand.
+        offline = {} if limits.network else {"extra_hosts": {"sandbox": "127.0.0.1"},
+                                             "dns": ["127.0.0.1"]}
         return self.client.api.create_host_config(
             network_mode="bridge" if limits.network else "none",
+            **offline,
             read_only=True,
             # nr_inodes: a million empty files must hit ENOSPC, not eat kernel memory.
             tmpfs={
@@ -345,7 +354,6 @@ class DockerSandbox(Sandbox):
             hostname="sandbox",
             name=name,
             labels={images.LABEL: "1", OWNER_LABEL: self._owner},
-            network_disabled=not limits.network,
             host_config=self._host_config(limits),
         )
         cid = created["Id"]
