@@ -83,6 +83,12 @@ def test_rootfs_plan_is_small_deterministic_and_importable():
     for needed in ("/usr/bin/bash", "/usr/bin/timeout", "/etc/passwd", "/opt/agentrl"):
         assert needed in plan.files or needed in plan.generated or needed in plan.dirs or needed in plan.symlinks
     assert any(p.endswith("/os.py") for p in plan.files)
+    # glibc dlopens these by soname (thread exit, NSS): ldd never lists them; every Debian-like
+    # host has them (libgcc-s1 and libc6 are essential packages).
+    names = {os.path.basename(p) for p in plan.files} | {os.path.basename(p) for p in plan.symlinks}
+    assert {"libgcc_s.so.1", "libnss_files.so.2"} <= names
+    assert "/usr/share/zoneinfo/UTC" in plan.files or "/usr/share/zoneinfo/UTC" in plan.symlinks
+    assert not any(p.startswith("/usr/share/zoneinfo/right/") for p in plan.files)
     assert not any("/test/" in p or "tkinter" in p for p in plan.files)
     buf = io.BytesIO()
     images._write_tar(plan, buf)
