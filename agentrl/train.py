@@ -150,7 +150,7 @@ def _train(cfg: TrainConfig, closing: contextlib.ExitStack) -> dict[str, Any]:
     from agentrl.learner.policy import load_model, load_tokenizer
     from agentrl.learner.sft import sft
     from agentrl.metrics import MetricsLogger
-    from agentrl.rollout.expert import expert_trajectories
+    from agentrl.rollout.expert import play_experts
     from agentrl.rollout.local import summarize
     from agentrl.rollout.tasks import TaskSampler
     from agentrl.types import collate
@@ -181,9 +181,15 @@ def _train(cfg: TrainConfig, closing: contextlib.ExitStack) -> dict[str, Any]:
     if ckpt is None and cfg.sft.enabled:
         # before the learner exists, so the reference policy (KL methods) is the SFT policy
         t0 = time.perf_counter()
-        data = expert_trajectories(cfg.env.id, rollout.chat, episodes=cfg.sft.episodes, env_kwargs=cfg.env.kwargs, split=cfg.env.train_split, seed=cfg.run.seed, tools_in_prompt=cfg.rollout.tools_in_prompt)
+        experts = play_experts(cfg.env.id, rollout.chat, episodes=cfg.sft.episodes, env_kwargs=cfg.env.kwargs, split=cfg.env.train_split, seed=cfg.run.seed,
+                               tools_in_prompt=cfg.rollout.tools_in_prompt, step_timeout_s=cfg.env.step_timeout_s, reset_timeout_s=cfg.env.reset_timeout_s,
+                               max_failed_frac=cfg.sft.max_failed_frac)
+        data = experts.trajectories
         losses = sft(model, data, pad_token_id=tokenizer.pad_token_id, epochs=cfg.sft.epochs, steps=cfg.sft.steps, warmup_steps=cfg.sft.warmup_steps, lr=cfg.sft.lr, batch_size=cfg.sft.batch_size, max_tokens=cfg.sft.max_tokens, seed=cfg.run.seed, progress=cfg.logging.progress)
-        summary["sft"] = {"episodes": len(data), "losses": losses, "time_s": time.perf_counter() - t0}
+        summary["sft"] = {"episodes": len(data), "failed_episodes": len(experts.failures), "failed_by_kind": experts.failure_counts(),
+                          "losses": losses, "time_s": time.perf_counter() - t0}
+        logger.log(0, {"sft/expert_episodes": float(len(data)), "sft/failed_episodes": float(len(experts.failures)),
+                       **{f"sft/failed/{k}": float(v) for k, v in experts.failure_counts().items()}})
     learner = make_learner(cfg, model, algo_cfg)
     closing.callback(learner.close)
     filter_algo = build_algorithm(algo_cfg) if algo_cfg.dynamic_sampling.enabled else None
@@ -254,6 +260,10 @@ def _train(cfg: TrainConfig, closing: contextlib.ExitStack) -> dict[str, Any]:
         summary["after_rl_step"] = step
         logger.log(step, summary["after_rl"])
         save_checkpoint(out, step, model=model, tokenizer=tokenizer, state=_state(learner, tasks, summary), keep=cfg.trainer.keep_checkpoints)
+    close_failures = rollout.close()  # now, so a stuck or failing env close is on the record (the ExitStack's close is then a no-op)
+    if close_failures:
+        summary["env_close_failures"] = close_failures
+        logger.log(step, {f"rollout/close_failed/{k}": float(v) for k, v in close_failures.items()})
     summary["train_steps"] = step
     summary["env"] = env_short
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

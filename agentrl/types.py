@@ -43,6 +43,9 @@ class Trajectory:
             (sandbox crash, engine error, env exception); such trajectories are kept for
             metrics and masked out of the loss.
         failure_reason: why it failed (exception type and message), else None.
+        failure_kind: what failed, one of ``agentrl.rollout.faults.FAILURE_KINDS``
+            (``env_step``, ``engine_timeout``, ``sandbox_error``, ...), else None; counted per
+            train_step as ``rollout/failed/<kind>``.
         metrics: per-episode numbers for logging (tool errors, sandbox time, ...).
         messages: the chat transcript (for debugging, eval reports, SFT data).
     """
@@ -62,6 +65,7 @@ class Trajectory:
     success: bool = False
     failed: bool = False
     failure_reason: str | None = None
+    failure_kind: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     messages: list[dict[str, Any]] = field(default_factory=list)
 
@@ -88,6 +92,15 @@ class Trajectory:
         self.turn_ids.extend([turn if generated else -1] * n)
         self.behavior_logprobs.extend(logprobs if generated else [0.0] * n)  # type: ignore[arg-type]
         self.policy_versions.extend([version if generated else -1] * n)
+
+    def mark_failed(self, kind: str, reason: str) -> None:
+        """End this episode as failed (``kind`` from ``FAILURE_KINDS``, ``reason`` a message),
+        keeping what was recorded consistent: a failure after a turn started (its anchor key
+        recorded, its reward not) drops that turn's anchor, so :meth:`check` holds. The first
+        failure of an episode is the one recorded."""
+        if not self.failed:
+            self.failed, self.failure_kind, self.failure_reason = True, kind, reason
+        del self.anchor_keys[self.num_turns :]
 
     def check(self) -> None:
         """Raise ValueError if the per-token lists disagree in length."""

@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 
-from agentrl.sandboxes import Limits, Sandbox, Session, arun, get_sandbox, run_sync
+from agentrl.sandboxes import Limits, Sandbox, SandboxError, Session, arun, get_sandbox, run_sync
 
 from .parsing import ToolCall, get_parser
 from .spaces import Messages, UnicodeText
@@ -109,6 +109,11 @@ class ToolEnv(gym.Env[Observation, str]):
     full_reward: ClassVar[float] = 1.0
     #: Printed by ``agentrl envs list``.
     description: ClassVar[str] = ""
+    #: Longest one ``step`` (its tool calls included) / ``reset`` may take in a rollout before
+    #: the episode is recorded as failed (``env_timeout``); the config's ``env.step_timeout_s``
+    #: / ``env.reset_timeout_s`` override them. Raise them for envs with slow tools or resets.
+    step_timeout_s: ClassVar[float] = 300.0
+    reset_timeout_s: ClassVar[float] = 300.0
 
     def __init__(
         self,
@@ -153,6 +158,7 @@ class ToolEnv(gym.Env[Observation, str]):
         self.stats = EpisodeStats()
         self.transcript: list[Message] = []
         self._closed = False
+        self._sessions: list[Session] = []  # opened by open_session, for kill_sessions
 
     # ----------------------------------------------------------------- subclass API
     def num_tasks(self, split: str) -> int:
@@ -189,7 +195,22 @@ class ToolEnv(gym.Env[Observation, str]):
         return shared_sandbox(self._sandbox_spec, self._sandbox_limits)
 
     async def open_session(self, kind: str = "bash", files: dict[str, bytes | str] | None = None) -> Session:
-        return await self.sandbox.session(kind, files=files, limits=self._sandbox_limits)  # type: ignore[arg-type]
+        session = await self.sandbox.session(kind, files=files, limits=self._sandbox_limits)  # type: ignore[arg-type]
+        self._sessions = [s for s in self._sessions if not getattr(s, "_closed", False)] + [session]
+        return session
+
+    async def kill_sessions(self) -> int:
+        """Kill every sandbox session this env opened and has not closed (what a sandbox crash
+        does; used by fault injection). Later tool calls on them report ``sandbox_error``
+        until the next ``reset`` opens new ones. Returns how many were killed."""
+        sessions, self._sessions = self._sessions, []
+
+        async def kill() -> None:
+            for s in sessions:
+                await s.close()
+
+        await arun(kill())
+        return len(sessions)
 
     @property
     def tools(self) -> dict[str, Tool]:
@@ -296,6 +317,9 @@ class ToolEnv(gym.Env[Observation, str]):
             return ToolOutput(f"Error: bad arguments for {call.name}: " + "; ".join(errors), status="bad_arguments"), "bad_arguments"
         try:
             out = await tool(**call.arguments)
+        except SandboxError as e:  # the sandbox under the tool failed: not the policy's fault
+            log.warning("tool %s: sandbox failed: %s", call.name, e)
+            return ToolOutput(f"Error: the sandbox failed while running {call.name}: {e}", status="sandbox_error"), "sandbox"
         except Exception as e:  # a bug or a crash inside the tool is data, not a crash
             log.warning("tool %s raised %s: %s", call.name, type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
             return ToolOutput(f"Error: tool {call.name} failed: {type(e).__name__}: {e}", status="tool_error"), "tool_error"

@@ -112,6 +112,7 @@ class RayRollout:
         # sandbox_metrics: worker replacement happens under this lock, once per dead actor
         self._lock = threading.RLock()
         self._play_state: _PlayState | None = None
+        self._closed = False
 
     # ------------------------------------------------------------------ actors
     @property
@@ -140,7 +141,8 @@ class RayRollout:
 
         g = i % len(self._gen)
         cls = ray.remote(EnvWorker).options(num_cpus=self.cfg.ray.cpus_per_env_worker, max_restarts=0)
-        handle = cls.remote(self.cfg, self._tokenizer, self._env_sizes[i], self._gen[g].handle, g, i)
+        vocab = getattr(self._model_config, "vocab_size", None)
+        handle = cls.remote(self.cfg, self._tokenizer, self._env_sizes[i], self._gen[g].handle, g, i, vocab)
         return _Slot(handle, handle.ready.remote())
 
     @staticmethod
@@ -283,13 +285,15 @@ class RayRollout:
     def _failed(self, spec: EpisodeSpec, worker: int, error: BaseException, task_id: str) -> Trajectory:
         """A failed Trajectory for an episode whose worker died (or that timed out)."""
         if is_actor_death(error):
-            reason = f"WorkerDied: env worker {worker} died during the episode ({type(error).__name__})"
+            kind, reason = "worker_died", f"WorkerDied: env worker {worker} died during the episode ({type(error).__name__})"
             with self._lock:
                 self.failures["episodes_lost"] += 1
         else:
+            kind = "episode_timeout" if isinstance(error, TimeoutError) else "worker_error"
             reason = f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
         log.warning("episode %s#%d failed: %s", spec.options, spec.sample_index, reason)
-        traj = Trajectory(task_id=task_id, sample_index=spec.sample_index, env_id=self.cfg.env.id, failed=True, failure_reason=reason)
+        traj = Trajectory(task_id=task_id, sample_index=spec.sample_index, env_id=self.cfg.env.id)
+        traj.mark_failed(kind, reason)
         traj.metrics.update({"wall_time_s": 0.0, "generate_time_s": 0.0, "env_time_s": 0.0, "tool_errors": 0.0, "generated_tokens": 0.0, "total_tokens": 0.0})
         return traj
 
@@ -439,8 +443,12 @@ class RayRollout:
         out["rollout/episodes_lost_to_dead_env_workers"] = float(self.failures["episodes_lost"])
         return out
 
-    def close(self) -> None:
-        """Close the env instances (sandboxes) and stop every actor of this rollout."""
+    def close(self) -> dict[str, int]:
+        """Close the env instances (sandboxes) and stop every actor of this rollout. Idempotent.
+        Returns the env closes that failed, by kind, summed over EnvWorkers (AgentLoop.close)."""
+        if self._closed:
+            return {}
+        self._closed = True
         ray = self._ray
         state, self._play_state = self._play_state, None
         if state is not None and not state.loop.is_closed():
@@ -451,8 +459,15 @@ class RayRollout:
                 closing.append(slot.handle.close.remote())
             except Exception:
                 pass
+        failures: dict[str, int] = {}
         try:
-            ray.wait(closing, num_returns=len(closing), timeout=30)
+            done, _ = ray.wait(closing, num_returns=len(closing), timeout=self.cfg.env.close_timeout_s + 30)
+            for ref in done:
+                try:
+                    for k, v in (ray.get(ref) or {}).items():
+                        failures[k] = failures.get(k, 0) + int(v)
+                except Exception:
+                    failures["error"] = failures.get("error", 0) + 1
         except Exception:
             pass
         for slot in self._env + self._gen:
@@ -460,3 +475,4 @@ class RayRollout:
                 ray.kill(slot.handle)
             except Exception:
                 pass
+        return failures

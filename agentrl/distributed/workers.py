@@ -143,19 +143,16 @@ class EnvWorker:
     never sends more concurrent episodes than instances.
     """
 
-    def __init__(self, cfg: TrainConfig, tokenizer: Any, num_envs: int, generation_worker: Any, generation_index: int, index: int) -> None:
+    def __init__(self, cfg: TrainConfig, tokenizer: Any, num_envs: int, generation_worker: Any, generation_index: int, index: int, vocab_size: int | None = None) -> None:
         import_modules(cfg.run.imports)
-        from agentrl import envs
         from agentrl.models.chat import ChatFormat
+        from agentrl.rollout.local import make_agent_loop
 
-        self.cfg, self.index, self.num_envs = cfg, index, num_envs
+        self.cfg, self.index, self.num_envs, self.vocab_size = cfg, index, num_envs, vocab_size
         self.chat = ChatFormat(tokenizer)
         self.engine = RemoteEngine(generation_worker, generation_index, wait_s=cfg.ray.startup_timeout_s)
-        r = cfg.rollout
-        params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
-        self.loop = AgentLoop([envs.make(cfg.env.id, **cfg.env.kwargs) for _ in range(num_envs)], self.engine, self.chat, params, max_total_tokens=r.max_total_tokens, tools_in_prompt=r.tools_in_prompt)
+        self.loop = make_agent_loop(cfg, self.engine, self.chat, num_envs=num_envs, vocab_size=vocab_size)
         self._eval_loop: AgentLoop | None = None
-        self._free: dict[bool, asyncio.Queue] = {}
 
     def ready(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "num_envs": self.num_envs}
@@ -177,34 +174,25 @@ class EnvWorker:
         if not evaluation:
             return self.loop
         if self._eval_loop is None:
-            from agentrl import envs
+            from agentrl.rollout.local import make_agent_loop
 
-            r = self.cfg.rollout
-            kwargs = self.cfg.env.eval_kwargs if self.cfg.env.eval_kwargs is not None else self.cfg.env.kwargs
-            params = SamplingParams(temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
-            self._eval_loop = AgentLoop([envs.make(self.cfg.env.id, **kwargs) for _ in range(self.num_envs)], self.engine, self.chat, params, max_total_tokens=r.max_total_tokens, tools_in_prompt=r.tools_in_prompt)
+            self._eval_loop = make_agent_loop(self.cfg, self.engine, self.chat, evaluation=True, num_envs=self.num_envs, vocab_size=self.vocab_size)
         return self._eval_loop
 
     async def run_episode(self, spec: EpisodeSpec, evaluation: bool = False) -> Trajectory:
-        loop = self._loop_for(evaluation)
-        if evaluation not in self._free:
-            self._free[evaluation] = asyncio.Queue()
-            for env in loop.envs:
-                self._free[evaluation].put_nowait(env)
-        env = await self._free[evaluation].get()
-        try:
-            return await loop.run_episode(env, spec)
-        finally:
-            self._free[evaluation].put_nowait(env)
+        """One episode on a free instance of the training (or evaluation) envs; failures come
+        back as failed Trajectories (:meth:`AgentLoop.run_episode`)."""
+        return await self._loop_for(evaluation).play(spec)
 
     def sandbox_metrics(self) -> dict[str, float]:
-        env = self.loop.envs[0].unwrapped
-        try:
-            return dict(env.sandbox.metrics()) if hasattr(env, "sandbox") else {}
-        except Exception:  # an env without a sandbox
-            return {}
+        from agentrl.rollout.local import loop_metrics
 
-    def close(self) -> None:
-        self.loop.close()
+        return loop_metrics(self.loop)
+
+    def close(self) -> dict[str, int]:
+        """Close the env instances; returns the closes that failed, by kind (AgentLoop.close)."""
+        failures = self.loop.close()
         if self._eval_loop is not None:
-            self._eval_loop.close()
+            for k, v in self._eval_loop.close().items():
+                failures[k] = failures.get(k, 0) + v
+        return failures

@@ -134,6 +134,9 @@ class Learner:
     def update(self, batch: TrainBatch) -> dict[str, float]:
         """One train_step on ``batch``; returns float metrics (host sync happens here, once)."""
         batch = batch.to(self.device)
+        if not bool(batch.loss_mask.any()):  # every episode failed: nothing to learn, and no optimizer step
+            log.warning("train_step with no trainable token (every episode failed or generated nothing): update skipped")
+            return {"policy/skipped_update": 1.0, "policy/skipped_mini_batches": float(self.cfg.ppo_epochs * self.cfg.mini_batches)}
         steps_per_batch = self.cfg.ppo_epochs * self.cfg.mini_batches
         clip_to_behavior = self.algorithm.config.off_policy.proximal == "behavior"
         # async: the recomputed proximal is the decoupled objective's anchor, and measures the
@@ -160,9 +163,17 @@ class Learner:
         B = batch.batch_size
         mini_size = B // self.cfg.mini_batches
         grad_norms = []
+        skipped = 0
         for _ in range(self.cfg.ppo_epochs):
             order = torch.randperm(B, generator=self.generator) if self.cfg.mini_batches > 1 else torch.arange(B)
+            # one host sync per epoch: a mini-batch with no trainable token (all its episodes
+            # failed, or dropped by dynamic sampling) takes no optimizer step, since even a zero
+            # gradient would move the weights through Adam's moments and weight decay
+            trainable = adv.loss_mask[order[: mini_size * self.cfg.mini_batches]].view(self.cfg.mini_batches, -1).any(dim=1).tolist()
             for m in range(self.cfg.mini_batches):
+                if not trainable[m]:
+                    skipped += 1
+                    continue
                 rows = order[m * mini_size : (m + 1) * mini_size]
                 mini_mask = adv.loss_mask[rows]
                 num_tokens = mini_mask.sum()
@@ -205,7 +216,10 @@ class Learner:
         # A micro-batch's loss is its share of the mini-batch loss (global denominators), so loss/*
         # is summed per optimizer step and averaged over steps: independent of micro_batch_size and
         # of the number of ranks. Other metrics are means over micro-batches.
-        out = {k: float(sums[k] / (steps_per_batch if k.startswith("loss/") else counts[k])) for k in sums}
+        steps_run = max(steps_per_batch - skipped, 1)
+        out = {k: float(sums[k] / (steps_run if k.startswith("loss/") else counts[k])) for k in sums}
+        out["policy/skipped_update"] = 0.0
+        out["policy/skipped_mini_batches"] = float(skipped)
         out.update({k: float(v) for k, v in adv.metrics.items()})
         out.update({k: float(v) for k, v in step.metrics.items()})
         if grad_norms:

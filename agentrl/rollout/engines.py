@@ -201,6 +201,8 @@ class HFEngine(Engine):
 
     def __init__(self, model: Any, *, pad_token_id: int, max_batch_size: int = 64, batch_wait_s: float = 0.02, seed: int = 0) -> None:
         self.model = model
+        #: token ids the model can emit (its config's vocab_size; AgentLoop checks generations against it)
+        self.vocab_size: int | None = getattr(getattr(model, "config", None), "vocab_size", None)
         self.pad_token_id = pad_token_id
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s

@@ -14,6 +14,7 @@ from agentrl.types import Trajectory
 
 from .agent_loop import AgentLoop, EpisodeSpec
 from .engines import Engine, HFEngine, SamplingParams
+from .faults import FAILURE_KINDS, FaultInjector
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,24 @@ def make_engine(cfg: TrainConfig, model: Any, tokenizer: Any) -> Engine:
 
         return OpenAIEngine(cfg.rollout.openai_base_url or "http://localhost:8000/v1", model=cfg.model.path)
     raise ValueError(f"unknown rollout.engine {cfg.rollout.engine!r}; use 'hf', 'vllm' or 'openai'")
+
+
+def make_agent_loop(cfg: TrainConfig, engine: Engine, chat: ChatFormat, *, evaluation: bool = False, num_envs: int | None = None, vocab_size: int | None = None) -> AgentLoop:
+    """The AgentLoop of a rollout, as configured: ``num_envs`` (default ``env.num_envs``) env
+    instances of ``env.id`` (``env.eval_kwargs`` for held-out ``evaluation``), the sampling
+    settings, token budget, timeouts and injected faults of the config. Local and Ray rollouts
+    both build theirs here."""
+    import agentrl.envs as envs
+
+    e, r = cfg.env, cfg.rollout
+    kwargs = e.eval_kwargs if evaluation and e.eval_kwargs is not None else e.kwargs
+    params = SamplingParams(temperature=r.eval_temperature if evaluation else r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
+    return AgentLoop(
+        [envs.make(e.id, **kwargs) for _ in range(e.num_envs if num_envs is None else num_envs)], engine, chat, params,
+        max_total_tokens=r.max_total_tokens, tools_in_prompt=r.tools_in_prompt, step_timeout_s=e.step_timeout_s,
+        reset_timeout_s=e.reset_timeout_s, generate_timeout_s=r.generate_timeout_s, close_timeout_s=e.close_timeout_s,
+        vocab_size=vocab_size, env_factory=lambda: envs.make(e.id, **kwargs), faults=FaultInjector(r.faults, evaluation=evaluation),
+    )
 
 
 def summarize(trajs: list[Trajectory], env_id: str = "", prefix: str = "rollout") -> dict[str, float]:
@@ -55,6 +74,10 @@ def summarize(trajs: list[Trajectory], env_id: str = "", prefix: str = "rollout"
         f"{prefix}/tool_errors_mean": mean([t.metrics.get("tool_errors", 0.0) for t in ok]),
         f"{prefix}/episodes": float(len(trajs)),
     }
+    for t in trajs:
+        if t.failed:
+            key = f"{prefix}/failed/{t.failure_kind if t.failure_kind in FAILURE_KINDS else 'other'}"
+            out[key] = out.get(key, 0.0) + 1.0
     if env_id:
         short = env_id.split("/", 1)[-1]
         out[f"env/{short}/success"] = out[f"{prefix}/success"]
@@ -62,12 +85,22 @@ def summarize(trajs: list[Trajectory], env_id: str = "", prefix: str = "rollout"
     return out
 
 
+def loop_metrics(loop: AgentLoop) -> dict[str, float]:
+    """The sandbox metrics of ``loop``'s envs (their shared sandbox), and the env instances it
+    replaced after a timeout (``rollout/env_instances_replaced``, over the run)."""
+    out = {"rollout/env_instances_replaced": float(loop.replaced_envs)}
+    env = loop.envs[0].unwrapped
+    try:
+        out.update(env.sandbox.metrics() if hasattr(env, "sandbox") else {})
+    except Exception:  # an env without a sandbox
+        pass
+    return out
+
+
 class LocalRollout:
     """Engine + env instances for training and held-out evaluation."""
 
     def __init__(self, cfg: TrainConfig, model: Any, tokenizer: Any, *, engine: Engine | None = None) -> None:
-        import agentrl.envs as envs
-
         self.cfg = cfg
         self.chat = ChatFormat(tokenizer)
         if engine is None and cfg.run.mode == "async" and cfg.rollout.engine == "hf":
@@ -76,11 +109,10 @@ class LocalRollout:
             engine = make_engine(cfg, copy.deepcopy(model), tokenizer)
         self.engine = engine or make_engine(cfg, model, tokenizer)
         self._shares_model = isinstance(self.engine, HFEngine) and self.engine.model is model
-        r = cfg.rollout
-        self.params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
-        self.eval_params = SamplingParams(temperature=r.eval_temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
-        self.loop = AgentLoop([envs.make(cfg.env.id, **cfg.env.kwargs) for _ in range(cfg.env.num_envs)], self.engine, self.chat, self.params, max_total_tokens=r.max_total_tokens, tools_in_prompt=r.tools_in_prompt)
+        self._vocab_size = model.config.vocab_size if model is not None and hasattr(model, "config") else None
+        self.loop = make_agent_loop(cfg, self.engine, self.chat, vocab_size=self._vocab_size)
         self._eval_loop: AgentLoop | None = None
+        self._engine_closed = False
 
     def num_tasks(self, split: str) -> int:
         return self.loop.envs[0].unwrapped.num_tasks(split)
@@ -97,12 +129,10 @@ class LocalRollout:
         return await self.loop.play(spec)
 
     def evaluate(self, specs: list[EpisodeSpec]) -> list[Trajectory]:
-        import agentrl.envs as envs
         from agentrl.sandboxes import run_sync
 
         if self._eval_loop is None:
-            kwargs = self.cfg.env.eval_kwargs if self.cfg.env.eval_kwargs is not None else self.cfg.env.kwargs
-            self._eval_loop = AgentLoop([envs.make(self.cfg.env.id, **kwargs) for _ in range(self.cfg.env.num_envs)], self.engine, self.chat, self.eval_params, max_total_tokens=self.cfg.rollout.max_total_tokens, tools_in_prompt=self.cfg.rollout.tools_in_prompt)
+            self._eval_loop = make_agent_loop(self.cfg, self.engine, self.chat, evaluation=True, vocab_size=self._vocab_size)
         return run_sync(self._eval_loop.collect(specs))
 
     def sync_weights(self, model: Any, version: int) -> None:
@@ -111,14 +141,16 @@ class LocalRollout:
         self.engine.update_weights(None if self._shares_model else model.state_dict(), version)
 
     def sandbox_metrics(self) -> dict[str, float]:
-        env = self.loop.envs[0].unwrapped
-        try:
-            return dict(env.sandbox.metrics()) if hasattr(env, "sandbox") else {}
-        except Exception:  # an env without a sandbox
-            return {}
+        return loop_metrics(self.loop)
 
-    def close(self) -> None:
-        self.loop.close()
+    def close(self) -> dict[str, int]:
+        """Close env instances (within ``env.close_timeout_s``) and the engine. Idempotent.
+        Returns the env closes that failed, by kind ("error", "timeout")."""
+        failures = self.loop.close()
         if self._eval_loop is not None:
-            self._eval_loop.close()
-        self.engine.close()
+            for k, v in self._eval_loop.close().items():
+                failures[k] = failures.get(k, 0) + v
+        if not self._engine_closed:
+            self._engine_closed = True
+            self.engine.close()
+        return failures
