@@ -281,7 +281,7 @@ class AlgorithmConfig:
         naming the key and the fix."""
         fields = [(self, name, f"algorithm.{name}") for name in ("entropy_coef", "seed")]
         fields += [(getattr(self, key), f.name, f"algorithm.{key}.{f.name}")
-                   for key in _SECTIONS for f in dataclasses.fields(_SECTIONS[key]) if f.name != "options"]
+                   for key in _SECTIONS for f in dataclasses.fields(_SECTIONS[key])]
         for obj, name, where in fields:
             problem = _field_problem(obj, name, where)
             if problem:

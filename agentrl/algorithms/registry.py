@@ -84,7 +84,7 @@ def range_problem(value: float, spec: str, where: str, nullable: bool = False) -
 
 def value_problem(value: Any, default: Any, spec: str | None, where: str, nullable: bool = False) -> str | None:
     """None when ``value`` suits an option or field whose default is ``default``: a bool for a
-    bool, a string for a string, an integer for an integer, a number for a float (or for a
+    bool, a string for a string, a mapping for a mapping, an integer for an integer, a number for a float (or for a
     ``None`` default with a range), within ``spec`` (:func:`range_problem`) when given; null
     where ``nullable``. Else the one-line message naming ``where``."""
     if value is None:
@@ -93,6 +93,8 @@ def value_problem(value: Any, default: Any, spec: str | None, where: str, nullab
         return None if isinstance(value, bool) else f"{where}: expected true or false, got {type(value).__name__} {value!r}"
     if isinstance(default, str):
         return None if isinstance(value, str) else f"{where}: expected a string, got {type(value).__name__} {value!r}"
+    if isinstance(default, dict):
+        return None if isinstance(value, dict) else f"{where}: expected a mapping, got {type(value).__name__} {value!r}"
     if not (isinstance(default, (int, float)) or spec is not None):
         return None
     if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
