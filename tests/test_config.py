@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
+import subprocess
+import sys
+import time
+import types
+import typing
 from pathlib import Path
 
 import pytest
 
-from agentrl.config import ConfigError, TrainConfig, apply_overrides, from_dict, load_config, to_dict
+from agentrl.config import (CHOICES, FAULT_KINDS, RANGES, ConfigError, FaultConfig, ModelConfig, ModelInitConfig, TrainConfig,
+                            apply_overrides, field_problems, from_dict, load_config, to_dict)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +56,26 @@ def test_load_and_override(tmp_path):
         ("run.backend=slurm", "run.backend must be 'local' or 'ray'"),
         ("model.path=", "model.path is empty"),
         ("trainer", "must look like section.key=value"),
+        # out-of-range values, one line naming the key, the value and the range
+        ("trainer.lr=-1e-4", "trainer.lr must be > 0, got -0.0001"),
+        ("trainer.mini_batches=0", "trainer.mini_batches must be >= 1, got 0"),  # was a ZeroDivisionError
+        ("trainer.betas=[0.9, 1.0]", "trainer.betas[1] must be in [0, 1), got 1.0"),
+        ("trainer.lr_schedule=cosin", "trainer.lr_schedule must be 'constant' or 'cosine', got 'cosin'"),
+        ("rollout.top_p=0", "rollout.top_p must be in (0, 1], got 0.0"),
+        ("rollout.temperature=.nan", "rollout.temperature must be a finite number > 0, got nan"),
+        ("env.step_timeout_s=0", "env.step_timeout_s must be > 0 or null, got 0.0"),
+        ("ray.num_cpus=0", "ray.num_cpus must be >= 1 or null, got 0"),
+        ("rollout.faults=[{point: step, rate: 1.5}]", "rollout.faults[0].rate must be in [0, 1], got 1.5"),
+        ("rollout.faults=[{point: close, kind: garbage}]", "rollout.faults[0]: kind 'garbage' cannot be injected at point 'close'"),
+        ("model.init.num_heads=3", "model.init.hidden_size (64) must divide by model.init.num_heads (3)"),
+        ("model.init.vocab_size=263", "model.init.vocab_size must be >= 264 with template 'chatml'"),
+        ("trainer.keep_checkpoints=0", "trainer.keep_checkpoints must be >= 1, got 0 (the newest checkpoint is always kept)"),
+        # the algorithm section is checked by load_config too
+        ("algorithm.loss={name: ppo, eps_high: -1}", "algorithm.loss.eps_high must be >= 0, got -1.0"),
+        ("algorithm.loss={name: ppo, clip_ratio_c: 0.5}", "algorithm.loss.clip_ratio_c must be > 1 or null, got 0.5"),
+        ("algorithm.kl={coef: -0.1}", "algorithm.kl.coef must be >= 0, got -0.1"),
+        ("algorithm.loss={name: ppx}", "algorithm.loss: unknown loss 'ppx'. Did you mean 'ppo'?"),
+        ("algorithm.controllers=[{name: bapo, ratio_upper_start: 0.28}]", "algorithm.controllers[0] (bapo): bapo bounds are absolute ratios"),
     ],
 )
 def test_bad_configs_fail_early_with_a_fix(tmp_path, override, message):
@@ -157,3 +185,245 @@ def test_train_cli_usage_missing_file_and_bad_override_value(tmp_path, capsys, m
     assert "does not exist. Did you mean configs/methods/cispo.yaml?" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=re.escape("override 'env.kwargs={high: 16': the value '{high: 16' is not valid YAML")):
         load_config(write(tmp_path, BASE), overrides=["env.kwargs={high: 16"])
+
+
+# ----------------------------------------------------------------------------- value ranges
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+
+def _unwrap_optional(tp):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1 else tp
+
+
+def _leaves(cls=TrainConfig, prefix=""):
+    """(dotted key, owning config class, field name, annotation) of every leaf setting of
+    ``cls``, walking into sections, optional sections (model.init) and lists of sections
+    (rollout.faults[], a list element written ``[]``)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, key = hints[f.name], prefix + f.name
+        inner = _unwrap_optional(tp)
+        if dataclasses.is_dataclass(inner):
+            yield from _leaves(inner, key + ".")
+        elif typing.get_origin(inner) is list and dataclasses.is_dataclass(typing.get_args(inner)[0]):
+            yield from _leaves(typing.get_args(inner)[0], key + "[].")
+        else:
+            yield key, cls, f.name, tp
+
+
+LEAVES = list(_leaves())
+
+
+def _numeric(tp) -> bool:
+    tp = _unwrap_optional(tp)
+    if typing.get_origin(tp) is tuple:
+        return all(a in (int, float) for a in typing.get_args(tp))
+    return tp in (int, float)
+
+
+def _wrong_type(tp):
+    """A YAML value of the wrong type for annotation ``tp``."""
+    tp = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return "maybe"
+    if tp in (int, float) or origin is tuple:
+        return "many"
+    if tp is str:
+        return [1, 2]
+    return 5  # dicts, lists, Any-valued mappings
+
+
+def _outside(spec: str, integer: bool):
+    """A value just outside range ``spec``, or None for "any"."""
+    rule = spec.split(";")[0].strip()
+    if rule == "any":
+        return None
+    if rule[0] in "[(":
+        lo = float(rule[1:-1].split(",")[0])
+        value = lo - 1 if rule[0] == "[" else lo
+    else:
+        op, bound = rule.split()
+        b = float(bound)
+        value = {">=": b - 1, ">": b, "<=": b + 1, "<": b}[op]
+    return int(value) if integer else value
+
+
+def _override(key: str, value) -> str:
+    """``key=value`` with ``value`` as YAML (JSON is YAML); a list element's field becomes the
+    whole list of one element (``rollout.faults=[{"rate": 2}]``)."""
+    if "[]." in key:
+        head, tail = key.split("[].", 1)
+        return f"{head}={json.dumps([{tail: value}])}"
+    return f"{key}={json.dumps(value)}"
+
+
+def _fails_with_one_line_naming(key: str, override: str) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_config(QUICKSTART, overrides=[override])
+    msg = str(err.value)
+    assert "\n" not in msg and "Traceback" not in msg, msg
+    assert msg.startswith(f"{QUICKSTART}: ") and key.replace("[]", "[0]") in msg, (override, msg)
+    return msg
+
+
+def test_every_numeric_field_has_a_range_and_every_string_choice_matches_the_code():
+    from agentrl.models.chat import TEMPLATE_NAMES
+    from agentrl.models.tiny import ARCHS
+
+    classes = {cls for _, cls, _, _ in LEAVES}
+    missing = [key for key, cls, name, tp in LEAVES if _numeric(tp) and name not in RANGES.get(cls, {})]
+    assert not missing, f"give these numeric settings a range in agentrl.config.RANGES: {missing}"
+    stale = [f"{c.__name__}.{n}" for c, fields in {**RANGES, **CHOICES}.items() for n in fields
+             if c not in classes or n not in {f.name for f in dataclasses.fields(c)}]
+    assert not stale, stale
+    assert CHOICES[ModelInitConfig]["template"] == CHOICES[ModelConfig]["chat_template"] == TEMPLATE_NAMES
+    assert CHOICES[ModelInitConfig]["arch"] == ARCHS
+    assert set(CHOICES[FaultConfig]["kind"]) == {k for kinds in FAULT_KINDS.values() for k in kinds}
+    # the defaults are valid values
+    assert field_problems(TrainConfig()) is None
+
+
+@pytest.mark.parametrize("key, cls, name, tp", LEAVES, ids=[leaf[0] for leaf in LEAVES])
+def test_every_setting_rejects_a_wrong_type_and_an_out_of_range_value_in_one_line(key, cls, name, tp):
+    """The sweep: for every leaf key of TrainConfig, a value of the wrong type, one outside the
+    key's range (RANGES) and one outside its choices (CHOICES) each fail in load_config on the
+    quickstart, before any work, with a ConfigError of one line that names the key."""
+    _fails_with_one_line_naming(key, _override(key, _wrong_type(tp)))
+    spec = RANGES.get(cls, {}).get(name)
+    if spec is not None and (bad := _outside(spec, _unwrap_optional(tp) is int)) is not None:
+        value = [0.9, bad] if typing.get_origin(tp) is tuple else bad
+        msg = _fails_with_one_line_naming(key, _override(key, value))
+        assert "must be" in msg and f"got {bad!r}" in msg.replace(f"got {float(bad)!r}", f"got {bad!r}"), msg
+    if name in CHOICES.get(cls, {}):
+        msg = _fails_with_one_line_naming(key, _override(key, "bogus"))
+        assert "got 'bogus'" in msg, msg
+
+
+def test_the_sweep_covers_every_leaf():
+    import agentrl.config as config
+
+    sections = {v for v in vars(config).values() if isinstance(v, type) and dataclasses.is_dataclass(v)} - {TrainConfig}
+    assert {cls for _, cls, _, _ in LEAVES} == sections | {TrainConfig}  # every config class is walked into (algorithm: a leaf of TrainConfig)
+    assert {"trainer.lr", "rollout.faults[].rate", "model.init.vocab_size", "env.step_timeout_s", "sft.max_failed_frac",
+            "rollout.generate_timeout_s", "ray.episode_timeout_s", "trainer.betas"} <= {key for key, *_ in LEAVES}
+
+
+def _algorithm_slots():
+    """(override prefix, key in messages, registry, entry) for every registered component: each
+    in the slot of the algorithm section that takes its kind."""
+    from agentrl.algorithms.registry import REGISTRIES
+
+    slots = {"estimators": "estimator", "losses": "loss", "aggregations": "aggregation", "token_masks": "token_mask",
+             "shaping": "shaping", "controllers": "controllers", "kl": "kl"}
+    for kind, registry in REGISTRIES.items():
+        for entry in registry:
+            yield slots[kind], entry
+
+
+def _algorithm_override(slot: str, name: str, option: str, value) -> tuple[str, str]:
+    spec = {"name": name, option: value}
+    if slot == "kl":
+        return f"algorithm.kl={json.dumps({'estimator': name, 'options': {option: value}})}", f"algorithm.kl.options.{option}"
+    if slot in ("shaping", "controllers"):
+        return f"algorithm.{slot}={json.dumps([spec])}", f"algorithm.{slot}[0].{option}"
+    return f"algorithm.{slot}={json.dumps(spec)}", f"algorithm.{slot}.{option}"
+
+
+ALGORITHM_OPTIONS = [(slot, e.name, opt) for slot, e in _algorithm_slots() for opt in e.options()]
+
+
+def test_every_numeric_method_option_has_a_range_its_default_satisfies():
+    from agentrl.algorithms.config import SECTION_RANGES
+    from agentrl.algorithms.registry import OPTION_RANGES, REGISTRIES, range_problem
+
+    missing, bad_default = [], []
+    for _, entry in _algorithm_slots():
+        ranges, defaults = entry.ranges(), entry.options()
+        for opt, default in defaults.items():
+            numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+            if (numeric or default is None) and opt not in ranges:
+                missing.append(f"{entry.kind} {entry.name}: {opt}")
+            if numeric and opt in ranges and range_problem(default, ranges[opt], opt):
+                bad_default.append(f"{entry.kind} {entry.name}: {opt}={default} outside {ranges[opt]}")
+    assert not missing, f"declare a range (OPTION_RANGES in agentrl/algorithms/registry.py) for {missing}"
+    assert not bad_default, bad_default
+    known = {(r.kind, e.name): e.options() for r in REGISTRIES.values() for e in r}
+    stale = [(k, o) for k, opts in OPTION_RANGES.items() for o in opts if k not in known or o not in known[k]]
+    assert not stale, stale
+    for cls, fields in SECTION_RANGES.items():
+        for name, spec in fields.items():
+            default = getattr(cls(), name)
+            assert default is None or range_problem(default, spec, name) is None, (cls, name)
+
+
+@pytest.mark.parametrize("slot, name, option", ALGORITHM_OPTIONS, ids=[f"{s}:{n}.{o}" for s, n, o in ALGORITHM_OPTIONS])
+def test_every_method_option_rejects_a_wrong_type_and_an_out_of_range_value_at_load(slot, name, option):
+    """algorithm.loss.eps_high=-1 and friends fail in load_config (not after SFT, when the
+    method first runs), one line naming the key."""
+    from agentrl.algorithms.registry import REGISTRIES
+
+    entry = next(e for s, e in _algorithm_slots() if s == slot and e.name == name)
+    override, key = _algorithm_override(slot, name, option, [1])
+    _fails_with_one_line_naming(key, override)
+    spec = entry.ranges().get(option)
+    bad = None if spec is None else _outside(spec, type(entry.options()[option]) is int)
+    if bad is not None:
+        override, key = _algorithm_override(slot, name, option, bad)
+        assert "must be" in _fails_with_one_line_naming(key, override)
+    assert REGISTRIES  # imported: the registries are filled
+
+
+@pytest.mark.parametrize("override, key", [
+    ("algorithm.credit={gamma: 1.5}", "algorithm.credit.gamma"),
+    ("algorithm.kl={coef: -1}", "algorithm.kl.coef"),
+    ("algorithm.dynamic_sampling={max_num_gen_batches: -1}", "algorithm.dynamic_sampling.max_num_gen_batches"),
+    ("algorithm.overlong={penalty_factor: -1}", "algorithm.overlong.penalty_factor"),
+    ("algorithm.overlong={max_response_tokens: 0}", "algorithm.overlong.max_response_tokens"),
+    ("algorithm.off_policy={behavior_is_cap: 0}", "algorithm.off_policy.behavior_is_cap"),
+    ("algorithm.entropy_coef=-0.01", "algorithm.entropy_coef"),
+    ("algorithm.seed=-1", "algorithm.seed"),
+    ("algorithm.overlong={enabled: maybe}", "algorithm.overlong.enabled"),
+    ("algorithm.off_policy={proximal: [1]}", "algorithm.off_policy.proximal"),
+    ("algorithm.kl={options: 5}", "algorithm.kl.options"),  # was "algorithm: 'int' object is not iterable"
+    ("algorithm.shaping=[5]", "algorithm.shaping[0]"),
+])
+def test_algorithm_sections_reject_bad_values_at_load(override, key):
+    _fails_with_one_line_naming(key, override)
+
+
+def test_group_size_one_is_refused_only_for_estimators_with_a_group_baseline():
+    from agentrl.algorithms.registry import ESTIMATORS
+
+    needs = {e.name for e in ESTIMATORS if e.extra.get("needs_group")}
+    assert needs == {"grpo", "rloo", "gigpo"}  # read from agentrl/algorithms/estimators.py
+    for entry in ESTIMATORS:
+        overrides = ["rollout.group_size=1", "trainer.micro_batch_size=8", f"algorithm.estimator={entry.name}"]
+        if entry.name in needs:
+            with pytest.raises(ConfigError, match=re.escape(f"rollout.group_size=1: estimator {entry.name!r} takes its baseline from")) as err:
+                load_config(QUICKSTART, overrides=overrides)
+            assert "\n" not in str(err.value) and "reinforce_pp" in str(err.value)  # names the estimators that work
+        else:
+            assert load_config(QUICKSTART, overrides=overrides).rollout.group_size == 1
+    with pytest.raises(ConfigError, match="algorithm.dynamic_sampling keeps only groups whose rewards differ"):
+        load_config(QUICKSTART, overrides=["rollout.group_size=1", "algorithm={estimator: reinforce_pp, dynamic_sampling: {enabled: true}}"])
+
+
+def test_train_cli_bad_lr_is_one_error_line_in_seconds_without_a_run_folder(tmp_path):
+    """`agentrl train configs/quickstart.yaml trainer.lr=-1e-4` as a new user typed it: it used to
+    start SFT and fail 13 s later in a 34-line torch traceback. Now exit 2 with one line, before
+    torch is even imported, and nothing written."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "quickstart.yaml").write_text(QUICKSTART.read_text())
+    code = ("import sys; from agentrl.cli import main; rc = main(sys.argv[1:]); "
+            "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(rc)")
+    t0 = time.perf_counter()
+    run = subprocess.run([sys.executable, "-c", code, "train", "configs/quickstart.yaml", "trainer.lr=-1e-4"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    wall = time.perf_counter() - t0
+    assert run.returncode == 2, run.stderr
+    assert run.stderr == "error: configs/quickstart.yaml: trainer.lr must be > 0, got -0.0001\n"
+    assert run.stdout.strip() == "no torch"
+    assert not (tmp_path / "runs").exists()
+    assert wall < 15, f"{wall:.1f} s (about 1 s on an idle machine)"
