@@ -714,10 +714,12 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
 def algorithm_config(cfg: TrainConfig) -> Any:
     """The :class:`~agentrl.algorithms.config.AlgorithmConfig` of ``cfg.algorithm``, with its
     checks against the rest of the config (a group baseline needs groups). Raises ConfigError
-    naming the key (``algorithm.loss.eps_high must be >= 0, got -1.0``). Imports torch."""
+    naming the key (``algorithm.loss.eps_high must be >= 0, got -1.0``). Imports torch, and
+    the ``run.imports`` modules first (they may register components)."""
     from agentrl.algorithms.config import AlgorithmConfig
     from agentrl.algorithms.registry import ESTIMATORS
 
+    import_modules(cfg.run.imports)  # a component registered by one of them must be known (once per process)
     try:
         algo = AlgorithmConfig.from_dict(cfg.algorithm)
     except (ValueError, KeyError, TypeError) as e:

@@ -91,8 +91,7 @@ def check_config(cfg: TrainConfig) -> Any:
     """Everything that can be checked before work starts: env id, env option names,
     algorithm names and keys, model path. Returns the built algorithm config. Raises with a clear message."""
     import agentrl.envs as envs
-    from agentrl.algorithms.config import AlgorithmConfig
-    from agentrl.config import ConfigError, import_modules, looks_like_local_path
+    from agentrl.config import ConfigError, algorithm_config, import_modules, looks_like_local_path
 
     import_modules(cfg.run.imports)  # envs registered outside agentrl (Ray workers import them too)
     known = envs.list_envs()
@@ -105,11 +104,7 @@ def check_config(cfg: TrainConfig) -> Any:
             envs.check_options(cfg.env.id, getattr(cfg.env, key) or {})
         except envs.EnvOptionError as e:
             raise ConfigError(f"env.{key}: {e}") from None
-    try:
-        algo_cfg = AlgorithmConfig.from_dict(cfg.algorithm)
-        algo_cfg.validate()
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"algorithm: {e}") from None
+    algo_cfg = algorithm_config(cfg)  # load_config ran it too; again for a config built in code
     if cfg.run.mode == "async" and algo_cfg.dynamic_sampling.enabled:
         raise ConfigError("algorithm.dynamic_sampling is not supported with run.mode: async (it regenerates whole batches "
                           "round by round); disable it or use run.mode: sync")

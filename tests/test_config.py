@@ -427,3 +427,23 @@ def test_train_cli_bad_lr_is_one_error_line_in_seconds_without_a_run_folder(tmp_
     assert run.stdout.strip() == "no torch"
     assert not (tmp_path / "runs").exists()
     assert wall < 15, f"{wall:.1f} s (about 1 s on an idle machine)"
+
+
+def test_a_component_registered_by_run_imports_is_known_and_range_checked_at_load(tmp_path):
+    """load_config builds the algorithm section after importing run.imports (which may
+    register components), and a component's own ranges= apply."""
+    from agentrl.algorithms.registry import LOSSES
+
+    plugin = tmp_path / "capped_loss_plugin.py"
+    plugin.write_text(
+        "from agentrl.algorithms.registry import LOSSES\n"
+        "@LOSSES.register('capped_plugin', summary='test plugin', paper='none', inputs=('logprobs',), ranges={'cap': '> 0'})\n"
+        "def capped_plugin(*, logprobs, cap: float = 2.0):\n"
+        "    return logprobs.sum() * 0, {}\n")
+    try:
+        ok = load_config(QUICKSTART, overrides=[f"run.imports=[{plugin}]", "algorithm.loss={name: capped_plugin, cap: 1.5}"])
+        assert ok.algorithm["loss"] == {"name": "capped_plugin", "cap": 1.5}
+        _fails_with_one_line_naming("algorithm.loss.cap", "algorithm.loss={name: capped_plugin, cap: -1}")
+    finally:
+        LOSSES.unregister("capped_plugin")
+        sys.modules.pop("agentrl_user.capped_loss_plugin", None)
