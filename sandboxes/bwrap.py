@@ -49,7 +49,11 @@ What one sandbox isolates:
   (``/opt/agentrl/init -c ... /usr/bin/python3 -I -S /opt/agentrl/main.py``). bwrap itself
   runs outside the sandbox's pid namespace, with a two-variable environment and its options
   in an ``--args`` memfd; no path of the host temp folder (``host_temp_dir``: the bwrap copy
-  as root) is visible inside. Selftest attack group 21 checks both.
+  as root, the cgroup record) is visible inside. Selftest attack group 21 checks both.
+- **A killed supervisor**: a SIGKILLed trainer leaves its temp folder and cgroup roots (with
+  the children of the calls that were running); the next backend to start removes them,
+  wherever their parent cgroups were (a record in the temp folder names them), and counts
+  them in ``stale_cleanup`` (also in ``health()``, and logged).
 
 What it does not isolate: the host kernel is shared (a kernel bug is an escape; use gVisor or
 a VM for hostile-at-scale workloads); CPU caches and timing side channels; ``/proc`` and
@@ -61,6 +65,7 @@ caps. Results printed by the program are whatever it printed: graders must not t
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -232,7 +237,9 @@ class BwrapSandbox(Sandbox):
         self._metrics.limiter = self.limiter
         self._root = os.geteuid() == 0
         self._uid = sandbox_uid if self._root else None
-        _remove_stale_tmp()
+        #: What this start removed of dead supervisors (SIGKILLed trainers): their temp
+        #: folders, cgroup roots (with their children, in every hierarchy) and tasks.
+        self.stale_cleanup = _clean_stale(cgroups=self._root)
         self._tmp = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
         if self._root:
             os.chmod(self._tmp, 0o755)
@@ -265,6 +272,7 @@ class BwrapSandbox(Sandbox):
                 self.mode_reason = f"rlimits ({reason})"
             else:
                 self.mode_reason = reason
+                _write_record(self._cgroot, self._tmp)
         self.mode = "cgroup-v1" if self._cgroot is not None else "rlimits"
         self._sessions: weakref.WeakSet[WorkerSession] = weakref.WeakSet()  # closed at close()
         self._closed = False
@@ -557,6 +565,7 @@ class BwrapSandbox(Sandbox):
             "latency_s": time.monotonic() - t0,
             "max_concurrency": self.limiter.max_concurrency,
             "leftover_tasks": self.leftover_tasks(),
+            "stale_cleanup": self.stale_cleanup,
         }
 
     def metrics(self) -> dict[str, float]:
@@ -580,10 +589,13 @@ class BwrapSandbox(Sandbox):
 _TMP_PREFIX = "agentrl-bwrap-"
 
 
-def _remove_stale_tmp(parent: str | None = None) -> list[str]:
-    """Remove ``agentrl-bwrap-<pid>-*`` folders (the bwrap link and launch files) left by
-    processes that died without cleaning up (SIGKILL skips the finalizer); the same rule as
-    the stale cgroup roots. Returns the removed paths."""
+def _remove_stale_tmp(parent: str | None = None, cleaned: _cg.Cleaned | None = None) -> list[str]:
+    """Remove ``agentrl-bwrap-<pid>-*`` folders (the bwrap copy and launch files) left by
+    processes that died without cleaning up (SIGKILL skips the finalizer). A folder with a
+    cgroup record (:data:`cgroups.RECORD`) is stale when the record's owner is dead (pid gone
+    or reused, same pid namespace), and with ``cleaned`` the cgroup roots it names are removed
+    first, wherever they are; a folder without one when its pid is gone. Returns the removed
+    paths."""
     parent = parent or tempfile.gettempdir()
     removed = []
     try:
@@ -596,10 +608,46 @@ def _remove_stale_tmp(parent: str | None = None) -> list[str]:
             owned = e.stat(follow_symlinks=False).st_uid == os.geteuid()
         except OSError:
             continue
-        if pid.isdigit() and owned and not os.path.exists(f"/proc/{pid}"):
+        if not (pid.isdigit() and owned) or int(pid) == os.getpid():
+            continue
+        record = os.path.join(e.path, _cg.RECORD)
+        if cleaned is not None and os.path.isfile(record):
+            dead = _cg.clean_recorded(record, cleaned, int(pid))
+        else:
+            dead = not os.path.exists(f"/proc/{pid}")
+        if dead:
             shutil.rmtree(e.path, ignore_errors=True)
             removed.append(e.path)
     return removed
+
+
+def _clean_stale(*, cgroups: bool) -> dict[str, object]:
+    """Remove dead supervisors' temp folders and (``cgroups``: running as root) their cgroup
+    roots: those their folders' records name, then unrecorded ones under this process's own
+    cgroups. Returns the counts (``BwrapSandbox.stale_cleanup``) and logs them."""
+    cleaned = _cg.Cleaned()
+    folders = _remove_stale_tmp(cleaned=cleaned if cgroups else None)
+    if cgroups:
+        _cg.clean_stale(cleaned)
+    out = {"temp_folders": len(folders), **cleaned.as_dict()}
+    if folders or cleaned.roots or cleaned.failed:
+        log.info(
+            "removed what dead sandbox supervisors left: %d temp folders, %d cgroup roots "
+            "(%d cgroup directories, %d tasks killed)%s", len(folders), len(cleaned.roots), cleaned.dirs,
+            cleaned.tasks_killed, f"; {len(cleaned.failed)} cgroup directories stay busy" if cleaned.failed else "",
+        )
+    return out
+
+
+def _write_record(root: _cg.CgroupRoot, tmp: str) -> None:
+    """The record a later backend reads when this process dies without cleaning up."""
+    path = os.path.join(tmp, _cg.RECORD)
+    try:
+        with open(path + ".new", "w") as fh:
+            json.dump(_cg.owner_record(root), fh)
+        os.replace(path + ".new", path)
+    except OSError as e:
+        log.warning("could not write the cgroup record %s: %s", path, e)
 
 
 def _release(cgroot: _cg.CgroupRoot | None, tmp: str) -> None:

@@ -13,6 +13,14 @@ kernel memory the kernel charges to the cgroup; processes *and threads* (pids); 
 After a call the cgroup's counters tell OOM kills (``memory.oom_control: oom_kill``), hits of
 the pids cap (``pids.events: max``), peak memory and CPU time.
 
+Stale roots. A supervisor killed with SIGKILL (an OOM-killed or preempted trainer) skips every
+finalizer and leaves its root with the children of the calls that were running. The bwrap
+backend writes a record of its roots (:data:`RECORD`: full paths, owner pid, start time, pid
+namespace) into its host temp folder; the next backend to start, in any cgroup, reads the
+records of dead owners and removes their roots (:func:`clean_recorded`), then any unrecorded
+dead root directly under its own cgroups (:func:`clean_stale`). Children are found in every
+hierarchy, tasks left in them are killed, and what was removed is counted (:class:`Cleaned`).
+
 What it does not: cgroup v2 (unified) hierarchies are not driven by this module; when the v1
 controllers are missing or not writable (a non-root laptop, a v2-only host) :func:`probe`
 says why and the backend falls back to rlimits plus the pid namespace (see ``bwrap.py``).
@@ -22,16 +30,22 @@ Disk I/O bandwidth is not limited. Standard library only.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
+import re
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
 MOUNT = "/sys/fs/cgroup"
 CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
+#: Name of the record a backend writes in its host temp folder: which cgroup roots it made and
+#: who made them, so a later backend finds them wherever they are (see :func:`clean_stale`).
+RECORD = "cgroups.json"
+_ROOT_NAME = re.compile(r"agentrl-(\d+)-(\d+)")
 _counter = itertools.count()
 
 
@@ -83,8 +97,6 @@ def probe() -> tuple[CgroupRoot | None, str]:
         if mount is None or c not in own:
             return None, f"cgroup v1 controller {c!r} is not mounted under {MOUNT} (cgroup v2 host?)"
         dirs[c] = mount + own[c].rstrip("/")
-    for d in dict.fromkeys(dirs.values()):
-        _remove_stale(d, dirs)
     name = f"agentrl-{os.getpid()}-{next(_counter)}"
     made: list[str] = []
     try:
@@ -106,17 +118,131 @@ def probe() -> tuple[CgroupRoot | None, str]:
     return root, "cgroup v1: memory, pids, cpu, cpuacct, freezer"
 
 
-def _remove_stale(parent: str, dirs: dict[str, str]) -> None:
-    """Remove ``agentrl-<pid>-<n>`` roots left by supervisors that died without cleaning up."""
+@dataclass
+class Cleaned:
+    """What :func:`clean_stale` removed: cgroup roots of dead supervisors (one entry per root,
+    its directory in the first hierarchy), cgroup directories in all (roots and their
+    children), processes killed, and directories that would not go (retried next start)."""
+
+    roots: list[str] = field(default_factory=list)
+    dirs: int = 0
+    tasks_killed: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"cgroup_roots": len(self.roots), "cgroup_dirs": self.dirs, "tasks_killed": self.tasks_killed,
+                "cgroup_dirs_left": len(self.failed), "roots": list(self.roots)}
+
+
+def _start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22), None if
+    there is no such process."""
     try:
-        names = [e.name for e in os.scandir(parent) if e.is_dir() and e.name.startswith("agentrl-")]
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return int(fh.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_ns() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
     except OSError:
-        return
-    for name in names:
-        parts = name.split("-")
-        if len(parts) != 3 or not parts[1].isdigit() or os.path.exists(f"/proc/{parts[1]}"):
+        return ""
+
+
+def owner_record(root: CgroupRoot) -> dict[str, object]:
+    """The record of ``root`` (for :data:`RECORD`): its directories and its owner, identified
+    by pid, start time (a reused pid is not the owner) and pid namespace (a pid from another
+    namespace cannot be checked here)."""
+    return {"pid": os.getpid(), "start": _start_time(os.getpid()), "pid_ns": _pid_ns(), "dirs": dict(root.dirs)}
+
+
+def owner_dead(record: dict) -> bool | None:
+    """True when the record's owner is gone (no such pid, or the pid now belongs to a process
+    started at another time), False while it runs, None when this process cannot tell (the
+    record comes from another pid namespace, or is malformed)."""
+    pid, start = record.get("pid"), record.get("start")
+    if not isinstance(pid, int) or record.get("pid_ns") != _pid_ns():
+        return None
+    now = _start_time(pid)
+    return now is None or (isinstance(start, int) and now != start)
+
+
+def _valid_root_dirs(record: dict) -> dict[str, str] | None:
+    """The record's directories when every one is an ``agentrl-<owner pid>-<n>`` directory
+    under the cgroup mount (a record names nothing else, whoever wrote it)."""
+    dirs = record.get("dirs")
+    if not isinstance(dirs, dict) or not dirs:
+        return None
+    mount = os.path.realpath(MOUNT) + "/"
+    for c, d in dirs.items():
+        if c not in CONTROLLERS or not isinstance(d, str) or ".." in d.split("/"):
+            return None
+        m = _ROOT_NAME.fullmatch(os.path.basename(d))
+        if m is None or int(m.group(1)) != record.get("pid") or not os.path.realpath(d).startswith(mount):
+            return None
+    return dirs
+
+
+def clean_recorded(record_path: str, cleaned: Cleaned, pid: int) -> bool | None:
+    """Remove the cgroup roots named by a backend's record (made by process ``pid``) when
+    their owner is dead, wherever the owner's cgroups were: the record has their full paths.
+    Returns whether the owner is dead (:func:`owner_dead`; for an unreadable record, whether
+    ``pid`` is gone); False or None: nothing was touched."""
+    try:
+        with open(record_path) as fh:
+            record = json.load(fh)
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or record.get("pid") != pid:
+        return _start_time(pid) is None  # torn or foreign: nothing it names is trusted
+    dead = owner_dead(record)
+    dirs = _valid_root_dirs(record)
+    if dead and dirs is not None:
+        _remove_root(CgroupRoot(dirs), cleaned)
+    return dead
+
+
+def clean_stale(cleaned: Cleaned | None = None) -> Cleaned:
+    """Remove what supervisors that died without cleaning up (SIGKILL skips every finalizer)
+    left directly under this process's own cgroup in each hierarchy: any
+    ``agentrl-<pid>-<n>`` root of a dead pid (roots without a record, see
+    :func:`clean_recorded`: older versions, another temp dir). Each root goes with all its
+    children in *every* hierarchy (a child left in one hierarchy only, after an interrupted
+    removal, no longer keeps its root alive); leftover tasks are killed first."""
+    cleaned = Cleaned() if cleaned is None else cleaned
+    try:
+        own = _own_paths()
+    except OSError:
+        return cleaned
+    parents = {}
+    for c in CONTROLLERS:
+        mount = _mount_dir(c)
+        if mount is not None and c in own:
+            parents[c] = mount + own[c].rstrip("/")
+    names: set[str] = set()
+    for d in dict.fromkeys(parents.values()):
+        try:
+            names.update(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False) and _ROOT_NAME.fullmatch(e.name))
+        except OSError:
             continue
-        CgroupRoot({c: os.path.join(d, name) for c, d in dirs.items()}).remove()
+    for name in sorted(names):
+        pid = int(_ROOT_NAME.fullmatch(name).group(1))
+        if _start_time(pid) is None:
+            _remove_root(CgroupRoot({c: os.path.join(d, name) for c, d in parents.items()}), cleaned)
+    return cleaned
+
+
+def _remove_root(root: CgroupRoot, cleaned: Cleaned) -> None:
+    existing = [d for d in dict.fromkeys(root.dirs.values()) if os.path.isdir(d)]
+    if not existing:
+        return
+    dirs, killed, left = root.remove()
+    cleaned.roots.append(existing[0])
+    cleaned.dirs += dirs
+    cleaned.tasks_killed += killed
+    cleaned.failed += left
 
 
 @dataclass
@@ -225,26 +351,47 @@ class CgroupRoot:
                 pass
         return total
 
-    def remove(self) -> None:
-        """Kill and remove every call cgroup, then the sandbox's own directories."""
-        try:
-            names = [e.name for e in os.scandir(self.dirs["pids"]) if e.is_dir()]
-        except OSError:
-            names = []
-        for name in names:
+    def remove(self) -> tuple[int, int, list[str]]:
+        """Kill and remove every call cgroup, then the sandbox's own directories. Children are
+        listed in every hierarchy (one whose removal was interrupted may be left in some
+        only), and any deeper directory goes too. Returns (directories removed, tasks killed,
+        directories that stayed)."""
+        names: set[str] = set()
+        for d in dict.fromkeys(self.dirs.values()):
+            try:
+                names.update(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
+            except OSError:
+                pass
+        removed = killed = 0
+        left: list[str] = []
+        for name in sorted(names):
             cg = CallCgroup({c: os.path.join(d, name) for c, d in self.dirs.items()})
+            present = [p for p in dict.fromkeys(cg.paths.values()) if os.path.isdir(p)]
+            for p in present:
+                _remove_below(p)
             for _ in range(100):  # up to ~2 s for busy directories (see CallCgroup.remove)
                 if cg.remove(attempts=10):
                     break
             else:
                 log.warning("could not remove cgroup %s", cg.paths)
+            killed += cg.killed
+            for p in present:
+                if os.path.isdir(p):
+                    left.append(p)
+                else:
+                    removed += 1
         self.pending.clear()
         self.stock.clear()
         for d in dict.fromkeys(self.dirs.values()):
             try:
                 os.rmdir(d)
+                removed += 1
+            except FileNotFoundError:
+                pass
             except OSError as e:
                 log.debug("could not remove cgroup %s: %s", d, e)
+                left.append(d)
+        return removed, killed, left
 
 
 class CallCgroup:
@@ -254,6 +401,7 @@ class CallCgroup:
         self.paths = paths
         self._on_remove = on_remove
         self._procs = list(dict.fromkeys(os.path.join(p, "cgroup.procs") for p in paths.values()))
+        self.killed = 0  # tasks this object SIGKILLed
 
     @property
     def procs_files(self) -> list[str]:
@@ -261,10 +409,16 @@ class CallCgroup:
         return list(self._procs)
 
     def pids(self) -> list[int]:
-        try:
-            return [int(x) for x in _read(self._procs[0]).split()]
-        except (OSError, ValueError):
-            return []
+        """Tasks of this call: those of its first hierarchy's directory, or of any hierarchy
+        when that one is gone (a partly removed call cgroup)."""
+        for procs in self._procs:
+            try:
+                return [int(x) for x in _read(procs).split()]
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError):
+                return []
+        return []
 
     def stats(self) -> CgroupStats:
         s = CgroupStats()
@@ -308,6 +462,7 @@ class CallCgroup:
                     continue
                 try:
                     os.kill(pid, signal.SIGKILL)
+                    self.killed += 1
                 except ProcessLookupError:
                     pass
             try:
@@ -341,3 +496,30 @@ class CallCgroup:
         if self._on_remove is not None:
             self._on_remove(self, ok)
         return ok
+
+
+def _remove_below(path: str) -> None:
+    """rmdir every directory below ``path``, deepest first (a call cgroup has none unless
+    someone made them: the sandbox user cannot, but they must not pin the call's directory)."""
+    try:
+        subdirs = [e.path for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return
+    for d in subdirs:
+        _remove_below(d)
+        for pid in _read_pids(d):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            os.rmdir(d)
+        except OSError as e:
+            log.debug("could not remove cgroup %s: %s", d, e)
+
+
+def _read_pids(d: str) -> list[int]:
+    try:
+        return [int(x) for x in _read(os.path.join(d, "cgroup.procs")).split()]
+    except (OSError, ValueError):
+        return []

@@ -174,3 +174,118 @@ def test_temp_folders_of_killed_processes_are_removed_by_the_next_backend(tmp_pa
         (d / "bin").mkdir(parents=True)
     assert _remove_stale_tmp(str(tmp_path)) == [str(stale)]
     assert not stale.exists() and live.exists() and other.exists()
+
+
+_TRAINER = r"""
+import json, sys
+for procs in sys.argv[1:]:                       # join the test's other parent cgroups first
+    with open(procs, "w") as fh:
+        fh.write("0")
+from agentrl.sandboxes import Limits, get_sandbox
+box = get_sandbox("bwrap", limits=Limits(timeout_s=120))
+print(json.dumps({"dirs": box._cgroot.dirs, "tmp": box.host_temp_dir}), flush=True)
+box.run_sync("import time\nwhile True:\n    time.sleep(1)\n")   # SIGKILLed while this runs
+"""
+
+
+def _cgroup_tree(root: str) -> list[str]:
+    import os
+
+    return sorted(d for d, _, _ in os.walk(root))
+
+
+def test_cgroups_of_a_sigkilled_trainer_under_another_parent_are_removed_and_counted():
+    """A trainer SIGKILLed while a sandbox runs leaves its cgroup root and the call's child in
+    every hierarchy, and its temp folder. It sat in other parent cgroups than this process
+    (another session, service or test process), so scanning our own parents cannot find it:
+    the next backend reads the root's record in the dead trainer's temp folder, removes root
+    and children in every hierarchy, and counts them in ``stale_cleanup`` (and ``health()``)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from agentrl.sandboxes import cgroups
+
+    own = cgroups._own_paths()
+    parent_name = f"trainer-parent-{os.getpid()}"
+    parents = {c: os.path.join(cgroups._mount_dir(c) + own[c].rstrip("/"), parent_name) for c in cgroups.CONTROLLERS}
+    for d in dict.fromkeys(parents.values()):
+        os.mkdir(d)
+    trainer = None
+    try:
+        procs = [os.path.join(d, "cgroup.procs") for d in dict.fromkeys(parents.values())]
+        trainer = subprocess.Popen([sys.executable, "-c", _TRAINER, *procs], stdout=subprocess.PIPE, text=True)
+        info = json.loads(trainer.stdout.readline())
+        dead_roots = sorted(set(info["dirs"].values()))
+        assert all(os.path.dirname(d) in parents.values() for d in dead_roots), dead_roots
+        call = os.path.join(info["dirs"]["pids"], "c0")
+        deadline = time.monotonic() + 60
+        while not (os.path.isdir(call) and open(os.path.join(call, "cgroup.procs")).read().split()):
+            assert time.monotonic() < deadline and trainer.poll() is None, "the trainer's sandbox never started"
+            time.sleep(0.05)
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait(timeout=30)
+        left = [d for r in dead_roots for d in _cgroup_tree(r)]
+        assert len(left) == 2 * len(dead_roots), left   # each root and its call child c0 stay
+        assert os.path.isdir(info["tmp"])
+
+        box = get_sandbox("bwrap")
+        try:
+            cleaned = box.stale_cleanup
+            assert [d for r in dead_roots for d in _cgroup_tree(r)] == []
+            assert not os.path.exists(info["tmp"])
+            assert info["dirs"]["memory"] in cleaned["roots"] or info["dirs"]["pids"] in cleaned["roots"], cleaned
+            # this trainer's share of the counts: 1 root, root + c0 per hierarchy (others' dead
+            # trainers on a shared machine may add to them, never subtract)
+            assert cleaned["cgroup_roots"] >= 1 and cleaned["cgroup_dirs"] >= len(left), cleaned
+            assert cleaned["temp_folders"] >= 1 and cleaned["cgroup_dirs_left"] == 0, cleaned
+            assert run_sync(box.health())["stale_cleanup"] == cleaned
+        finally:
+            box.close_sync()
+    finally:
+        if trainer is not None and trainer.poll() is None:
+            trainer.kill()
+            trainer.wait()
+        for d in dict.fromkeys(parents.values()):
+            for sub in reversed(_cgroup_tree(d)):
+                try:
+                    os.rmdir(sub)
+                except OSError:
+                    pass
+    assert not any(os.path.exists(d) for d in parents.values())
+
+
+def test_a_stale_cgroup_root_with_a_child_left_in_one_hierarchy_only_is_removed():
+    """An interrupted removal can leave a call's directory in one hierarchy (memory) after its
+    pids directory went; listing children in pids alone then never finds it and the root's
+    rmdir fails forever. The next backend lists every hierarchy."""
+    import os
+    import subprocess
+    import sys
+
+    from agentrl.sandboxes import cgroups
+
+    dead_pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                  capture_output=True, text=True, check=True).stdout)
+    own = cgroups._own_paths()
+    name = f"agentrl-{dead_pid}-7"
+    roots = {c: os.path.join(cgroups._mount_dir(c) + own[c].rstrip("/"), name) for c in cgroups.CONTROLLERS}
+    for d in dict.fromkeys(roots.values()):
+        os.mkdir(d)
+    os.mkdir(os.path.join(roots["memory"], "c3"))
+    box = get_sandbox("bwrap")
+    try:
+        assert not any(os.path.exists(d) for d in roots.values())
+        assert roots["memory"] in box.stale_cleanup["roots"] or roots["pids"] in box.stale_cleanup["roots"]
+        assert box.stale_cleanup["cgroup_dirs"] >= len(set(roots.values())) + 1
+    finally:
+        box.close_sync()
+        for d in dict.fromkeys(roots.values()):
+            for sub in (os.path.join(d, "c3"), d):
+                try:
+                    os.rmdir(sub)
+                except OSError:
+                    pass
