@@ -48,9 +48,27 @@ def _valid_weights(valid: Tensor | None) -> Tensor | None:
     return None if valid is None else valid.to(torch.float64)
 
 
-def _finish(adv: Tensor, valid: Tensor | None) -> Tensor:
+def _finish(adv: Tensor, valid: Tensor | None, group_ids: Tensor | None = None) -> Tensor:
+    """Zero the advantages of rows that are not ``valid``, and of every row of a group left
+    with fewer than 2 valid rows by failures (``group_ids`` given): such a group has no
+    baseline, so it is dropped rather than trained with ``A = R``."""
     adv = adv.float()
-    return adv if valid is None else torch.where(valid, adv, torch.zeros_like(adv))
+    if valid is None:
+        return adv
+    keep = valid.bool()
+    if group_ids is not None:
+        keep = keep & ~_lone(group_ids, keep)
+    return torch.where(keep, adv, torch.zeros_like(adv))
+
+
+def _lone(group_ids: Tensor, valid: Tensor) -> Tensor:
+    """``[B]`` bool: rows of a group of more than one row of which at most one is valid (the
+    survivor of failed siblings). A group of one row by design (group_size 1) is not lone."""
+    ids = compact_ids(group_ids)
+    n = int(ids.numel())
+    rows = torch.zeros(n, dtype=torch.long, device=ids.device).scatter_add_(0, ids, torch.ones_like(ids))
+    ok = torch.zeros(n, dtype=torch.long, device=ids.device).scatter_add_(0, ids, valid.long())
+    return ((rows > 1) & (ok <= 1))[ids]
 
 
 @ESTIMATORS.register(
@@ -69,7 +87,8 @@ def grpo(*, rewards: Tensor, group_ids: Tensor, valid: Tensor | None = None, nor
     rewards give A = 0. ``normalize_std=False``: ``A_i = R_i - mean_g R`` (Dr. GRPO).
     METHODS 12e: rewards [1, 0, 0, 1] -> +/-0.8660. ``valid [B] bool`` (optional): rows that
     count; others (failed episodes with no policy tokens) are left out of the group statistics
-    and get 0.
+    and get 0; a group that failures leave with a single valid row is dropped (A = 0: no
+    baseline exists), unlike a group of size 1 by design.
     """
     count, mean, std = _group_moments(rewards, group_ids, _valid_weights(valid))
     single = count <= 1
@@ -78,7 +97,7 @@ def grpo(*, rewards: Tensor, group_ids: Tensor, valid: Tensor | None = None, nor
     adv = rewards.to(torch.float64) - mean
     if normalize_std:
         adv = adv / (std + eps)
-    return EstimatorOutput(_finish(adv, valid))
+    return EstimatorOutput(_finish(adv, valid, group_ids))
 
 
 @ESTIMATORS.register(
@@ -93,12 +112,12 @@ def rloo(*, rewards: Tensor, group_ids: Tensor, valid: Tensor | None = None) -> 
     """RLOO: ``A_i = R_i - (sum_g R - R_i) / (n - 1)`` = ``n/(n-1) * (R_i - mean_g R)``.
 
     A group of size 1 has no baseline: ``A = R`` (verl leaves the score unchanged). ``valid``:
-    as in :func:`grpo`.
+    as in :func:`grpo` (a group that failures leave with one valid row is dropped).
     """
     count, mean, _ = _group_moments(rewards, group_ids, _valid_weights(valid))
     r = rewards.to(torch.float64)
     loo = count / (count - 1).clamp(min=1) * (r - mean)
-    return EstimatorOutput(_finish(torch.where(count > 1, loo, r), valid))
+    return EstimatorOutput(_finish(torch.where(count > 1, loo, r), valid, group_ids))
 
 
 @ESTIMATORS.register(
@@ -193,7 +212,8 @@ def gigpo(*, rewards: Tensor, group_ids: Tensor, turn_returns: Tensor, turn_mask
     * Step (Eq. 7): ``A_S = G - mean_stepgroup(G)`` (std-divided in ``"mean_std_norm"``); a
       singleton step group uses its own value as mean (``A_S = 0``) and std 1.
 
-    Missing turns (``turn_mask`` False) get 0. METHODS appendix: R = [1, 0, 1] with returns
+    Missing turns (``turn_mask`` False) get 0, and so does a group that failed episodes (no
+    turns trained) leave with one trajectory. METHODS appendix: R = [1, 0, 1] with returns
     [0.9025, 0, 0.95] from one shared state -> A_E = [1/3, -2/3, 1/3], A_S = [0.285, -0.6175, 0.3325].
     """
     if mode not in ("mean_norm", "mean_std_norm"):
@@ -224,7 +244,8 @@ def gigpo(*, rewards: Tensor, group_ids: Tensor, turn_returns: Tensor, turn_mask
     if use_std:
         a_s = a_s / (s_std + eps)
     adv = a_e.unsqueeze(1) + step_weight * a_s.reshape(b, s)
-    adv = torch.where(turn_mask, adv, torch.zeros_like(adv)).float()
+    lone = _lone(group_ids, n_turns > 0)  # the only survivor of failed siblings: no baseline, dropped
+    adv = torch.where(turn_mask & ~lone.unsqueeze(1), adv, torch.zeros_like(adv)).float()
     sizes = torch.where(flat_valid, s_count, torch.zeros_like(s_count))
     metrics = {
         "gigpo/step_group_size_mean": (sizes.sum() / flat_valid.sum().clamp(min=1)).float().detach(),

@@ -179,9 +179,11 @@ def test_ratio_one_clipped_equals_unclipped(seed, eps_low, eps_high, c):
 
 # ---------------------------------------------------------------- shaping properties
 @SETTINGS
-@given(st.lists(st.tuples(st.floats(-5, 5), st.floats(0, 10)), min_size=1, max_size=20),
+@given(st.lists(st.tuples(st.floats(-5, 5).filter(lambda a: a == 0 or abs(a) > 1e-30), st.floats(0, 10)), min_size=1, max_size=20),
        st.floats(0.01, 2.0), st.floats(1.01, 10.0))
 def test_entropy_advantage_never_flips_sign(pairs, alpha, kappa):
+    # no advantages that are subnormal in float32: |A| = 1.4e-45 divided by kappa rounds back to
+    # 1.4e-45, so A + psi underflows to 0 (found by hypothesis); float32 cannot keep psi < |A| there
     adv = torch.tensor([[p[0] for p in pairs]])
     ent = torch.tensor([[p[1] for p in pairs]])
     out, _ = entropy_advantage(advantages=adv, entropy=ent, loss_mask=torch.ones_like(adv, dtype=torch.bool),
