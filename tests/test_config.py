@@ -388,6 +388,8 @@ def test_every_method_option_rejects_a_wrong_type_and_an_out_of_range_value_at_l
     ("algorithm.off_policy={proximal: [1]}", "algorithm.off_policy.proximal"),
     ("algorithm.kl={options: 5}", "algorithm.kl.options"),  # was "algorithm: 'int' object is not iterable"
     ("algorithm.shaping=[5]", "algorithm.shaping[0]"),
+    # BAPO builds its search grid as a list: 0.8 / 1e-9 bounds ran out of memory
+    ("algorithm.controllers=[{name: bapo, ratio_upper_step: 1.0e-9}]", "algorithm.controllers[0] (bapo): ratio_upper_max"),
 ])
 def test_algorithm_sections_reject_bad_values_at_load(override, key):
     _fails_with_one_line_naming(key, override)
