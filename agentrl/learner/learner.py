@@ -8,7 +8,9 @@ Per train_step (called by ``agentrl/train.py``):
 2. ``algorithm.compute_advantages`` (phase 1);
 3. ``ppo_epochs`` x ``mini_batches`` optimizer steps, each accumulating gradients over
    micro-batches of ``micro_batch_size`` sequences with the mini-batch's global token and
-   sequence counts as denominators (so accumulation equals the whole mini-batch);
+   sequence counts as denominators (so accumulation equals the whole mini-batch); a
+   mini-batch with no trainable token (failed episodes, groups dropped by dynamic sampling)
+   takes no optimizer step, and a batch with none skips the update (``policy/skipped_*``);
 4. ``algorithm.end_train_step`` (controllers), and the ProRL reference reset when asked.
 
 Metrics include per-turn entropy ``entropy/step/<k>`` and per-turn clip fractions
@@ -163,17 +165,24 @@ class Learner:
         B = batch.batch_size
         mini_size = B // self.cfg.mini_batches
         grad_norms = []
-        skipped = 0
+        skipped = loss_steps = 0  # mini-batches without an optimizer step; with a loss computed
         for _ in range(self.cfg.ppo_epochs):
             order = torch.randperm(B, generator=self.generator) if self.cfg.mini_batches > 1 else torch.arange(B)
-            # one host sync per epoch: a mini-batch with no trainable token (all its episodes
-            # failed, or dropped by dynamic sampling) takes no optimizer step, since even a zero
-            # gradient would move the weights through Adam's moments and weight decay
-            trainable = adv.loss_mask[order[: mini_size * self.cfg.mini_batches]].view(self.cfg.mini_batches, -1).any(dim=1).tolist()
+            # One host sync per epoch. A mini-batch with no trainable token takes no optimizer
+            # step: even a zero gradient moves the weights through Adam's moments and weight
+            # decay. When its rows still hold policy tokens (groups dropped by dynamic sampling)
+            # the forward runs for the metrics (entropy describes the policy); when they hold
+            # none (every episode in it failed), nothing runs.
+            sel = order[: mini_size * self.cfg.mini_batches]
+            flags = torch.stack([batch.loss_mask[sel].view(self.cfg.mini_batches, -1).any(dim=1),
+                                 adv.loss_mask[sel].view(self.cfg.mini_batches, -1).any(dim=1)]).tolist()
             for m in range(self.cfg.mini_batches):
-                if not trainable[m]:
+                has_tokens, trainable = flags[0][m], flags[1][m]
+                if not trainable:
                     skipped += 1
+                if not has_tokens:
                     continue
+                loss_steps += 1
                 rows = order[m * mini_size : (m + 1) * mini_size]
                 mini_mask = adv.loss_mask[rows]
                 num_tokens = mini_mask.sum()
@@ -184,7 +193,7 @@ class Learner:
                     idx = local_rows[start : start + self.cfg.micro_batch_size]
                     mb_batch = batch.select(idx)
                     # entropy is always computed: entropy/step/* and policy/entropy are logged for every method
-                    logp, ent = self._forward(self.model, mb_batch, entropy=True, grad=True)
+                    logp, ent = self._forward(self.model, mb_batch, entropy=True, grad=trainable)
                     mb = MicroBatch(
                         logprobs=logp,
                         proximal_logprobs=proximal[idx] if proximal is not None else logp.detach(),
@@ -196,11 +205,14 @@ class Learner:
                         token_mask=adv.token_mask[idx] if adv.token_mask is not None else None,
                     )
                     loss, metrics = self.algorithm.loss(mb, num_tokens=num_tokens, num_seqs=num_seqs, micro_batch_fraction=len(idx) / len(rows))
-                    loss.backward()
+                    if trainable:
+                        loss.backward()
                     for k, v in metrics.items():
                         sums[k] = sums[k] + v.detach().float()
                         counts[k] += 1
                     self._turn_stats(turn_stats, mb, ent, mb_batch, metrics)
+                if not trainable:
+                    continue
                 if self.cfg.grad_clip > 0:
                     norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
                     grad_norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a replicated DTensor
@@ -216,8 +228,7 @@ class Learner:
         # A micro-batch's loss is its share of the mini-batch loss (global denominators), so loss/*
         # is summed per optimizer step and averaged over steps: independent of micro_batch_size and
         # of the number of ranks. Other metrics are means over micro-batches.
-        steps_run = max(steps_per_batch - skipped, 1)
-        out = {k: float(sums[k] / (steps_run if k.startswith("loss/") else counts[k])) for k in sums}
+        out = {k: float(sums[k] / (max(loss_steps, 1) if k.startswith("loss/") else counts[k])) for k in sums}
         out["policy/skipped_update"] = 0.0
         out["policy/skipped_mini_batches"] = float(skipped)
         out.update({k: float(v) for k, v in adv.metrics.items()})
