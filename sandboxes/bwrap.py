@@ -32,6 +32,16 @@ What one sandbox isolates:
   a program may hit it earlier than its resident size suggests), processes to
   ``RLIMIT_NPROC`` set inside the new user namespace, there is no CPU quota, and
   ``cpu_time_s`` is sampled from the process tree every 50 ms (approximate).
+- **CPU weight** (cgroup mode): all sandboxes of a backend together weigh a quarter of one
+  nice-0 thread of the trainer (``cpu.shares`` 256 of the backend's cgroup, beside the
+  trainer's threads or autogroup; ``cpu_shares=``), so a spinner takes at most a fifth of a
+  contended CPU from the trainer. Among themselves, a call that has used 0.1 s of CPU since
+  it last idled is demoted (``cpu.idle``: SCHED_IDLE against the other calls, whose processes
+  preempt it and count its CPU as idle when they wake; ``cpu.shares`` 32 on kernels before
+  5.15) until it idles again (:class:`~agentrl.sandboxes.cgroups.CpuGovernor`), so a spinner
+  does not halve the share of a short run beside it; ``result.extra["cpu_demoted"]`` says
+  whether a call was. In rlimits mode there are no weights: a sandbox is its own session
+  (with autogroup scheduling, the weight of one nice-0 process).
 - **Time and output**: a wall-clock watchdog kills the whole sandbox at ``timeout_s``; both
   output streams are drained while the program runs and the sandbox is killed when one passes
   ``max_output_bytes``. Killing is by cgroup (freeze + SIGKILL every task) and by SIGKILL of
@@ -202,6 +212,9 @@ class BwrapSandbox(Sandbox):
         sandbox_uid: host uid bubblewrap runs as when the supervisor is root (default 65534).
         python: the interpreter inside the sandbox (a clean system prefix; default
             ``/usr/bin/python3``), run as ``python3 -I -S``.
+        cpu_shares: with cgroups, the CPU weight of all sandboxes together beside the
+            trainer's own threads (cgroup v1 ``cpu.shares``; a nice-0 thread weighs 1024;
+            default 256). 1024 gives sandboxes the trainer's weight, as before.
 
     Raises BackendUnavailableError (with how to fix it) when bwrap is missing or cannot create
     namespaces on this machine.
@@ -219,6 +232,7 @@ class BwrapSandbox(Sandbox):
         use_cgroups: bool | None = None,
         sandbox_uid: int = 65534,
         python: str = PYTHON,
+        cpu_shares: int = _cg.ROOT_CPU_SHARES,
     ) -> None:
         super().__init__(limits=limits)
         if not isinstance(self.limits, Limits):
@@ -273,6 +287,10 @@ class BwrapSandbox(Sandbox):
             else:
                 self.mode_reason = reason
                 _write_record(self._cgroot, self._tmp)
+                try:
+                    self._cgroot.set_cpu_shares(cpu_shares)
+                except OSError as e:
+                    log.warning("could not lower the sandboxes' CPU weight (cpu.shares): %s", e)
         self.mode = "cgroup-v1" if self._cgroot is not None else "rlimits"
         self._sessions: weakref.WeakSet[WorkerSession] = weakref.WeakSet()  # closed at close()
         self._closed = False
@@ -566,6 +584,7 @@ class BwrapSandbox(Sandbox):
             "max_concurrency": self.limiter.max_concurrency,
             "leftover_tasks": self.leftover_tasks(),
             "stale_cleanup": self.stale_cleanup,
+            "cpu_shares": self._cgroot.cpu_shares if self._cgroot is not None else None,
         }
 
     def metrics(self) -> dict[str, float]:

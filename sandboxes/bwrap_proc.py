@@ -15,6 +15,7 @@ readable. Standard library only.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -23,6 +24,8 @@ import time
 from . import cgroups as _cg
 from .types import ExecResult, Limits, Status
 from .worker_client import WorkerDied, WorkerProcess
+
+log = logging.getLogger(__name__)
 
 
 def _status_from_rc(rc: int) -> tuple[int | None, int | None]:
@@ -68,10 +71,26 @@ class Spawned:
         self.exited = asyncio.get_running_loop().create_future()
         self.stats: _cg.CgroupStats | None = None
         asyncio.get_running_loop().add_reader(self.pidfd, self._on_exit)
+        self.governor: _cg.CpuGovernor | None = None
+        self._gov_timer: asyncio.TimerHandle | None = None
+        if cg is not None:
+            self.governor = _cg.CpuGovernor(cg)
+            self._gov_timer = asyncio.get_running_loop().call_later(self.governor.period_s, self._govern)
+
+    def _govern(self) -> None:
+        """Every governor period while the sandbox runs: its CPU weight follows its attained CPU."""
+        if self.returncode is None and self.governor is not None:
+            try:
+                self.governor.tick()
+            except Exception:  # noqa: BLE001 - a weight is an optimisation: keep the call going
+                log.debug("CPU governor tick failed", exc_info=True)
+            self._gov_timer = asyncio.get_running_loop().call_later(self.governor.period_s, self._govern)
 
     def _on_exit(self) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(self.pidfd)
+        if self._gov_timer is not None:
+            self._gov_timer.cancel()
         try:
             _, status, ru = os.wait4(self.proc.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
@@ -327,6 +346,8 @@ class Supervisor:
         else:
             r.status = Status.RUNTIME_ERROR
         r.extra["killed_reason"] = self.reason
+        # Whether the call ran long enough on the CPU to be demoted below its neighbours.
+        r.extra["cpu_demoted"] = sp.governor is not None and sp.governor.demotions > 0
         return r
 
 

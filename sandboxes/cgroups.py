@@ -1,12 +1,15 @@
-"""Per-call cgroups (v1) for the bwrap backend: memory, pids and CPU caps, kill, accounting.
+"""Per-call cgroups (v1) for the bwrap backend: memory, pids and CPU caps and weights, kill,
+accounting.
 
 Layout: one directory per sandbox instance under the cgroup this process already belongs to
 in each hierarchy (``<mount>/<own path>/agentrl-<pid>-<n>``), and one child per call or
 session (``.../c<k>``). Each call's child gets ``memory.limit_in_bytes`` (and
 ``memory.memsw.limit_in_bytes`` when swap accounting exists), ``pids.max`` and
 ``cpu.cfs_quota_us``; ``cpuacct`` gives CPU time, ``freezer`` stops a fork bomb while it is
-being killed. A process joins by writing ``0`` (itself) to ``cgroup.procs`` before it execs
-bubblewrap, so every sandboxed process is inside from its first instruction.
+being killed. CPU weights: the root's ``cpu.shares`` (:data:`ROOT_CPU_SHARES`) sets all
+sandboxes against the trainer, and :class:`CpuGovernor` demotes a call that has run long on
+the CPU below the others. A process joins by writing ``0`` (itself) to ``cgroup.procs``
+before it execs bubblewrap, so every sandboxed process is inside from its first instruction.
 
 What it covers: memory of all processes of the call including tmpfs/shm pages they write and
 kernel memory the kernel charges to the cgroup; processes *and threads* (pids); CPU bandwidth.
@@ -47,6 +50,18 @@ CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
 RECORD = "cgroups.json"
 _ROOT_NAME = re.compile(r"agentrl-(\d+)-(\d+)")
 _counter = itertools.count()
+
+# CPU weights (cgroup v1 cpu.shares; a nice-0 task or an autogroup weighs 1024).
+#: All sandboxes of one backend together, against the trainer: its root's weight beside the
+#: trainer's threads (or its autogroup) in the trainer's own cgroup. A quarter of one nice-0
+#: thread: a CPU hog in a sandbox takes at most a fifth of a contended CPU from the trainer.
+ROOT_CPU_SHARES = 256
+#: One call (or session) among its siblings: every call starts at the default weight...
+CALL_CPU_SHARES = 1024
+#: ...and drops to this once it has run long on the CPU (see :class:`CpuGovernor`), so a
+#: spinner does not halve the share of a short run started beside it in another sandbox.
+HOG_CPU_SHARES = 32
+USE_CPU_IDLE = True
 
 
 def _own_paths() -> dict[str, str]:
@@ -264,6 +279,13 @@ class CgroupRoot:
         self.live: set[str] = set()  # names of call cgroups not yet removed
         self.pending: list[CallCgroup] = []  # ended calls whose directories were still busy
         self.stock: dict[tuple[int, int, float], list[CallCgroup]] = {}  # made ahead of use
+        self.cpu_shares = CALL_CPU_SHARES  # the weight of all its calls together (set_cpu_shares)
+
+    def set_cpu_shares(self, shares: int) -> None:
+        """The weight of all this root's sandboxes together against the rest of the parent
+        cgroup (the trainer): ``cpu.shares`` of the root's cpu directory."""
+        _write(os.path.join(self.dirs["cpu"], "cpu.shares"), str(int(shares)))
+        self.cpu_shares = int(shares)
 
     def create(self, *, memory_bytes: int, max_pids: int, cpus: float) -> CallCgroup:
         """A fresh call cgroup with these caps: taken from the stock made by :meth:`prepare`
@@ -402,6 +424,55 @@ class CallCgroup:
         self._on_remove = on_remove
         self._procs = list(dict.fromkeys(os.path.join(p, "cgroup.procs") for p in paths.values()))
         self.killed = 0  # tasks this object SIGKILLed
+        self.cpu_shares = CALL_CPU_SHARES  # what cpu.shares holds (a new cgroup's default)
+        self.cpu_idle = False
+
+    def cpu_usage_s(self) -> float | None:
+        """CPU seconds used so far by every task of the call (``cpuacct.usage``)."""
+        try:
+            return int(_read(os.path.join(self.paths["cpuacct"], "cpuacct.usage"))) / 1e9
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def set_cpu_shares(self, shares: int) -> None:
+        if shares != self.cpu_shares:
+            try:
+                _write(os.path.join(self.paths["cpu"], "cpu.shares"), str(int(shares)))
+                self.cpu_shares = int(shares)
+            except OSError as e:  # the call is ending and its directory going
+                log.debug("could not set cpu.shares of %s: %s", self.paths.get("cpu"), e)
+
+    def runnable(self, limit: int = 32) -> bool:
+        """Whether any of the call's threads (the first ``limit``) is running or waiting for a
+        CPU (state R)."""
+        try:
+            tids = _read(os.path.join(self.paths["cpu"], "tasks")).split()[:limit]
+        except (OSError, KeyError):
+            return False
+        for tid in tids:
+            try:
+                with open(f"/proc/{tid}/stat", "rb") as fh:
+                    if fh.read().rsplit(b")", 1)[1].split()[0] == b"R":
+                        return True
+            except (OSError, IndexError):
+                continue
+        return False
+
+    def set_cpu_idle(self, idle: bool) -> bool:
+        """``cpu.idle`` (Linux 5.15+): the call's tasks schedule like SCHED_IDLE against their
+        siblings (any non-idle sibling preempts them at once) and a CPU running only them
+        counts as idle when a waking task looks for a CPU. False where the kernel lacks it."""
+        if idle == self.cpu_idle:
+            return True
+        try:
+            _write(os.path.join(self.paths["cpu"], "cpu.idle"), "1" if idle else "0")
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            log.debug("could not set cpu.idle of %s: %s", self.paths.get("cpu"), e)
+            return False
+        self.cpu_idle = idle
+        return True
 
     @property
     def procs_files(self) -> list[str]:
@@ -523,3 +594,52 @@ def _read_pids(d: str) -> list[int]:
         return [int(x) for x in _read(os.path.join(d, "cgroup.procs")).split()]
     except (OSError, ValueError):
         return []
+
+
+class CpuGovernor:
+    """Demotes a call that has run long on the CPU below its siblings, and restores it when the
+    call stops wanting the CPU: least-attained-service first among one backend's sandboxes.
+
+    Sibling calls share their root's weight by their own weights. At equal weights a spinner
+    halves what a short run started beside it gets whenever the two compete (the same CPU, or
+    the root's share of a CPU the trainer or other work also wants), and a CPU it spins on is
+    never idle, so the short run's processes wake up on a busy one: 2-5x slower in the
+    issue's measurement. Every :attr:`period_s` the call's CPU time is read; once it has used
+    :attr:`demote_after_s` CPU seconds since it last stopped wanting the CPU, it is demoted:
+    ``cpu.idle`` (SCHED_IDLE against its siblings: any other call preempts it at once, and a
+    CPU running only demoted calls counts as idle for a waking task), or on kernels without
+    it ``cpu.shares`` :data:`HOG_CPU_SHARES`. It is restored after a period in which it used
+    less than :attr:`idle_below_s` with none of its tasks runnable (a session between execs;
+    a demoted spinner that its neighbours starve is still runnable and stays demoted).
+    Attained CPU decides, not wall time: a short run starved by a loaded machine is not
+    demoted. A run needing under ~0.1 s of CPU is never demoted, and a demoted one still gets
+    every cycle no one else wants. Driven by the caller's clock (``tick``): no thread.
+    """
+
+    period_s = 0.1
+    demote_after_s = 0.1
+    idle_below_s = 0.002
+
+    def __init__(self, cg: CallCgroup):
+        self.cg = cg
+        self.last = cg.cpu_usage_s() or 0.0
+        self.attained = 0.0  # CPU seconds since the call last stopped wanting the CPU
+        self.demotions = 0
+        self.demoted = False
+
+    def tick(self) -> None:
+        now = self.cg.cpu_usage_s()
+        if now is None:
+            return
+        used, self.last = now - self.last, now
+        if used < self.idle_below_s and not (self.demoted and self.cg.runnable()):
+            self.attained = 0.0
+        else:
+            self.attained += used
+        hog = self.attained >= self.demote_after_s
+        if hog == self.demoted:
+            return
+        self.demoted = hog
+        self.demotions += hog
+        if not (USE_CPU_IDLE and self.cg.set_cpu_idle(hog)):
+            self.cg.set_cpu_shares(HOG_CPU_SHARES if hog else CALL_CPU_SHARES)

@@ -289,3 +289,60 @@ def test_a_stale_cgroup_root_with_a_child_left_in_one_hierarchy_only_is_removed(
                     os.rmdir(sub)
                 except OSError:
                     pass
+
+
+def test_a_cpu_hog_yields_to_a_fresh_neighbour_and_all_sandboxes_to_the_trainer(bwrap):
+    """All sandboxes together weigh a quarter of a trainer thread (the root's cpu.shares);
+    among them, a call that has used 0.1 s of CPU is demoted (cpu.idle, or low cpu.shares on
+    kernels without it) below calls that have not, and a session is restored once it idles."""
+    import asyncio
+    import os
+    import time
+
+    from agentrl.sandboxes import cgroups
+
+    assert bwrap.mode == "cgroup-v1"
+    root = bwrap._cgroot
+    assert open(os.path.join(root.dirs["cpu"], "cpu.shares")).read().strip() == str(cgroups.ROOT_CPU_SHARES) == "256"
+    idle_file = os.path.exists(os.path.join(root.dirs["cpu"], "cpu.idle"))
+
+    def demoted(name: str) -> bool:
+        d = os.path.join(root.dirs["cpu"], name)
+        if idle_file:
+            return open(os.path.join(d, "cpu.idle")).read().strip() == "1"
+        return open(os.path.join(d, "cpu.shares")).read().strip() == str(cgroups.HOG_CPU_SHARES)
+
+    def busy_cgroups() -> list[str]:
+        return [e.name for e in os.scandir(root.dirs["cpu"]) if e.is_dir()
+                and open(os.path.join(e.path, "cgroup.procs")).read().split()]
+
+    async def scenario():
+        spin = asyncio.ensure_future(bwrap.run("while True:\n    pass\n", limits=bwrap.limits.replace(timeout_s=3.0)))
+        deadline = time.monotonic() + 2.8
+        while not any(demoted(n) for n in busy_cgroups()):
+            assert time.monotonic() < deadline, "the spinner was never demoted"
+            await asyncio.sleep(0.05)
+        benign = await bwrap.run("print(sum(range(200000)))")
+        return await spin, benign
+
+    spin, benign = run_sync(scenario())
+    assert spin.status is Status.TIMEOUT and spin.extra["cpu_demoted"] is True
+    assert benign.ok and benign.stdout == f"{sum(range(200000))}\n" and benign.extra["cpu_demoted"] is False
+
+    async def session_scenario():
+        s = await bwrap.session("python")
+        try:
+            (name,) = busy_cgroups()
+            # 0.3 CPU seconds: past the 0.1 s threshold for at least two governor periods
+            r = await s.exec("import time\nwhile time.process_time() < 0.3:\n    pass\n")
+            assert r.ok
+            was = demoted(name)
+            deadline = time.monotonic() + 3.0
+            while demoted(name):  # idle now: restored within a few governor periods
+                assert time.monotonic() < deadline, "the idle session stayed demoted"
+                await asyncio.sleep(0.05)
+            return was
+        finally:
+            await s.close()
+
+    assert run_sync(session_scenario()) is True
