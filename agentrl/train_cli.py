@@ -18,7 +18,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    summary = train(cfg)
+    from agentrl.rollout.expert import ExpertFailures
+
+    try:
+        summary = train(cfg)
+    except ExpertFailures as e:  # the env is broken, not the run: say so in one line
+        print(f"error: SFT warm start: {e}", file=sys.stderr)
+        return 1
     _print_summary(summary)
     return 0
 

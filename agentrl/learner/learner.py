@@ -193,7 +193,7 @@ class Learner:
                     idx = local_rows[start : start + self.cfg.micro_batch_size]
                     mb_batch = batch.select(idx)
                     # entropy is always computed: entropy/step/* and policy/entropy are logged for every method
-                    logp, ent = self._forward(self.model, mb_batch, entropy=True, grad=trainable)
+                    logp, ent = self._forward(self.model, mb_batch, entropy=True, grad=True)  # losses may need entropy with grad
                     mb = MicroBatch(
                         logprobs=logp,
                         proximal_logprobs=proximal[idx] if proximal is not None else logp.detach(),

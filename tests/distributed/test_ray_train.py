@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 RAY = ["run.backend=ray", "ray.env_workers=2", "ray.generation_workers=1", "ray.learner_ranks=1",
        "ray.cpus_per_generation_worker=0.5", "ray.cpus_per_learner_rank=0.5", "ray.startup_timeout_s=480"]
-NOT_COMPARED = ("time/", "throughput/")
+NOT_COMPARED = ("time/", "throughput/", "sandbox/")  # sandbox/*: counters of the process's shared sandbox (other runs in it included)
 RAY_ONLY = ("rollout/env_worker_restarts", "rollout/generation_worker_restarts", "rollout/episodes_lost_to_dead_env_workers")
 
 

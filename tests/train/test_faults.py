@@ -44,7 +44,9 @@ CASES = {
     ("step", "hang"): "env_timeout",
     ("step", "garbage"): "env_invalid_output",
 }
-RATE = 0.3  # per opportunity: some episodes of every step are hit, most are not
+# per opportunity: some episodes of every step are hit, rarely all (per-turn points strike up
+# to max_turns times an episode)
+RATE = {"reset": 0.3, "before_generate": 0.15, "after_generate": 0.15, "step": 0.15}
 
 ALL_AT_ONCE = [{"point": p, "kind": k, "rate": 0.08} for (p, k) in CASES] + [{"point": "close", "kind": "raise", "rate": 0.5}]
 
@@ -92,7 +94,7 @@ def check_run(tmp_path, summary, batches, expected_kinds):
                 counted[k.removeprefix("rollout/failed/")] = counted.get(k.removeprefix("rollout/failed/"), 0) + v
         failed = sum(v for k, v in r.items() if k.startswith("rollout/failed/"))
         assert failed == pytest.approx(r["rollout/failed_frac"] * r["rollout/episodes"])  # every failure has a kind
-        assert failed < r["rollout/episodes"], "a rate of 0.3 must leave some episodes alive"
+        assert failed < r["rollout/episodes"], "the rates must leave some episodes alive"
     for kind in expected_kinds:
         assert counted.get(kind, 0) > 0, (kind, counted)
     assert set(counted) <= set(expected_kinds), counted
@@ -119,7 +121,7 @@ MODES = {"sync": [], "async": ["run.mode=async", "rollout.max_staleness=1"]}
 def test_every_injection_point_is_contained(tmp_path, tiny_model_dir, fault_env_file, recorded_batches, point, kind, mode):
     from agentrl.train import train
 
-    cfg = make_cfg(tmp_path, tiny_model_dir("chatml"), fault_env_file, [{"point": point, "kind": kind, "rate": RATE}], MODES[mode])
+    cfg = make_cfg(tmp_path, tiny_model_dir("chatml"), fault_env_file, [{"point": point, "kind": kind, "rate": RATE[point]}], MODES[mode])
     summary = train(cfg)
     check_run(tmp_path, summary, recorded_batches, [CASES[point, kind]])
     if kind == "hang" and point != "before_generate":  # a timed-out env instance is replaced by a fresh one
@@ -202,3 +204,15 @@ def test_sft_stops_with_a_clear_error_when_too_many_demonstrations_fail(tmp_path
     ])
     with pytest.raises(ExpertFailures, match=r"of 8 expert episodes of agentrl/FlakyGuessNumber-v0 failed .* more than the 25% allowed by sft.max_failed_frac"):
         train(cfg)
+
+
+def test_agentrl_train_reports_too_many_failed_demonstrations_in_one_line(tmp_path, tiny_model_dir, fault_env_file, capsys):
+    from agentrl.cli import main
+
+    (tmp_path / "faults.yaml").write_text(CONFIG.replace("OUT", str(tmp_path / "run")).replace("MODEL", str(tiny_model_dir("chatml"))))
+    rc = main(["train", str(tmp_path / "faults.yaml"), f"run.imports=[{fault_env_file}]", "env.id=agentrl/FlakyGuessNumber-v0",
+               "env.kwargs={high: 8, max_turns: 4, raise_every: 2}", "sft.enabled=true", "sft.episodes=8", "sft.max_failed_frac=0.25"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert err[-1].startswith("error: SFT warm start: ") and "sft.max_failed_frac" in err[-1], err[-3:]
+    assert "Traceback" not in "\n".join(err)
