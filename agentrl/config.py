@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from agentrl.ranges import range_problem
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says where and how to fix."""
@@ -591,29 +593,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     return cfg
 
 
-def _range_problem(value: float, spec: str, where: str, nullable: bool = False) -> str | None:
-    """``None`` when ``value`` lies in ``spec`` (the notation of :data:`RANGES`), else the
-    message: ``trainer.lr must be > 0, got -0.0001``. (agentrl.algorithms.registry has the same
-    helper for method options; it cannot be imported from here without torch.)"""
-    rule, _, why = (part.strip() for part in spec.partition(";"))
-    if rule == "any":
-        ok, text = True, "a finite number"
-    elif rule[0] in "[(":
-        lo, hi = (float(x) for x in rule[1:-1].split(","))
-        ok = (value >= lo if rule[0] == "[" else value > lo) and (value <= hi if rule[-1] == "]" else value < hi)
-        text = f"in {rule}"
-    else:
-        op, bound = rule.split()
-        b = float(bound)
-        ok = {">=": value >= b, ">": value > b, "<=": value <= b, "<": value < b}[op]
-        text = rule
-    finite = value == value and value not in (float("inf"), float("-inf"))
-    if ok and finite:
-        return None
-    text = text if finite or rule == "any" else f"a finite number {text}"
-    return f"{where} must be {text}{' or null' if nullable else ''}, got {value!r}" + (f" ({why})" if why else "")
-
-
 def _quoted_choices(choices: tuple[str, ...]) -> str:
     quoted = [repr(c) for c in choices]
     return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
@@ -641,9 +620,9 @@ def field_problems(obj: Any, where: str = "") -> str | None:
             options = choices[f.name]
             problem = None if value in options else f"{key} must be {_quoted_choices(options)}, got {value!r}"
         elif f.name in ranges and isinstance(value, tuple):
-            problem = next((p for i, v in enumerate(value) if (p := _range_problem(v, ranges[f.name], f"{key}[{i}]"))), None)
+            problem = next((p for i, v in enumerate(value) if (p := range_problem(v, ranges[f.name], f"{key}[{i}]"))), None)
         elif f.name in ranges:
-            problem = _range_problem(value, ranges[f.name], key, _optional(hints[f.name]))
+            problem = range_problem(value, ranges[f.name], key, _optional(hints[f.name]))
         else:
             problem = None
         if problem:

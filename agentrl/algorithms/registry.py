@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
+
+from agentrl.ranges import range_problem  # one notation for config fields and method options
 
 __all__ = [
     "Entry",
@@ -54,32 +55,6 @@ def suggest(name: str, known: list[str] | tuple[str, ...]) -> str:
     """`` did you mean 'x'?`` for the closest known name, or an empty string."""
     close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""
-
-
-def range_problem(value: float, spec: str, where: str, nullable: bool = False) -> str | None:
-    """None when ``value`` lies in ``spec``, else the one-line message
-    (``algorithm.loss.eps_high must be >= 0, got -1.0``). ``spec``: ``">= 0"``, ``"> 0"``,
-    ``"<= 1"``, ``"< 1"``, ``"[0, 1]"``, ``"(0, 1]"``, ``"[0, 1)"``, ``"(0, 1)"``, or ``"any"`` (any
-    finite number); text after ``;`` is the reason, added to the message. nan and inf are always
-    outside. The same notation as ``agentrl.config.RANGES`` (whose helper is a copy: importing
-    this package from there would import torch)."""
-    rule, _, why = (part.strip() for part in spec.partition(";"))
-    if rule == "any":
-        ok, text = True, "a finite number"
-    elif rule[0] in "[(":
-        lo, hi = (float(x) for x in rule[1:-1].split(","))
-        ok = (value >= lo if rule[0] == "[" else value > lo) and (value <= hi if rule[-1] == "]" else value < hi)
-        text = f"in {rule}"
-    else:
-        op, bound = rule.split()
-        b = float(bound)
-        ok = {">=": value >= b, ">": value > b, "<=": value <= b, "<": value < b}[op]
-        text = rule
-    finite = math.isfinite(value)
-    if ok and finite:
-        return None
-    text = text if finite or rule == "any" else f"a finite number {text}"
-    return f"{where} must be {text}{' or null' if nullable else ''}, got {value!r}" + (f" ({why})" if why else "")
 
 
 def value_problem(value: Any, default: Any, spec: str | None, where: str, nullable: bool = False) -> str | None:

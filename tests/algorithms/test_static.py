@@ -65,7 +65,7 @@ def test_import_boundary_only_torch_and_project_types():
     code = "import sys, agentrl.algorithms; print('\\n'.join(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     project = [m for m in out if m.startswith("agentrl") and not m.startswith("agentrl.algorithms")]
-    assert set(project) <= {"agentrl", "agentrl.types"}, project
+    assert set(project) <= {"agentrl", "agentrl.types", "agentrl.ranges"}, project
     heavy = [m for m in out if m.split(".")[0] in {"ray", "vllm", "gymnasium", "transformers", "yaml", "agentrl_envs"}]
     assert not heavy, heavy
 
