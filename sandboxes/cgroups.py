@@ -608,9 +608,10 @@ class CpuGovernor:
     :attr:`demote_after_s` CPU seconds since it last stopped wanting the CPU, it is demoted:
     ``cpu.idle`` (SCHED_IDLE against its siblings: any other call preempts it at once, and a
     CPU running only demoted calls counts as idle for a waking task), or on kernels without
-    it ``cpu.shares`` :data:`HOG_CPU_SHARES`. It is restored after a period in which it used
-    less than :attr:`idle_below_s` with none of its tasks runnable (a session between execs;
-    a demoted spinner that its neighbours starve is still runnable and stays demoted).
+    it ``cpu.shares`` :data:`HOG_CPU_SHARES`. It is restored (and its count starts again)
+    after a period in which it used less than :attr:`idle_below_s` with none of its threads
+    runnable: a session between execs. A spinner that the machine or its neighbours starve is
+    still runnable, so it keeps counting and stays demoted.
     Attained CPU decides, not wall time: a short run starved by a loaded machine is not
     demoted. A run needing under ~0.1 s of CPU is never demoted, and a demoted one still gets
     every cycle no one else wants. Driven by the caller's clock (``tick``): no thread.
@@ -632,7 +633,7 @@ class CpuGovernor:
         if now is None:
             return
         used, self.last = now - self.last, now
-        if used < self.idle_below_s and not (self.demoted and self.cg.runnable()):
+        if used < self.idle_below_s and not (self.attained and self.cg.runnable()):
             self.attained = 0.0
         else:
             self.attained += used
