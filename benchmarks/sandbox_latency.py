@@ -1,14 +1,31 @@
 """Sandbox latency: cold stateless runs, warm session execs and 16 concurrent runs per backend,
-next to the floor measured in the same run (bare ``python3 -I -S -c pass``, no isolation).
+next to the floor measured in the same run (bare ``python3 -I -S -c pass``, no isolation); and
+the neighbour slowdown: how much a CPU hog in one sandbox slows its neighbours.
 
     python benchmarks/sandbox_latency.py                       # every backend that works here
     python benchmarks/sandbox_latency.py --backend bwrap --n 200 --out /tmp/lat.json
+    python benchmarks/sandbox_latency.py --backend bwrap --measure neighbour --repeats 9
 
 Floor and cold samples are interleaved (one floor, one cold run, ...) so both see the same
 machine load. Writes JSON (``--out``, default ``benchmarks/results/sandbox_latency.json``) and
 prints a table with p50/p99 in milliseconds and the issue's targets, hit or miss:
 bwrap cold p50 within 15 ms of the floor, session exec p50 under 2 ms, docker warm exec p50
 under 60 ms.
+
+Neighbour slowdown (``--measure neighbour``): a spinner (``while True: pass``, 2 s timeout, the
+default 1-core quota) runs in one sandbox; meanwhile three neighbours are timed, each against
+the same measure taken just before the spinner started (same repeat, same machine load):
+
+- ``sandboxed``: a benign stateless run in another sandbox (the adversarial suite's
+  ``print(sum(range(200000)))``, median of 5 runs);
+- ``trainer``: the trainer process itself: one busy process per CPU on the host (a fixed
+  pure-Python loop each, as a trainer's threads would be), time until all finish;
+- ``sandboxed_busy_trainer``: the benign run again while the trainer is busy on every CPU,
+  the case where sandboxes compete with each other for the share the trainer leaves them.
+
+Each repeat gives one ratio per neighbour (beside the hog / alone); the JSON keeps every repeat
+and the printed table shows the ratio p50 and max with the load average when they were taken
+(the goal: under 1.5x). On a machine shared with other jobs, run it when ``uptime`` is low.
 """
 
 from __future__ import annotations
@@ -35,6 +52,17 @@ from agentrl.sandboxes.metrics import percentile
 
 FLOOR_CMD = ["/usr/bin/python3", "-I", "-S", "-c", "pass"]
 CONCURRENCY = 16
+NEIGHBOUR_BENIGN = "print(sum(range(200000)))"  # the adversarial suite's benign neighbour
+SPINNER = "while True:\n    pass\n"
+SPIN_S = 2.0
+# One trainer thread's share of work (a pure-Python loop, ~0.2 s on an idle 2-vCPU machine):
+# prints how long the loop took, without the interpreter's start-up.
+TRAINER_LOOP = (
+    "import time\nt = time.perf_counter()\nn = 0\nfor i in range(@N@):\n    n += i\n"
+    "print(time.perf_counter() - t)\n"
+)
+TRAINER_ITERS = 2_000_000
+NEIGHBOUR_GOAL = 1.5
 
 
 def stats(samples: list[float]) -> dict[str, float]:
@@ -138,6 +166,100 @@ async def bench_backend(name: str, n: int, rounds: int) -> dict:
     return out
 
 
+async def _trainer_once(iters: int = TRAINER_ITERS) -> float:
+    """Seconds until one busy host process per CPU has run its share of the loop (the max)."""
+    code = TRAINER_LOOP.replace("@N@", str(iters))
+    procs = [await asyncio.create_subprocess_exec(sys.executable, "-I", "-S", "-c", code,
+                                                  stdout=subprocess.PIPE) for _ in range(os.cpu_count() or 1)]
+    outs = [await p.communicate() for p in procs]
+    return max(float(out) for out, _ in outs)
+
+
+async def _benign(sandbox, k: int = 5) -> float:
+    """Median wall time (caller's view) of ``k`` benign stateless runs, one after another."""
+    times = []
+    for _ in range(k):
+        t0 = time.perf_counter()
+        r = await sandbox.run(NEIGHBOUR_BENIGN)
+        times.append(time.perf_counter() - t0)
+        if not (r.ok and r.stdout.strip() == str(sum(range(200000)))):
+            raise RuntimeError(f"benign neighbour failed: {r.status} {r.detail} {r.stderr[-300:]}")
+    return sorted(times)[len(times) // 2]
+
+
+async def _beside_spinner(sandbox, measure, settle_s: float = 0.5) -> tuple[float, dict]:
+    """``measure()`` while a spinner runs in another sandbox; (its value, {whether the spinner
+    was still running when the measure ended, whether the backend demoted it, its CPU s})."""
+    spin = asyncio.ensure_future(sandbox.run(SPINNER, limits=sandbox.limits.replace(timeout_s=SPIN_S)))
+    await asyncio.sleep(settle_s)
+    value = await measure()
+    alive = not spin.done()
+    r = await spin
+    if r.status.value != "timeout":
+        raise RuntimeError(f"the spinner ended {r.status} ({r.detail}), not at its timeout")
+    return value, {"spinner_alive": alive, "spinner_demoted": r.extra.get("cpu_demoted"),
+                   "spinner_cpu_s": round(r.cpu_time_s, 3)}
+
+
+def _ratios(rows: list[dict], key: str) -> dict:
+    ratios = sorted(row[key]["ratio"] for row in rows)
+    return {
+        "ratio_p50": round(percentile(ratios, 50), 3),
+        "ratio_max": round(ratios[-1], 3),
+        "alone_p50_ms": round(percentile([row[key]["alone_ms"] for row in rows], 50), 2),
+        "beside_p50_ms": round(percentile([row[key]["beside_ms"] for row in rows], 50), 2),
+        "hit": ratios[-1] < NEIGHBOUR_GOAL,
+    }
+
+
+async def bench_neighbour(name: str, repeats: int) -> dict:
+    """How much a CPU spinner in one sandbox slows a sandboxed neighbour and the trainer (the
+    module docstring); ``repeats`` rounds, each with its own alone/beside pair."""
+    try:
+        sandbox = get_sandbox(name, limits=Limits(timeout_s=30))
+    except BackendUnavailableError as e:
+        return {"available": False, "reason": str(e)}
+    start = getattr(sandbox, "start", None)
+    if callable(start):
+        await start()
+    out: dict = {"available": True, "spin_s": SPIN_S, "cpus_quota": sandbox.limits.cpus,
+                 "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+    rows = []
+    try:
+        health = await sandbox.health()
+        out["mode"], out["cpu_shares"] = health.get("mode"), health.get("cpu_shares")
+        for _ in range(3):
+            await sandbox.run("pass")
+        for _ in range(repeats):
+            row: dict = {"loadavg_1m": round(os.getloadavg()[0], 2)}
+            alone = await _benign(sandbox)
+            beside, spin = await _beside_spinner(sandbox, lambda: _benign(sandbox))
+            row["sandboxed"] = {"alone_ms": alone * 1000, "beside_ms": beside * 1000, "ratio": beside / alone, **spin}
+            alone = await _trainer_once()
+            beside, spin = await _beside_spinner(sandbox, _trainer_once)
+            row["trainer"] = {"alone_ms": alone * 1000, "beside_ms": beside * 1000, "ratio": beside / alone, **spin}
+            busy = [subprocess.Popen([sys.executable, "-I", "-S", "-c", SPINNER]) for _ in range(os.cpu_count() or 1)]
+            try:
+                await asyncio.sleep(0.3)
+                alone = await _benign(sandbox)
+                beside, spin = await _beside_spinner(sandbox, lambda: _benign(sandbox))
+            finally:
+                for p in busy:
+                    p.kill()
+                    p.wait()
+            row["sandboxed_busy_trainer"] = {"alone_ms": alone * 1000, "beside_ms": beside * 1000,
+                                             "ratio": beside / alone, **spin}
+            rows.append(row)
+        out["metrics"] = sandbox.metrics()
+    finally:
+        await sandbox.close()
+    out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    out["repeats"] = rows
+    out["summary"] = {key: _ratios(rows, key) for key in ("sandboxed", "trainer", "sandboxed_busy_trainer")}
+    out["spinner_alive_throughout"] = all(row[k]["spinner_alive"] for row in rows for k in out["summary"])
+    return out
+
+
 def targets(name: str, r: dict) -> dict:
     t = {}
     if name == "bwrap":
@@ -154,6 +276,43 @@ def print_table(report: dict) -> None:
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 140)
+    if report.get("backends"):
+        print_latency(console, report)
+    if report.get("neighbour"):
+        print_neighbour(console, report)
+
+
+_NEIGHBOURS = {
+    "sandboxed": "benign run in another sandbox",
+    "trainer": "trainer: 1 busy process per CPU",
+    "sandboxed_busy_trainer": "benign sandbox run, trainer busy",
+}
+
+
+def print_neighbour(console, report: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"neighbour slowdown beside a {SPIN_S:g} s CPU spinner in another sandbox "
+                        f"(goal: under {NEIGHBOUR_GOAL}x)")
+    for col in ("backend", "neighbour", "alone p50 ms", "beside p50 ms", "ratio p50", "ratio max", "repeats",
+                "load avg (start, end)", "goal"):
+        table.add_column(col)
+    for name, r in report["neighbour"].items():
+        if not r.get("available"):
+            table.add_row(name, "unavailable", "", "", "", "", "", "", r.get("reason", "")[:60])
+            continue
+        for key, label in _NEIGHBOURS.items():
+            sm = r["summary"][key]
+            table.add_row(name, label, f"{sm['alone_p50_ms']:.1f}", f"{sm['beside_p50_ms']:.1f}",
+                          f"{sm['ratio_p50']:.2f}x", f"{sm['ratio_max']:.2f}x", str(len(r["repeats"])),
+                          f"{r['loadavg_start'][0]}, {r['loadavg_end'][0]}",
+                          "[green]hit[/]" if sm["hit"] else "[red]miss[/]")
+    console.print(table)
+
+
+def print_latency(console, report: dict) -> None:
+    from rich.table import Table
+
     table = Table(title=f"sandbox latency (ms) on {report['machine']['cpus']} CPUs, load {report['machine']['loadavg_start']}")
     for col in ("backend", "measure", "p50", "p99", "mean", "n", "note"):
         table.add_column(col)
@@ -180,28 +339,41 @@ def print_table(report: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", default=None, help=f"comma-separated, from {available_backends()} (default: all that work here)")
+    p.add_argument("--measure", default="latency,neighbour",
+                   help="comma-separated: latency, neighbour (default both); a section not measured "
+                        "is kept from the existing --out file")
     p.add_argument("--n", type=int, default=100, help="samples for cold runs and the floor (session: 4x)")
     p.add_argument("--rounds", type=int, default=8, help=f"rounds of {CONCURRENCY} concurrent runs")
+    p.add_argument("--repeats", type=int, default=7, help="neighbour-slowdown repeats")
     p.add_argument("--out", default="benchmarks/results/sandbox_latency.json")
     args = p.parse_args(argv)
     names = args.backend.split(",") if args.backend else available_backends()
     unknown = sorted(set(names) - set(available_backends()))
     if unknown:
         p.error(f"unknown backend(s) {unknown}; known: {available_backends()}")
-    report = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-            "kernel": platform.release(),
-            "python_floor": " ".join(FLOOR_CMD),
-        },
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "backends": {},
-    }
-    for name in names:
-        report["backends"][name] = run_sync(bench_backend(name, args.n, args.rounds))
-    report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    measures = [m.strip() for m in args.measure.split(",") if m.strip()]
+    if not measures or set(measures) - {"latency", "neighbour"}:
+        p.error(f"--measure takes latency and/or neighbour, got {args.measure!r}")
     out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    machine = {
+        "cpus": os.cpu_count(),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "kernel": platform.release(),
+        "python_floor": " ".join(FLOOR_CMD),
+    }
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    report = {k: v for k, v in previous.items() if k in ("machine", "started", "backends", "neighbour")}
+    if "latency" in measures:
+        report.update(machine=machine, started=started, backends={})
+        for name in names:
+            report["backends"][name] = run_sync(bench_backend(name, args.n, args.rounds))
+        report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    if "neighbour" in measures:
+        report["neighbour"] = {}
+        for name in names:
+            report["neighbour"][name] = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "kernel": platform.release(),
+                                         "cpus": os.cpu_count(), **run_sync(bench_neighbour(name, args.repeats))}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print_table(report)
