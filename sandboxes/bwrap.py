@@ -670,9 +670,23 @@ def _write_record(root: _cg.CgroupRoot, tmp: str) -> None:
 
 
 def _release(cgroot: _cg.CgroupRoot | None, tmp: str) -> None:
-    if cgroot is not None:
-        cgroot.remove()
-    shutil.rmtree(tmp, ignore_errors=True)
+    left = cgroot.remove()[2] if cgroot is not None else []
+    if not left:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    # A cgroup that would not go: keep the folder with only its record, so the first backend
+    # started after this process is gone removes what is left (see _remove_stale_tmp).
+    log.warning("cgroups %s stay busy; the next bwrap backend removes them once this process is gone", left)
+    try:
+        for entry in os.scandir(tmp):
+            if entry.name == _cg.RECORD:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+    except OSError as e:
+        log.debug("could not empty %s: %s", tmp, e)
 
 
 __all__ = ["BwrapSandbox", "find_bwrap"]

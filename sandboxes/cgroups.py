@@ -405,14 +405,19 @@ class CgroupRoot:
         self.pending.clear()
         self.stock.clear()
         for d in dict.fromkeys(self.dirs.values()):
-            try:
-                os.rmdir(d)
-                removed += 1
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                log.debug("could not remove cgroup %s: %s", d, e)
-                left.append(d)
+            for attempt in range(50):  # EBUSY for a moment while the last tasks are reaped
+                try:
+                    os.rmdir(d)
+                    removed += 1
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    if attempt == 49:
+                        log.debug("could not remove cgroup %s: %s", d, e)
+                        left.append(d)
+                    else:
+                        time.sleep(0.002)
         return removed, killed, left
 
 

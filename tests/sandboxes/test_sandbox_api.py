@@ -346,3 +346,24 @@ def test_a_cpu_hog_yields_to_a_fresh_neighbour_and_all_sandboxes_to_the_trainer(
             await s.close()
 
     assert run_sync(session_scenario()) is True
+
+
+def test_a_backend_whose_cgroups_stay_busy_at_close_keeps_their_record(tmp_path):
+    """close() removes the temp folder only when every cgroup went; a directory that stays
+    busy keeps the folder with the record alone, for the next backend after this process."""
+    from agentrl.sandboxes import bwrap, cgroups
+
+    class Root:
+        def __init__(self, left):
+            self.left = left
+
+        def remove(self):
+            return 3, 0, self.left
+
+    for left, kept in ((["/sys/fs/cgroup/memory/agentrl-1-0"], [cgroups.RECORD]), ([], None)):
+        tmp = tmp_path / f"agentrl-bwrap-1-{len(left)}"
+        (tmp / "bin" / "_bin").mkdir(parents=True)
+        (tmp / "bin" / "_bin" / "bwrap").write_bytes(b"x")
+        (tmp / cgroups.RECORD).write_text("{}")
+        bwrap._release(Root(left), str(tmp))
+        assert (sorted(p.name for p in tmp.iterdir()) if tmp.exists() else None) == kept
