@@ -34,8 +34,9 @@ What one sandbox isolates:
   ``cpu_time_s`` is sampled from the process tree every 50 ms (approximate).
 - **CPU weight** (cgroup mode): all sandboxes of a backend together weigh a quarter of one
   nice-0 thread of the trainer (``cpu.shares`` 256 of the backend's cgroup, beside the
-  trainer's threads or autogroup; ``cpu_shares=``), so a spinner takes at most a fifth of a
-  contended CPU from the trainer. Among themselves, a call that has used 0.1 s of CPU since
+  trainer's threads or autogroup; ``cpu_shares=``), so a spinner takes a fifth of a CPU that
+  a trainer thread also wants (a third where the trainer is one autogroup spread over two
+  CPUs), not half. Among themselves, a call that has used 0.1 s of CPU since
   it last idled is demoted (``cpu.idle``: SCHED_IDLE against the other calls, whose processes
   preempt it and count its CPU as idle when they wake; ``cpu.shares`` 32 on kernels before
   5.15) until it idles again (:class:`~agentrl.sandboxes.cgroups.CpuGovernor`), so a spinner
@@ -49,7 +50,7 @@ What one sandbox isolates:
   a process tree. A call returns only after bwrap has exited, and bwrap exits only after its
   pid namespace is empty, so nothing the call started is alive when ``run()`` returns.
 - **The sandbox's pid 1**: not bwrap (``--as-pid-1``) but ``/opt/agentrl/init``, a copy of
-  the host's POSIX shell (dash) written into the sandbox execute-only (mode 0111), so the
+  the host's POSIX shell (dash, else ``/bin/sh``) written into the sandbox execute-only (mode 0111), so the
   kernel makes it non-dumpable when it is exec'd. bwrap's own reaper would not do: it calls
   ``prctl(PR_SET_DUMPABLE, 1)``, and a sandboxed program (same uid) could then open
   ``/proc/1/mem`` read-write and read pid 1's environ, maps and descriptors. The init runs the

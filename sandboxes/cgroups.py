@@ -54,7 +54,8 @@ _counter = itertools.count()
 # CPU weights (cgroup v1 cpu.shares; a nice-0 task or an autogroup weighs 1024).
 #: All sandboxes of one backend together, against the trainer: its root's weight beside the
 #: trainer's threads (or its autogroup) in the trainer's own cgroup. A quarter of one nice-0
-#: thread: a CPU hog in a sandbox takes at most a fifth of a contended CPU from the trainer.
+#: thread: a CPU hog in a sandbox takes a fifth of a CPU a trainer thread also wants (a third
+#: where the trainer is one autogroup spread over two CPUs) instead of half.
 ROOT_CPU_SHARES = 256
 #: One call (or session) among its siblings: every call starts at the default weight...
 CALL_CPU_SHARES = 1024
