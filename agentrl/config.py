@@ -181,6 +181,10 @@ class RolloutConfig:
     """Async mode: which finished groups a train_step takes. "completion": in finishing order,
     plus the groups that would otherwise outlive max_staleness (the learner waits for them), so
     long episodes are never starved; "fifo": in the order the groups started."""
+    kv_cache: bool = True
+    """Engine "hf": keep each episode's KV cache between turns and batch continuously (a turn
+    prefills only the tokens the env appended; docs/engine_cache.md). False: every turn
+    re-prefills the whole episode, batch at once (the previous path; an escape hatch)."""
     vllm: dict[str, Any] = field(default_factory=dict)
     """Extra vllm.LLM arguments (gpu_memory_utilization, tensor_parallel_size, ...)."""
     openai_base_url: str | None = None

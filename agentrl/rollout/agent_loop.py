@@ -28,6 +28,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -171,9 +172,26 @@ class AgentLoop:
     async def run_episode(self, env: Any, spec: EpisodeSpec) -> Trajectory:
         """Play one episode on ``env``. Never raises for a failure of the engine, the env or
         the sandbox: the trajectory comes back ``failed`` (``failure_kind``, ``failure_reason``;
-        see :mod:`agentrl.rollout.faults`) with what was recorded up to the failure."""
+        see :mod:`agentrl.rollout.faults`) with what was recorded up to the failure.
+
+        Every request of the episode carries one fresh ``params.cache_key`` (the engine may
+        keep the episode's KV cache between turns); ``engine.release(key)`` is called when the
+        episode ends, however it ends. ``traj.metrics`` sums the engine's per-request cache
+        accounting: ``prefill_tokens``, ``cached_tokens``, ``cache_misses`` (any reason) and
+        ``cache_evictions`` (misses because the cache was evicted)."""
+        key = uuid.uuid4().hex
+        try:
+            return await self._run_episode(env, spec, key)
+        finally:
+            try:
+                self.engine.release(key)
+            except Exception as e:  # e.g. a dead remote worker: its caches went with it
+                log.warning("releasing the engine cache of an episode failed: %s: %s", type(e).__name__, e)
+
+    async def _run_episode(self, env: Any, spec: EpisodeSpec, key: str) -> Trajectory:
         core = env.unwrapped
         traj = Trajectory(task_id="", sample_index=spec.sample_index, env_id=self.env_id)
+        cache = {"prefill_tokens": 0.0, "cached_tokens": 0.0, "cache_misses": 0.0, "cache_evictions": 0.0}
         t0 = time.perf_counter()
         gen_time = env_time = 0.0
         errors: dict[str, int] = {}
@@ -193,11 +211,16 @@ class AgentLoop:
                     traj.truncated = True
                     traj.metrics["truncated_token_budget"] = 1.0
                     break
-                params = replace(self.params, max_new_tokens=min(self.params.max_new_tokens, budget), seed=_request_seed(spec.seed, spec.sample_index, turn))
+                params = replace(self.params, max_new_tokens=min(self.params.max_new_tokens, budget), seed=_request_seed(spec.seed, spec.sample_index, turn), cache_key=key)
                 stage = "generate"
                 g0 = time.perf_counter()
                 gen = await self._generate(traj.input_ids, params, spec, turn)
                 gen_time += time.perf_counter() - g0
+                cache["prefill_tokens"] += float(getattr(gen, "prefill_tokens", 0) or 0)
+                cache["cached_tokens"] += float(getattr(gen, "cached_tokens", 0) or 0)
+                miss = getattr(gen, "cache_miss", "")
+                cache["cache_misses"] += float(bool(miss))
+                cache["cache_evictions"] += float(miss == "evicted")
                 stage = "after_generate"
                 gen = await self._after_generate(core, gen, spec, turn)
                 traj.append(gen.ids, generated=True, turn=turn, logprobs=gen.logprobs, version=gen.version)
@@ -249,6 +272,7 @@ class AgentLoop:
                 "tool_errors": float(sum(errors.values())),
                 "generated_tokens": float(traj.num_generated_tokens),
                 "total_tokens": float(len(traj.input_ids)),
+                **cache,
             }
         )
         for k, v in errors.items():

@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 def make_engine(cfg: TrainConfig, model: Any, tokenizer: Any) -> Engine:
     """The configured engine; "hf" shares ``model`` with the learner (no weight copies)."""
     if cfg.rollout.engine == "hf":
-        return HFEngine(model, pad_token_id=tokenizer.pad_token_id, max_batch_size=max(cfg.env.num_envs, 1), seed=cfg.run.seed)
+        return HFEngine(model, pad_token_id=tokenizer.pad_token_id, max_batch_size=max(cfg.env.num_envs, 1), seed=cfg.run.seed,
+                        kv_cache=cfg.rollout.kv_cache)
     if cfg.rollout.engine == "vllm":
         from .vllm_engine import VLLMEngine
 
@@ -53,7 +54,10 @@ def make_agent_loop(cfg: TrainConfig, engine: Engine, chat: ChatFormat, *, evalu
 
 
 def summarize(trajs: list[Trajectory], env_id: str = "", prefix: str = "rollout") -> dict[str, float]:
-    """Rollout metrics: reward, success, turns, tokens, truncation, failures, tool errors."""
+    """Rollout metrics: reward, success, turns, tokens, truncation, failures, tool errors, and
+    the engine's cache accounting summed over ``trajs`` (failed episodes included: their
+    prefill was spent): ``prefill_tokens``, ``cached_tokens``, ``cache_misses``,
+    ``cache_evictions`` (0 for engines that do not report them)."""
     if not trajs:
         return {}
     ok = [t for t in trajs if not t.failed] or trajs
@@ -74,6 +78,8 @@ def summarize(trajs: list[Trajectory], env_id: str = "", prefix: str = "rollout"
         f"{prefix}/tool_errors_mean": mean([t.metrics.get("tool_errors", 0.0) for t in ok]),
         f"{prefix}/episodes": float(len(trajs)),
     }
+    for k in ("prefill_tokens", "cached_tokens", "cache_misses", "cache_evictions"):
+        out[f"{prefix}/{k}"] = float(sum(t.metrics.get(k, 0.0) for t in trajs))
     for t in trajs:
         if t.failed:
             key = f"{prefix}/failed/{t.failure_kind if t.failure_kind in FAILURE_KINDS else 'other'}"
