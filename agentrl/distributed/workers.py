@@ -90,7 +90,11 @@ class GenerationWorker:
                 await asyncio.wait_for(self._weights_ready.wait(), timeout=self.cfg.ray.startup_timeout_s)
             except asyncio.TimeoutError:
                 raise RuntimeError(f"generation worker {self.index} received no weights within {self.cfg.ray.startup_timeout_s:.0f}s") from None
-        return await self.engine.agenerate(prompt_ids, params)
+        return await self.engine.agenerate(prompt_ids, params)  # params.cache_key travels with the request
+
+    async def release(self, cache_key: str) -> None:
+        """Drop what the engine keeps for episode ``cache_key`` (its KV cache)."""
+        self.engine.release(cache_key)
 
     def stats(self) -> dict[str, Any]:
         return dict(getattr(self.engine, "stats", {}))
@@ -133,6 +137,14 @@ class RemoteEngine(Engine):
             raise WorkerDied(f"generation worker {index} died while generating ({type(e).__name__})") from None
         self.version = gen.version
         return gen
+
+    def release(self, cache_key: str) -> None:
+        """Ask the GenerationWorker to drop episode ``cache_key``'s cache; fire and forget (a
+        dead worker's caches went with it)."""
+        try:
+            self._handle.release.remote(cache_key)
+        except Exception as e:
+            log.debug("release(%s) on generation worker %d failed: %s", cache_key, self._index, e)
 
 
 class EnvWorker:

@@ -19,6 +19,14 @@ What it relies on (vLLM >= 0.10.2, V1 engine):
   ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (set unless the user set it) keeps the engine core in this
   process, so the tensors are handed over without serialization (tensor parallelism > 1 uses
   vLLM's own worker processes and pickles them).
+- Automatic prefix caching: ``enable_prefix_caching=True`` unless ``rollout.vllm`` sets it.
+  An episode's turns share their whole history as a prefix, so vLLM reuses the KV blocks of
+  the previous turn (while they are not evicted) and prefills only the appended tokens (the
+  HF engine's per-episode cache, done by vLLM's block hashing). Each Generation reports
+  ``cached_tokens = RequestOutput.num_cached_tokens`` and ``prefill_tokens = len(prompt) -
+  cached_tokens`` when vLLM exposes ``num_cached_tokens`` (vLLM V1 does); where it is absent
+  (None, older versions) both stay 0 (unknown, not "nothing cached"). ``cache_key`` is not
+  needed (vLLM matches prefixes by content) and :meth:`Engine.release` is a no-op.
 - Sleep mode (``enable_sleep_mode=True`` in ``rollout.vllm``): :meth:`sleep` / :meth:`wake_up`
   free and restore GPU memory when the engine shares a GPU with a learner.
 
@@ -101,6 +109,10 @@ def parse_output(request_output: Any, version: int) -> Generation:
         raise RuntimeError(f"vLLM returned {0 if out.logprobs is None else len(out.logprobs)} logprobs for {len(ids)} tokens; was logprobs=0 set?")
     logprobs = [_logprob_value(entry, tok) for entry, tok in zip(out.logprobs, ids)]
     reason = "stop" if out.finish_reason == "stop" else "length"
+    cached = getattr(request_output, "num_cached_tokens", None)
+    prompt = getattr(request_output, "prompt_token_ids", None)
+    if isinstance(cached, int) and prompt is not None:
+        return Generation(ids, logprobs, reason, version, prefill_tokens=len(prompt) - cached, cached_tokens=cached)
     return Generation(ids, logprobs, reason, version)
 
 
@@ -114,12 +126,15 @@ class VLLMEngine(Engine):
         batch_wait_s: how long the batcher waits for more requests after the first.
         **llm_kwargs: passed to ``vllm.LLM`` (``gpu_memory_utilization``, ``max_model_len``,
             ``tensor_parallel_size``, ``dtype``, ``enable_sleep_mode``, ...): ``rollout.vllm``.
+            ``enable_prefix_caching`` defaults to True here (an episode's turns share their
+            history as a prefix); set it False in ``rollout.vllm`` to turn it off.
     """
 
     def __init__(self, model_path: str, *, seed: int = 0, max_batch_size: int = 256, batch_wait_s: float = 0.01, **llm_kwargs: Any) -> None:
         self.vllm = import_vllm()
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        kwargs = {"model": model_path, "seed": seed, "logprobs_mode": "processed_logprobs", "worker_extension_cls": EXTENSION, **llm_kwargs}
+        kwargs = {"model": model_path, "seed": seed, "logprobs_mode": "processed_logprobs", "worker_extension_cls": EXTENSION,
+                  "enable_prefix_caching": True, **llm_kwargs}
         try:
             self.llm = self.vllm.LLM(**kwargs)
         except TypeError as e:

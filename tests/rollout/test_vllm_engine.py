@@ -24,10 +24,26 @@ pytestmark = pytest.mark.timeout(600)
 
 class FakeLLM:
     """Deterministic stand-in: token k of a completion is (last prompt id + k + 1) % 50, its
-    logprob -0.1 * (k + 1); stops at a stop id or max_tokens."""
+    logprob -0.1 * (k + 1); stops at a stop id or max_tokens. With enable_prefix_caching it
+    reports ``num_cached_tokens`` as the longest prefix shared with an earlier request (vLLM
+    V1's RequestOutput field); with ``report_cached=False`` it leaves the field out."""
+
+    report_cached = True
 
     def __init__(self, **kwargs):
         self.kwargs, self.calls, self.rpcs, self.resets, self.loaded = kwargs, [], [], 0, None
+        self.seen: list[list[int]] = []
+
+    def _cached(self, prompt):
+        if not self.kwargs.get("enable_prefix_caching"):
+            return 0
+        best = 0
+        for old in self.seen:
+            n = 0
+            while n < min(len(old), len(prompt) - 1) and old[n] == prompt[n]:
+                n += 1
+            best = max(best, n)
+        return best
 
     def generate(self, requests, sampling_params, use_tqdm=True):
         self.calls.append((requests, sampling_params))
@@ -40,7 +56,12 @@ class FakeLLM:
                     break
             finish = "stop" if ids[-1] in sp.stop_token_ids else "length"
             logprobs = [{t: SimpleNamespace(logprob=-0.1 * (k + 1), rank=1)} for k, t in enumerate(ids)]
-            outs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, logprobs=logprobs, finish_reason=finish)]))
+            out = SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, logprobs=logprobs, finish_reason=finish)],
+                                  prompt_token_ids=list(req["prompt_token_ids"]))
+            if self.report_cached:
+                out.num_cached_tokens = self._cached(req["prompt_token_ids"])
+            self.seen.append(list(req["prompt_token_ids"]) + ids)
+            outs.append(out)
         return outs
 
     def collective_rpc(self, method, args=()):
@@ -74,7 +95,8 @@ def test_llm_arguments_and_sampling_params(fake_vllm):
 
     engine = VLLMEngine("/models/tiny", seed=3, gpu_memory_utilization=0.3)
     assert engine.llm.kwargs == {"model": "/models/tiny", "seed": 3, "logprobs_mode": "processed_logprobs",
-                                 "worker_extension_cls": EXTENSION, "gpu_memory_utilization": 0.3}
+                                 "worker_extension_cls": EXTENSION, "enable_prefix_caching": True,
+                                 "gpu_memory_utilization": 0.3}
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
     sp = to_vllm_params(fake_vllm, SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=5, stop_token_ids=(4,), seed=11))
     assert vars(sp) == {"n": 1, "temperature": 0.7, "top_p": 0.9, "top_k": -1, "max_tokens": 5, "stop_token_ids": [4], "ignore_eos": True,
@@ -126,3 +148,25 @@ def test_old_or_missing_vllm_is_explained(fake_vllm, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError, match=r"pip install 'agentrl\[vllm\]'"):
         VLLMEngine("m")
+
+
+def test_prefix_caching_is_on_by_default_and_cached_tokens_are_reported(fake_vllm, monkeypatch):
+    from agentrl.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine("/models/tiny")
+    assert engine.llm.kwargs["enable_prefix_caching"] is True
+    p = SamplingParams(max_new_tokens=3, cache_key="ep")
+    (g1,) = engine.generate([[1, 2, 3]], [p])
+    assert (g1.prefill_tokens, g1.cached_tokens) == (3, 0)
+    (g2,) = engine.generate([[1, 2, 3, *g1.ids, 7, 8]], [p])  # the next turn extends the episode
+    assert (g2.prefill_tokens, g2.cached_tokens) == (2, 6)
+    engine.release("ep")  # a no-op: vLLM matches prefixes itself
+
+    off = VLLMEngine("/models/tiny", enable_prefix_caching=False)  # the user's rollout.vllm wins
+    assert off.llm.kwargs["enable_prefix_caching"] is False
+    (g,) = off.generate([[1, 2, 3]], [p])
+    assert (g.prefill_tokens, g.cached_tokens) == (3, 0)
+
+    monkeypatch.setattr(FakeLLM, "report_cached", False)  # no num_cached_tokens: both stay 0
+    (g,) = VLLMEngine("/models/tiny").generate([[1, 2, 3]], [p])
+    assert (g.prefill_tokens, g.cached_tokens) == (0, 0)
