@@ -17,9 +17,9 @@ Warm start (one SFT checkpoint per horizon, trained once by ``agentrl train ...
 trainer.total_steps=0`` of the current code, cached under ``--work``/sft/<setting> and reused by
 every later run and by both code versions, so base and new start from the same weights): h4 is
 the quickstart's own SFT (a new tiny model, 600 expert episodes, 500 steps); h10 continues from
-the h4 checkpoint with 150 SFT steps on h10 expert episodes; h50 continues from the h10
-checkpoint with 100 steps of batch 4 on h50 expert episodes (``sft.max_tokens`` 4096, above an
-h50 expert episode). Budget: about 10 minutes of SFT on 2 cores in all (an estimate until run).
+the h4 checkpoint with 150 SFT steps on 300 h10 expert episodes; h50 continues from the h10
+checkpoint with 100 steps of batch 4 on 100 h50 expert episodes (``sft.max_tokens`` 4096, above
+an h50 expert episode's ~2000 tokens). Budget: about 10 minutes of SFT on 2 cores in all (an estimate until run).
 What the warm start gives (held-out success, turns and tokens per episode, its SFT time) is
 measured by the checkpoint's own evaluation (32 episodes) and stored per setting under
 ``warm_start``; the quickstart's h4 warm start solves about 0.68 of held-out episodes
@@ -119,8 +119,8 @@ SETTING_OVERRIDES = {
 #: the warm start: (parent setting whose checkpoint it continues, or None for a new tiny model; SFT overrides)
 SFT_PLAN = {
     "h4": (None, []),  # the quickstart's SFT as it is
-    "h10": ("h4", ["sft.steps=150", "sft.warmup_steps=10"]),
-    "h50": ("h10", ["sft.steps=100", "sft.warmup_steps=10", "sft.batch_size=4", "sft.episodes=200"]),
+    "h10": ("h4", ["sft.steps=150", "sft.warmup_steps=10", "sft.episodes=300"]),
+    "h50": ("h10", ["sft.steps=100", "sft.warmup_steps=10", "sft.batch_size=4", "sft.episodes=100"]),
 }
 SFT_COMMON = ["sft.max_tokens=4096", "trainer.total_steps=0", "trainer.eval_episodes=32"]
 #: measured runs: no SFT (the checkpoint is the warm start), a 1-episode evaluation (outside
