@@ -49,7 +49,7 @@ def load_model(path: str, *, dtype: str = "float32", device: str = "cpu", gradie
 def sequence_logprobs(
     model: Any,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     *,
     temperature: float = 1.0,
     chunk_size: int | None = None,
@@ -60,13 +60,17 @@ def sequence_logprobs(
     ``logprobs[:, t]`` is log p(input_ids[:, t] | input_ids[:, <t]) at ``temperature``;
     ``entropy[:, t]`` is the full-vocabulary entropy of that same next-token distribution.
     Column 0 (no context) is 0. Values on padding are meaningless; mask them.
+    ``attention_mask`` None: no padding mask, the causal mask alone (HF's fast path; position
+    ids 0..T-1). For right-padded rows that gives the masked values on every real token (a real
+    token only attends to earlier positions, all real), so the learner passes None for them.
     Memory: hidden states ``[B, T, D]`` plus chunks of ``[chunk_size, V]``, never ``[B*T, V]``.
     A :class:`PolicyForward` is called as a module (FSDP2 needs its hooks to run).
     """
     if isinstance(model, PolicyForward):
         return model(input_ids, attention_mask, temperature=temperature, chunk_size=chunk_size, compute_entropy=compute_entropy)
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
-    hidden = base(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state
+    mask = None if attention_mask is None else attention_mask.long()
+    hidden = base(input_ids=input_ids, attention_mask=mask).last_hidden_state
     head = model.get_output_embeddings()
     logp, ent = logprobs_and_entropy_from_hidden(
         hidden[:, :-1], head.weight, input_ids[:, 1:], bias=getattr(head, "bias", None),
@@ -91,6 +95,6 @@ class PolicyForward(torch.nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, temperature: float = 1.0,
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, temperature: float = 1.0,
                 chunk_size: int | None = None, compute_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         return sequence_logprobs(self.lm, input_ids, attention_mask, temperature=temperature, chunk_size=chunk_size, compute_entropy=compute_entropy)
