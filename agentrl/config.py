@@ -247,6 +247,15 @@ class TrainerConfig:
     """Sequences per forward/backward (gradient accumulation inside a mini-batch)."""
     logits_chunk_size: int = 1024
     """Tokens per chunk when computing logprobs/entropy through the LM head."""
+    group_by_length: bool = True
+    """Assign each mini-batch's rows to micro-batches by length (longest first; every forward is
+    cut to its rows' longest episode; on one process a micro-batch also closes before padding
+    would be more than half of it), so one long episode widens only its own, smaller
+    micro-batch. Used only where it cannot change the update (the loss has mini-batch-wide
+    denominators); off regardless for methods that select or measure per micro-batch
+    (clip_cov, kl_cov, archer with its KL, bapo, entropic, forking_tokens with entropy_source
+    current; see ``agentrl.learner.learner.grouping_blocker``). Means over micro-batches among
+    the metrics (policy/ratio_mean, ...) can move; the update does not."""
     checkpoint_every: int = 10
     """Save a checkpoint every N train_steps (and at the end)."""
     keep_checkpoints: int = 2

@@ -2,16 +2,40 @@
 
 Per train_step (called by ``agentrl/train.py``):
 
-1. no-grad forwards for what the algorithm needs at batch level: proximal logprobs (when
-   there is more than one optimizer step per batch, or in async mode), proximal entropy
-   (EMPG, proximal token masks), reference logprobs (KL);
+1. no-grad forwards for what the algorithm needs at batch level, each only when it is needed:
+
+   * proximal logprobs (the ratio's anchor) when there is more than one optimizer step per
+     batch (``ppo_epochs * mini_batches > 1``, unless ``off_policy.proximal: behavior``) or in
+     async mode (decoupled objective, train/inference mismatch metrics). In sync mode on one
+     process the rows of the first mini-batch of the first epoch are left out of this pass: the
+     weights have not moved when their training forward runs, so that forward's detached
+     logprobs are their proximal logprobs (with ``mini_batches: 1`` the pass is skipped); phase 1
+     then reads behavior logprobs for ``rollout/nll``. Kept whole when phase 1 needs them (the
+     Skywork ``nll`` measure), when proximal entropy is computed anyway, and for a model with
+     dropout (its training forward is not the eval-mode snapshot);
+   * proximal entropy (with proximal logprobs from the same forward) when phase 1 needs it:
+     EMPG's step entropy, ``entropy_source: proximal`` shaping and token masks;
+   * reference logprobs when a KL term, a KL-using loss or a controller (ProRL) needs them;
 2. ``algorithm.compute_advantages`` (phase 1);
 3. ``ppo_epochs`` x ``mini_batches`` optimizer steps, each accumulating gradients over
-   micro-batches of ``micro_batch_size`` sequences with the mini-batch's global token and
+   micro-batches of at most ``micro_batch_size`` sequences with the mini-batch's global token and
    sequence counts as denominators (so accumulation equals the whole mini-batch); a
    mini-batch with no trainable token (failed episodes, groups dropped by dynamic sampling)
    takes no optimizer step, and a batch with none skips the update (``policy/skipped_*``);
 4. ``algorithm.end_train_step`` (controllers), and the ProRL reference reset when asked.
+
+Forwards: every forward (no-grad or training) is cut to its rows' longest real length and,
+for right-padded rows (``collate``'s layout), runs without a padding mask: the causal mask alone
+gives the masked values on every real token, and HF takes its unmasked attention path. Results
+are zero-padded back to the batch width, so losses see ``[rows, T]`` as before (the default
+``seq-mean-token-sum-norm`` constant is the batch's T, Clip-Cov's random draw its shape).
+``trainer.group_by_length`` assigns a mini-batch's rows to micro-batches by length (longest
+first) and, on one process, closes a micro-batch early before padding would be more than half of
+it (:meth:`Learner._micro_batches`), so a long episode only widens its own, smaller micro-batch;
+the learner does so only for methods whose update does not depend on the split
+(:func:`grouping_blocker`; means over micro-batches among the metrics can move). With FSDP ranks
+the split stays ``micro_batch_size`` rows (ranks must run the same number of forwards). The
+no-grad passes always go by length (their values are per row).
 
 Metrics include per-turn entropy ``entropy/step/<k>`` and per-turn clip fractions
 ``policy/clipfrac/turn_<k>`` (k = assistant turn index); when proximal logprobs are recomputed
@@ -37,6 +61,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from agentrl.algorithms.algorithm import Algorithm, MicroBatch, RolloutBatch
 from agentrl.config import TrainerConfig
@@ -47,6 +72,50 @@ from .policy import sequence_logprobs
 log = logging.getLogger(__name__)
 
 MAX_TURN_METRICS = 64  # per-turn metric keys beyond this turn index are folded into the last
+
+
+# Names whose loss call depends only on per-token values and the mini-batch-wide denominators
+# (checked in tests/algorithms/test_invariance.py); anything else, plugins included, is treated
+# as batch-dependent per call.
+SPLIT_INVARIANT_LOSSES = ("ppo", "cispo", "archer")  # archer: its PG part; its KL means are per call
+SPLIT_INVARIANT_CONTROLLERS = ("skywork", "prorl")  # state changes only at end_train_step
+SPLIT_INVARIANT_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+SPLIT_INVARIANT_SHAPING = ("entropy_advantage",)  # per token, for entropy_source: current
+
+
+def grouping_blocker(algorithm: Algorithm, *, ref_logprobs: bool) -> str | None:
+    """Why assigning a mini-batch's rows to micro-batches by length could change the update, or
+    None when it cannot. The loss uses mini-batch-wide denominators, so for a method built from
+    per-token terms the micro-batch losses sum to the same mini-batch loss whatever the split;
+    the exceptions select or normalise per loss call: Clip-Cov and KL-Cov (covariance means,
+    N_valid, top-k/random draw per call), Archer when it gets reference logprobs (KL means per
+    entropy group per call), BAPO (bounds searched per micro-batch), EntroPIC (micro-batch
+    entropy, integral updated per call), ``forking_tokens`` with ``entropy_source: current``
+    (quantile over the call's tokens). Unknown (plugin) names count as batch-dependent."""
+    cfg = algorithm.config
+    if cfg.loss.name not in SPLIT_INVARIANT_LOSSES:
+        return f"loss {cfg.loss.name!r} is computed per micro-batch"
+    if cfg.loss.name == "archer" and ref_logprobs:
+        return "archer's KL group means are per micro-batch"
+    if cfg.aggregation.name not in SPLIT_INVARIANT_AGGREGATIONS:
+        return f"aggregation {cfg.aggregation.name!r} is not known to be split-invariant"
+    for c in cfg.controllers:
+        if c.name not in SPLIT_INVARIANT_CONTROLLERS:
+            return f"controller {c.name!r} measures per micro-batch"
+    if algorithm._token_mask_source() == "current":
+        return f"token mask {cfg.token_mask.name!r} with entropy_source current thresholds per micro-batch"
+    for entry, _ in algorithm._shaping_with_source("current"):
+        if entry.name not in SPLIT_INVARIANT_SHAPING:
+            return f"shaping {entry.name!r} with entropy_source current is not known to be per token"
+    return None
+
+
+def _has_dropout(model: Any) -> bool:
+    """True when a training-mode forward can differ from the eval-mode one (dropout)."""
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(getattr(model, "lm", model), "config", None)
+    return any(float(getattr(config, k, 0.0) or 0.0) > 0 for k in ("attention_dropout", "hidden_dropout", "resid_pdrop", "attn_pdrop"))
 
 
 @dataclass
@@ -102,6 +171,13 @@ class Learner:
         self.generator = torch.Generator().manual_seed(seed)
         self.device = next(model.parameters()).device
         self.optimizer_steps = 0
+        blocker = grouping_blocker(algorithm, ref_logprobs=self.ref_model is not None)
+        self.group_by_length = bool(cfg.group_by_length) and blocker is None
+        if cfg.group_by_length and blocker is not None:
+            log.info("trainer.group_by_length: off for this method (%s); micro-batches keep the shuffled order", blocker)
+        self._dropout = _has_dropout(model)
+        self._lengths: list[int] = []  # per update: real length of each row (host), and the layout
+        self._right_padded = False
 
     def _make_ref(self) -> Any:
         ref = copy.deepcopy(self.model).eval()
@@ -113,24 +189,79 @@ class Learner:
         return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay)
 
     # ------------------------------------------------------------------ forwards
-    def _forward(self, model: Any, batch: TrainBatch, *, entropy: bool, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _read_layout(self, batch: TrainBatch) -> None:
+        """Row lengths on the host and whether every row is right-padded (one sync per update)."""
+        mask = batch.attention_mask.bool()
+        lengths = mask.sum(dim=1)
+        T = mask.shape[1]
+        right = (mask == (torch.arange(T, device=mask.device) < lengths.unsqueeze(1))).all()
+        host = torch.cat([lengths, right.long().view(1)]).tolist()
+        self._lengths, self._right_padded = host[:-1], bool(host[-1])
+
+    def _by_length(self, rows: list[int]) -> list[int]:
+        """``rows`` longest first (stable: equal lengths keep their order)."""
+        return sorted(rows, key=lambda r: -self._lengths[r])
+
+    def _micro_batches(self, rows: list[int], *, by_tokens: bool) -> list[list[int]]:
+        """Split ``rows`` into micro-batches of at most ``micro_batch_size`` rows. ``by_tokens``
+        (rows sorted longest first): also close a micro-batch before padding would make up more
+        than half of it (its rows x its first, longest row > 2 x its real tokens), so one long
+        episode shares its micro-batch only with rows that pay for little of its width. Memory
+        stays under the fixed split's ``micro_batch_size`` x T."""
+        n = self.cfg.micro_batch_size
+        if not by_tokens or not rows:
+            return [rows[i : i + n] for i in range(0, len(rows), n)]
+        out: list[list[int]] = [[]]
+        real = 0
+        for r in rows:
+            cur, length = out[-1], max(self._lengths[r], 1)
+            if cur and (len(cur) >= n or (len(cur) + 1) * max(self._lengths[cur[0]], 1) > 2 * (real + length)):
+                out.append(cur := [])
+                real = 0
+            cur.append(r)
+            real += length
+        return out
+
+    def _forward(self, model: Any, batch: TrainBatch, rows: list[int], *, entropy: bool, grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(logprobs, entropy)`` ``[len(rows), T]`` of batch rows ``rows``. Right-padded rows are
+        cut to their longest real length and run without a padding mask (exact on real tokens;
+        see :func:`sequence_logprobs`), then zero-padded back to the batch width T. Other
+        layouts run at full width with the mask."""
+        T = batch.input_ids.shape[1]
+        index = torch.tensor(rows, dtype=torch.long, device=batch.input_ids.device)
+        if self._right_padded:
+            width = min(T, max(2, max(self._lengths[r] for r in rows)))
+            ids, mask = batch.input_ids[index, :width], None
+        else:
+            width, ids, mask = T, batch.input_ids[index], batch.attention_mask[index]
         with torch.set_grad_enabled(grad):
-            return sequence_logprobs(
-                model, batch.input_ids, batch.attention_mask, temperature=self.temperature,
+            logp, ent = sequence_logprobs(
+                model, ids, mask, temperature=self.temperature,
                 chunk_size=self.cfg.logits_chunk_size, compute_entropy=entropy,
             )
+            if width < T:
+                logp = F.pad(logp, (0, T - width))
+                ent = F.pad(ent, (0, T - width)) if ent is not None else None
+        return logp, ent
 
-    def _no_grad_pass(self, model: Any, batch: TrainBatch, *, entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logps, ents = [], []
+    def _no_grad_pass(self, model: Any, batch: TrainBatch, *, entropy: bool, rows: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """No-grad ``(logprobs, entropy)`` ``[B, T]`` for ``rows`` (default all), in eval mode,
+        micro-batches taken by length (:meth:`_micro_batches` with ``by_tokens``; values are per
+        row, so the grouping never matters); rows not computed are 0."""
+        B, T = batch.input_ids.shape
+        logps = torch.zeros((B, T), dtype=torch.float32, device=batch.input_ids.device)
+        ents = torch.zeros_like(logps) if entropy else None
+        todo = self._by_length(list(range(B)) if rows is None else list(rows))
         was = model.training
         model.eval()
-        for start in range(0, batch.batch_size, self.cfg.micro_batch_size):
-            mb = batch.select(slice(start, start + self.cfg.micro_batch_size))
-            lp, ent = self._forward(model, mb, entropy=entropy, grad=False)
-            logps.append(lp)
-            ents.append(ent)
+        for chunk in self._micro_batches(todo, by_tokens=True):  # every rank splits alike (same lengths)
+            index = torch.tensor(chunk, dtype=torch.long, device=logps.device)
+            lp, ent = self._forward(model, batch, chunk, entropy=entropy, grad=False)
+            logps[index] = lp.float()
+            if ents is not None:
+                ents[index] = ent.float()
         model.train(was)
-        return torch.cat(logps), (torch.cat(ents) if entropy else None)
+        return logps, ents
 
     # ------------------------------------------------------------------ update
     def update(self, batch: TrainBatch) -> dict[str, float]:
@@ -144,10 +275,22 @@ class Learner:
         # async: the recomputed proximal is the decoupled objective's anchor, and measures the
         # train/inference mismatch even when the ratio is taken against the sampler
         need_proximal = (steps_per_batch > 1 and not clip_to_behavior) or self.async_mode
+        self._read_layout(batch)
+        B = batch.batch_size
+        mini_size = B // self.cfg.mini_batches
+        # the mini-batch orders of every epoch, drawn up front (the same draws as one per epoch)
+        orders = [(torch.randperm(B, generator=self.generator) if self.cfg.mini_batches > 1 else torch.arange(B)).tolist()
+                  for _ in range(self.cfg.ppo_epochs)]
+        # Sync mode, one process: the first mini-batch's training forward runs before any step, so
+        # its detached logprobs are those rows' proximal logprobs; the no-grad pass skips them.
+        defer = (need_proximal and not self.async_mode and not self.req["rollout_entropy"] and not self.req["rollout_logprobs"]
+                 and self.dp_size == 1 and not self._dropout)
+        deferred: set[int] = set(orders[0][:mini_size]) if defer else set()
         proximal = proximal_entropy = None
         if need_proximal or self.req["rollout_entropy"]:
-            proximal, proximal_entropy = self._no_grad_pass(self.model, batch, entropy=self.req["rollout_entropy"])
-        mismatch = self._behavior_mismatch(proximal, batch) if need_proximal else None
+            rest = [r for r in range(B) if r not in deferred]
+            proximal, proximal_entropy = self._no_grad_pass(self.model, batch, entropy=self.req["rollout_entropy"], rows=rest)
+        proximal_for_mismatch = proximal
         if clip_to_behavior:  # off_policy.proximal: behavior -- the ratio is against the sampler
             proximal = batch.behavior_logprobs
         ref = self._no_grad_pass(self.ref_model, batch, entropy=False)[0] if self.ref_model is not None else None
@@ -155,19 +298,18 @@ class Learner:
             rewards=batch.rewards, group_ids=batch.group_ids, loss_mask=batch.loss_mask, turn_ids=batch.turn_ids,
             turn_rewards=batch.turn_rewards, anchor_ids=batch.anchor_ids if self.req["anchor_ids"] else None,
             correct=batch.success, terminated=batch.terminated, truncated=batch.truncated,
-            proximal_logprobs=proximal if proximal is not None else batch.behavior_logprobs,
+            proximal_logprobs=proximal if proximal is not None and not defer else batch.behavior_logprobs,
             behavior_logprobs=batch.behavior_logprobs, entropy=proximal_entropy,
         )
         adv = self.algorithm.compute_advantages(rb)
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         counts: dict[str, int] = defaultdict(int)
         turn_stats = torch.zeros((4, MAX_TURN_METRICS), device=self.device)  # entropy sum, tokens, clipped, tokens
-        B = batch.batch_size
-        mini_size = B // self.cfg.mini_batches
         grad_norms = []
         skipped = loss_steps = 0  # mini-batches without an optimizer step; with a loss computed
-        for _ in range(self.cfg.ppo_epochs):
-            order = torch.randperm(B, generator=self.generator) if self.cfg.mini_batches > 1 else torch.arange(B)
+        for epoch in range(self.cfg.ppo_epochs):
+            order_list = orders[epoch]
+            order = torch.tensor(order_list, dtype=torch.long)
             # One host sync per epoch. A mini-batch with no trainable token takes no optimizer
             # step: even a zero gradient moves the weights through Adam's moments and weight
             # decay. When its rows still hold policy tokens (groups dropped by dynamic sampling)
@@ -183,17 +325,24 @@ class Learner:
                 if not has_tokens:
                     continue
                 loss_steps += 1
-                rows = order[m * mini_size : (m + 1) * mini_size]
+                row_list = order_list[m * mini_size : (m + 1) * mini_size]
+                rows = order[m * mini_size : (m + 1) * mini_size].to(self.device)
                 mini_mask = adv.loss_mask[rows]
                 num_tokens = mini_mask.sum()
                 num_seqs = mini_mask.any(dim=1).sum()
                 self.optimizer.zero_grad(set_to_none=True)
-                local_rows = rows[self.dp_rank :: self.dp_size]  # all rows when dp_size == 1
-                for start in range(0, len(local_rows), self.cfg.micro_batch_size):
-                    idx = local_rows[start : start + self.cfg.micro_batch_size]
+                if self.group_by_length:  # the split does not change this method's update (grouping_blocker)
+                    row_list = self._by_length(row_list)
+                local_rows = row_list[self.dp_rank :: self.dp_size]  # all rows when dp_size == 1
+                fill_proximal = defer and epoch == 0 and m == 0
+                # by tokens only on one process: FSDP ranks must run the same number of forwards
+                for chunk in self._micro_batches(local_rows, by_tokens=self.group_by_length and self.dp_size == 1):
+                    idx = torch.tensor(chunk, dtype=torch.long, device=self.device)
                     mb_batch = batch.select(idx)
                     # entropy is always computed: entropy/step/* and policy/entropy are logged for every method
-                    logp, ent = self._forward(self.model, mb_batch, entropy=True, grad=True)  # losses may need entropy with grad
+                    logp, ent = self._forward(self.model, batch, chunk, entropy=True, grad=True)  # losses may need entropy with grad
+                    if fill_proximal:  # no step taken yet: the current logprobs are the proximal ones
+                        proximal[idx] = logp.detach().float()
                     mb = MicroBatch(
                         logprobs=logp,
                         proximal_logprobs=proximal[idx] if proximal is not None else logp.detach(),
@@ -219,6 +368,8 @@ class Learner:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer_steps += 1
+        # after the loop: with a deferred pass, the first mini-batch filled in its rows' proximal
+        mismatch = self._behavior_mismatch(proximal_for_mismatch, batch) if need_proximal else None
         step = self.algorithm.end_train_step()
         reset = bool(step.reset_reference) if not isinstance(step.reset_reference, torch.Tensor) else bool(step.reset_reference.item())
         if reset:
