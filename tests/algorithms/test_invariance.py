@@ -139,3 +139,24 @@ def test_local_denominators_depend_on_split_without_global_counts():
     parts = sum(algo.loss(micro_batch(d, adv.advantages, adv.loss_mask, rows=slice(i, i + 4)))[0] * 0.5 for i in (0, 4))
     assert abs(float(whole) - float(parts)) > 1e-6
     assert MicroBatch is not None
+
+
+def _ref(config):
+    return build_algorithm(config).requirements()["ref_logprobs"]
+
+
+@pytest.mark.parametrize("name", sorted(INVARIANT))
+def test_the_learner_groups_micro_batches_by_length_for_split_invariant_methods(name):
+    # trainer.group_by_length reorders rows between micro-batches: allowed exactly where the
+    # gradient does not depend on the split (shown above for these methods)
+    from agentrl.learner.learner import grouping_blocker
+
+    assert grouping_blocker(build_algorithm(INVARIANT[name]), ref_logprobs=_ref(INVARIANT[name])) is None
+
+
+@pytest.mark.parametrize("name", sorted([*BATCH_DEPENDENT, "bapo"]))
+def test_the_learner_keeps_the_split_for_batch_dependent_methods(name):
+    from agentrl.learner.learner import grouping_blocker
+
+    config = {"controllers": ["bapo"]} if name == "bapo" else BATCH_DEPENDENT[name][1]
+    assert grouping_blocker(build_algorithm(config), ref_logprobs=_ref(config)) is not None
