@@ -148,3 +148,15 @@ def test_a_late_request_joins_the_running_batch_and_leaves_when_done(setup):
         ref = engine.generate([prompt], [p])[0]
         assert gen.ids == ref.ids
         torch.testing.assert_close(torch.tensor(gen.logprobs), torch.tensor(ref.logprobs), atol=1e-5, rtol=0)
+
+
+def test_many_episodes_through_a_small_batch_match_the_uncached_path(setup, guess_env_id):
+    """Ten episodes through a 3-row batch: rows join dead slots, longer rows move the write
+    column (gaps for the others), the buffers are rebuilt, and suffixes of different cache
+    lengths are prefilled together; ids and logprobs still match the path without a cache."""
+    model, tok = setup
+    _, off = play(model, tok, guess_env_id, n=10, kv_cache=False)
+    engine, on = play(model, tok, guess_env_id, n=10, max_batch_size=3)
+    assert_same(on, off)
+    assert engine._batch.reused > 0 and engine._batch.rebuilds > 1
+    assert engine.stats["cache_misses"] == 0 and engine.cached_keys == []
