@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from agentrl.sandboxes import (
     BackendUnavailableError,
@@ -87,7 +88,8 @@ def floor_once() -> float:
     return time.perf_counter() - t0
 
 
-async def bench_backend(name: str, n: int, rounds: int) -> dict:
+async def open_backend(name: str) -> Any:
+    """A started sandbox of backend ``name``, or ``{"available": False, "reason": ...}``."""
     try:
         sandbox = get_sandbox(name, limits=Limits(timeout_s=30))
     except BackendUnavailableError as e:
@@ -95,6 +97,13 @@ async def bench_backend(name: str, n: int, rounds: int) -> dict:
     start = getattr(sandbox, "start", None)
     if callable(start):
         await start()
+    return sandbox
+
+
+async def bench_backend(name: str, n: int, rounds: int) -> dict:
+    sandbox = await open_backend(name)
+    if isinstance(sandbox, dict):
+        return sandbox
     out: dict = {"available": True}
     try:
         health = await sandbox.health()
@@ -215,13 +224,9 @@ def _ratios(rows: list[dict], key: str) -> dict:
 async def bench_neighbour(name: str, repeats: int) -> dict:
     """How much a CPU spinner in one sandbox slows a sandboxed neighbour and the trainer (the
     module docstring); ``repeats`` rounds, each with its own alone/beside pair."""
-    try:
-        sandbox = get_sandbox(name, limits=Limits(timeout_s=30))
-    except BackendUnavailableError as e:
-        return {"available": False, "reason": str(e)}
-    start = getattr(sandbox, "start", None)
-    if callable(start):
-        await start()
+    sandbox = await open_backend(name)
+    if isinstance(sandbox, dict):
+        return sandbox
     out: dict = {"available": True, "spin_s": SPIN_S, "cpus_quota": sandbox.limits.cpus,
                  "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     rows = []
