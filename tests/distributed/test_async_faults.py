@@ -72,8 +72,13 @@ def test_async_training_survives_killed_rollout_workers(tmp_path, ray_cluster, g
     assert [k for k, _ in killed] == ["env", "generation"]
 
     assert summary["train_steps"] == 5 and "eval/after_rl/success" in summary["after_rl"]
-    rows = [r for r in read_metrics(metrics) if "loss/total" in r]
+    # every train_step logs; one whose episodes all failed (lost to the killed generation
+    # worker) skips the update and has no loss
+    rows = [r for r in read_metrics(metrics) if "policy/skipped_update" in r]
     assert [r["train_step"] for r in rows] == [1, 2, 3, 4, 5]
+    for r in rows:
+        assert ("loss/total" in r) == (r["policy/skipped_update"] == 0.0)
+        assert "loss/total" in r or r["rollout/failed_frac"] == 1.0
     last = rows[-1]
     assert last["rollout/env_worker_restarts"] == 1.0 and last["rollout/generation_worker_restarts"] == 1.0
     lost = last["rollout/episodes_lost_to_dead_env_workers"]

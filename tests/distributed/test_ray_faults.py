@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.distributed.test_ray_train import RAY
-from tests.train.test_faults import ALL_AT_ONCE, MODES, check_all_at_once, fault_env_file, make_cfg, recorded_batches  # noqa: F401
+from tests.train.test_faults import ALL_AT_ONCE, ALL_TIMEOUTS, MODES, check_all_at_once, fault_env_file, make_cfg, recorded_batches  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -17,5 +17,5 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 def test_all_faults_at_once_on_ray(tmp_path, ray_cluster, tiny_model_dir, fault_env_file, recorded_batches, mode):  # noqa: F811
     from agentrl.train import train
 
-    summary = train(make_cfg(tmp_path, tiny_model_dir("chatml"), fault_env_file, ALL_AT_ONCE, [*RAY, *MODES[mode]]))
+    summary = train(make_cfg(tmp_path, tiny_model_dir("chatml"), fault_env_file, ALL_AT_ONCE, [*RAY, *MODES[mode], *ALL_TIMEOUTS]))
     check_all_at_once(tmp_path, summary, recorded_batches)

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.timeout(600)
 CONFIG = """
 run: {name: faults, output_dir: OUT, seed: 0}
 model: {path: MODEL}
-env: {id: agentrl/SandboxedGuessNumber-v0, kwargs: {high: 8, max_turns: 4}, num_envs: 4, step_timeout_s: 2, reset_timeout_s: 2, close_timeout_s: 2}
-rollout: {group_size: 2, tasks_per_step: 4, max_new_tokens: 16, max_total_tokens: 1024, tools_in_prompt: false, generate_timeout_s: 5}
+env: {id: agentrl/SandboxedGuessNumber-v0, kwargs: {high: 8, max_turns: 4}, num_envs: 4, step_timeout_s: 60, reset_timeout_s: 60, close_timeout_s: 60}
+rollout: {group_size: 2, tasks_per_step: 4, max_new_tokens: 16, max_total_tokens: 1024, tools_in_prompt: false, generate_timeout_s: 60}
 trainer: {total_steps: 2, lr: 1e-3, micro_batch_size: 4, checkpoint_every: 1, eval_episodes: 4}
 logging: {progress: false, tensorboard: false}
 algorithm: {estimator: grpo, loss: {name: ppo}, aggregation: token-mean}
@@ -44,6 +44,11 @@ CASES = {
     ("step", "hang"): "env_timeout",
     ("step", "garbage"): "env_invalid_output",
 }
+# Timeouts are generous in CONFIG (a sandboxed reset under a load average of 5 took over 2 s:
+# sandboxed code runs at a low CPU weight); a hang fault tightens only the timeout that ends it.
+HANG_TIMEOUT = {"reset": ["env.reset_timeout_s=2"], "step": ["env.step_timeout_s=2"],
+                "before_generate": ["rollout.generate_timeout_s=5"], "close": ["env.close_timeout_s=2"]}
+ALL_TIMEOUTS = [t for ts in HANG_TIMEOUT.values() for t in ts]
 # per opportunity: some episodes of every step are hit, rarely all (per-turn points strike up
 # to max_turns times an episode)
 RATE = {"reset": 0.3, "before_generate": 0.15, "after_generate": 0.15, "step": 0.15}
@@ -121,7 +126,8 @@ MODES = {"sync": [], "async": ["run.mode=async", "rollout.max_staleness=1"]}
 def test_every_injection_point_is_contained(tmp_path, tiny_model_dir, fault_env_file, recorded_batches, point, kind, mode):
     from agentrl.train import train
 
-    cfg = make_cfg(tmp_path, tiny_model_dir("chatml"), fault_env_file, [{"point": point, "kind": kind, "rate": RATE[point]}], MODES[mode])
+    cfg = make_cfg(tmp_path, tiny_model_dir("chatml"), fault_env_file, [{"point": point, "kind": kind, "rate": RATE[point]}],
+                   [*MODES[mode], *(HANG_TIMEOUT[point] if kind == "hang" else [])])
     summary = train(cfg)
     check_run(tmp_path, summary, recorded_batches, [CASES[point, kind]])
     if kind == "hang" and point != "before_generate":  # a timed-out env instance is replaced by a fresh one
@@ -135,7 +141,8 @@ def test_a_failing_env_close_does_not_stop_the_run_from_ending(tmp_path, tiny_mo
 
     from agentrl.train import train
 
-    cfg = make_cfg(tmp_path, tiny_model_dir("chatml"), fault_env_file, [{"point": "close", "kind": kind, "rate": 1.0}], ["trainer.total_steps=1"])
+    cfg = make_cfg(tmp_path, tiny_model_dir("chatml"), fault_env_file, [{"point": "close", "kind": kind, "rate": 1.0}],
+                   ["trainer.total_steps=1", *HANG_TIMEOUT["close"]])
     t0 = time.monotonic()
     summary = train(cfg)
     assert summary["train_steps"] == 1
