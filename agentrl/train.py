@@ -79,7 +79,8 @@ def ensure_model(cfg: TrainConfig) -> None:
 
     init = cfg.model.init
     log.info("creating a tiny %s model at %s (tokenizer trained on %d expert episodes of %s)", init.arch, path, init.corpus_episodes, cfg.env.id)
-    texts = env_corpus([cfg.env.id], episodes=init.corpus_episodes, template=init.template, env_kwargs={cfg.env.id: cfg.env.kwargs}, seed=cfg.run.seed, tools_in_prompt=cfg.rollout.tools_in_prompt)
+    texts = env_corpus([cfg.env.id], episodes=init.corpus_episodes, template=init.template, env_kwargs={cfg.env.id: cfg.env.kwargs}, seed=cfg.run.seed, tools_in_prompt=cfg.rollout.tools_in_prompt,
+                       step_timeout_s=cfg.env.step_timeout_s, reset_timeout_s=cfg.env.reset_timeout_s, max_failed_frac=cfg.sft.max_failed_frac)
     create_tiny_model(
         path, texts, template=init.template, arch=init.arch, vocab_size=init.vocab_size, seed=cfg.run.seed,
         hidden_size=init.hidden_size, num_layers=init.num_layers, num_heads=init.num_heads, num_kv_heads=init.num_kv_heads,
@@ -125,7 +126,10 @@ def evaluate(rollout: Any, cfg: TrainConfig, label: str) -> dict[str, float]:
     trajs = rollout.evaluate(specs)
     out = summarize(trajs, prefix=f"eval/{label}")
     out[f"eval/{label}/time_s"] = time.perf_counter() - t0
-    log.info("eval %s: success %.3f over %d held-out episodes", label, out[f"eval/{label}/success"], len(trajs))
+    failed = sum(t.failed for t in trajs)
+    # success is over the episodes that did not fail: say how many those were
+    log.info("eval %s: success %.3f over %d held-out episodes%s", label, out[f"eval/{label}/success"], len(trajs),
+             f" ({failed} failed, not counted in success)" if failed else "")
     return out
 
 

@@ -23,7 +23,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         summary = train(cfg)
     except ExpertFailures as e:  # the env is broken, not the run: say so in one line
-        print(f"error: SFT warm start: {e}", file=sys.stderr)
+        print(f"error: {e.stage}: {e}", file=sys.stderr)
         return 1
     _print_summary(summary)
     return 0

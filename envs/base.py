@@ -115,6 +115,21 @@ class ToolEnv(gym.Env[Observation, str]):
     step_timeout_s: ClassVar[float] = 300.0
     reset_timeout_s: ClassVar[float] = 300.0
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a subclass that overrides the synchronous Gymnasium ``step``/``reset`` only:
+        rollouts, SFT and the tokenizer corpus call ``astep``/``areset``, so the override would
+        be skipped silently in training (a bug would never show, nor be contained)."""
+        super().__init_subclass__(**kwargs)
+        own = [k for k in cls.__mro__ if k is not ToolEnv and issubclass(k, ToolEnv)]
+        for sync, async_ in (("step", "astep"), ("reset", "areset")):
+            if any(sync in k.__dict__ for k in own) and not any(async_ in k.__dict__ for k in own):
+                raise TypeError(
+                    f"{cls.__qualname__} overrides ToolEnv.{sync}() but not {async_}(): training calls the async "
+                    f"{async_}() (step() and reset() are thin sync wrappers of it), so this override would never run. "
+                    f"Override `async def {async_}(self, ...)` instead (call `await super().{async_}(...)` for the default), "
+                    f"or put the logic in a tool (docs/add_env.md)."
+                )
+
     def __init__(
         self,
         *,

@@ -105,12 +105,22 @@ def init_model(
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
-def env_corpus(env_ids: list[str], *, episodes: int, template: str, env_kwargs: dict[str, Any] | None = None, seed: int = 0, tools_in_prompt: bool = True) -> list[str]:
+def env_corpus(env_ids: list[str], *, episodes: int, template: str, env_kwargs: dict[str, Any] | None = None, seed: int = 0,
+               tools_in_prompt: bool = True, step_timeout_s: float | None = None, reset_timeout_s: float | None = None,
+               max_failed_frac: float = 0.5) -> list[str]:
     """Expert transcripts of each env rendered through ``template`` (with the tool schemas when
-    ``tools_in_prompt``), one text per episode, cycling over the train split."""
+    ``tools_in_prompt``), one text per episode, cycling over the train split.
+
+    An episode whose env raises, or whose reset/step takes longer than ``reset_timeout_s`` /
+    ``step_timeout_s`` (None: the env's own ``reset_timeout_s`` / ``step_timeout_s``), is
+    skipped and logged, as in the SFT warm start. Raises ExpertFailures (one line, the first
+    failure's reason) when more than ``max_failed_frac`` of an env's episodes fail."""
     from transformers import PreTrainedTokenizerFast
 
     import agentrl.envs as envs
+    from agentrl.rollout.expert import ExpertFailures
+    from agentrl.rollout.faults import within
+    from agentrl.sandboxes import run_sync
 
     # A throwaway byte tokenizer just to render templates (rendering needs no vocabulary).
     from tokenizers import Tokenizer, models
@@ -122,10 +132,33 @@ def env_corpus(env_ids: list[str], *, episodes: int, template: str, env_kwargs: 
         env = envs.make(eid, **(env_kwargs or {}).get(eid, {}))
         core = env.unwrapped
         n = core.num_tasks("train")
+        reset_s = reset_timeout_s if reset_timeout_s is not None else getattr(core, "reset_timeout_s", 300.0)
+        step_s = step_timeout_s if step_timeout_s is not None else getattr(core, "step_timeout_s", 300.0)
+
+        async def play(k: int) -> None:
+            obs, _ = await within(core.areset(seed=seed + k, options={"task_index": (seed + k) % n, "split": "train"}),
+                                  reset_s, "env_timeout", "env.reset")
+            policy, done = core.expert(), False
+            while not done:
+                obs, _, terminated, truncated, _ = await within(core.astep(policy(obs)), step_s, "env_timeout", "env.step")
+                done = terminated or truncated
+
+        failures: list[str] = []
         for k in range(episodes):
-            envs.run_episode(env, core.expert, seed=seed + k, options={"task_index": (seed + k) % n, "split": "train"})
+            try:
+                run_sync(play(k))
+            except Exception as e:  # a buggy env or expert: skip the episode, as SFT does
+                failures.append(f"{type(e).__name__}: {e}")
+                log.warning("tokenizer corpus: expert episode %d of %s failed (%s); skipped", k, eid, failures[-1])
+                continue
             texts.append(fmt.render(core.transcript, core.tool_schemas if tools_in_prompt else None))
-        env.close()
+        try:
+            env.close()
+        except Exception as e:
+            log.warning("tokenizer corpus: closing %s failed: %s", eid, e)
+        if len(failures) > max_failed_frac * episodes:
+            raise ExpertFailures(f"{len(failures)} of {episodes} expert episodes of {eid} failed (more than "
+                                 f"{max_failed_frac:.0%}); the first: {failures[0]}", stage="tokenizer corpus")
     return texts
 
 

@@ -106,7 +106,12 @@ def expert_trajectories(
 
 
 class ExpertFailures(RuntimeError):
-    """Too many expert episodes failed to make a warm start from them."""
+    """Too many expert episodes failed to make a warm start (``stage``: "SFT warm start") or a
+    tokenizer corpus ("tokenizer corpus") from them."""
+
+    def __init__(self, message: str, stage: str = "SFT warm start") -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 def play_experts(

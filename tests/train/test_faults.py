@@ -179,7 +179,7 @@ def check_all_at_once(tmp_path, summary, batches):
 def test_all_faults_at_once_async(tmp_path, tiny_model_dir, fault_env_file, recorded_batches):
     from agentrl.train import train
 
-    summary = train(make_cfg(tmp_path, tiny_model_dir("chatml"), fault_env_file, ALL_AT_ONCE, MODES["async"]))
+    summary = train(make_cfg(tmp_path, tiny_model_dir("chatml"), fault_env_file, ALL_AT_ONCE, [*MODES["async"], *ALL_TIMEOUTS]))
     check_all_at_once(tmp_path, summary, recorded_batches)
 
 
@@ -223,3 +223,42 @@ def test_agentrl_train_reports_too_many_failed_demonstrations_in_one_line(tmp_pa
     assert rc == 1
     assert err[-1].startswith("error: SFT warm start: ") and "sft.max_failed_frac" in err[-1], err[-3:]
     assert "Traceback" not in "\n".join(err)
+
+
+def test_the_tokenizer_corpus_skips_failing_expert_episodes(fault_env_file):
+    """model.init plays expert episodes for the tokenizer before any model exists: a flaky env
+    loses some of them (skipped), a broken one stops with one line naming the stage."""
+    from agentrl.config import import_modules
+    from agentrl.models.tiny import env_corpus
+    from agentrl.rollout.expert import ExpertFailures
+
+    import_modules([fault_env_file])
+    eid = "agentrl/FlakyGuessNumber-v0"
+
+    def corpus(raise_every, frac):
+        return env_corpus([eid], episodes=12, template="chatml", env_kwargs={eid: {"high": 8, "max_turns": 4, "raise_every": raise_every}},
+                          max_failed_frac=frac)
+
+    clean = corpus(0, 0.5)
+    texts = corpus(5, 0.9)  # one instance plays all 12: its 5th, 10th, ... step calls raise
+    assert len(clean) == 12 and 0 < len(texts) < 12
+    assert all(t in clean for t in texts)  # the surviving episodes are the clean run's
+    with pytest.raises(ExpertFailures, match=r"of 12 expert episodes of agentrl/FlakyGuessNumber-v0 failed .*flaky env: step call") as e:
+        corpus(2, 0.25)
+    assert e.value.stage == "tokenizer corpus"
+
+
+def test_a_tool_env_that_overrides_only_the_sync_step_is_refused():
+    from agentrl.envs import ToolEnv
+
+    with pytest.raises(TypeError, match=r"Bad overrides ToolEnv.step\(\) but not astep\(\).*async def astep"):
+        class Bad(ToolEnv):
+            def step(self, action):
+                return super().step(action)
+
+    class Good(ToolEnv):  # the async override (the sync wrapper calls it) is fine
+        async def astep(self, action):
+            return await super().astep(action)
+
+        def step(self, action):
+            return super().step(action)
