@@ -262,3 +262,33 @@ def test_a_tool_env_that_overrides_only_the_sync_step_is_refused():
 
         def step(self, action):
             return super().step(action)
+
+
+def test_the_tokenizer_corpus_times_out_a_hanging_expert_step(fault_env_file):
+    """A step that hangs (every 5th call sleeps an hour) ends its corpus episode after the step
+    timeout; the others are kept."""
+    import asyncio
+    import time
+
+    import agentrl.envs as envs
+    from agentrl.config import import_modules
+    from agentrl.models.tiny import env_corpus
+
+    import_modules([fault_env_file])
+    base = type(envs.make("agentrl/FlakyGuessNumber-v0").unwrapped).__mro__[1]  # GuessNumber
+
+    class HangingGuess(base):
+        calls = 0
+
+        async def _astep(self, action):
+            HangingGuess.calls += 1
+            if HangingGuess.calls % 5 == 0:
+                await asyncio.sleep(3600)
+            return await super()._astep(action)
+
+    envs.register_env("HangingGuessCorpusTest", HangingGuess)
+    eid = "agentrl/HangingGuessCorpusTest-v0"
+    t0 = time.monotonic()
+    texts = env_corpus([eid], episodes=6, template="chatml", env_kwargs={eid: {"high": 8, "max_turns": 4}}, step_timeout_s=0.5, max_failed_frac=0.9)
+    assert 0 < len(texts) < 6 and HangingGuess.calls >= 5
+    assert time.monotonic() - t0 < 60  # the 0.5 s step timeout ended the hangs, not the hour
