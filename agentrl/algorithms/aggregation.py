@@ -47,7 +47,7 @@ def token_mean(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Tensor | flo
     """``sum(L * mask) / N_tok``.
 
     per_token [B, T] float; loss_mask [B, T] bool (True on policy tokens); ``num_tokens``: the
-    global token count (see module doc), default ``loss_mask.sum()``. Worked value (METHODS 1e):
+    global token count (see module doc), default ``loss_mask.sum()``. Worked value:
     losses a=[1, 1], b=[0, 0, 0, 0] give 2/6.
     """
     fallback = loss_mask.sum().to(per_token.dtype)
@@ -69,7 +69,7 @@ def seq_mean_token_mean(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Ten
                         num_seqs: Tensor | float | None = None) -> Tensor:
     """``mean_i( sum_t L*mask / sum_t mask )`` over sequences with at least one policy token.
 
-    ``num_seqs``: global sequence count (see module doc). METHODS 1e: a=[1, 1], b=[0,0,0,0] -> 0.5.
+    ``num_seqs``: global sequence count (see module doc). Hand-derived: a=[1, 1], b=[0,0,0,0] -> 0.5.
     """
     n_tok = loss_mask.sum(dim=-1).to(per_token.dtype)
     seq = masked_sum(per_token, loss_mask, dim=-1) / n_tok.clamp(min=1)
@@ -100,7 +100,7 @@ def seq_mean_token_sum(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Tens
 )
 def seq_mean_token_sum_norm(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Tensor | float | None = None,
                             num_seqs: Tensor | float | None = None, norm_length: float | None = None) -> Tensor:
-    """``sum(L * mask) / norm_length`` (METHODS section 0). ``norm_length`` default: T, the padded
+    """``sum(L * mask) / norm_length`` (the module docstring). ``norm_length`` default: T, the padded
     length of this call; set it (e.g. to ``max_response_tokens``) so the constant does not change
     with padding across micro-batches."""
     const = float(per_token.shape[-1]) if norm_length is None else float(norm_length)

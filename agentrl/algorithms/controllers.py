@@ -123,7 +123,7 @@ def _grid(start: float, maximum: float, step: float) -> list[float]:
     source="WooooDyy/BAPO recipe/bapo/policy_loss.py compute_policy_loss_bapo",
 )
 class BAPOController(Controller):
-    """BAPO adaptive clipping (METHODS 8a) with *absolute* ratio bounds ``c_low < 1 < c_high``.
+    """BAPO adaptive clipping with *absolute* ratio bounds ``c_low < 1 < c_high``.
 
     Per micro-batch, from the start bounds: ``eff = min(r, c_high)`` if ``A >= 0`` else
     ``max(r, c_low)``; ``pos = sum mask*max(eff*A, 0)``, ``neg = sum mask*max(-eff*A, 0)``
@@ -135,14 +135,14 @@ class BAPOController(Controller):
 
     Options (``recipe/bapo/config/bapo_trainer.yaml``): ``target_ratio`` 1.0 in code units
     pos/neg (the paper's positive fraction rho_0 is ``target/(1+target)``; rho_0 = 0.5 <-> 1.0);
-    lower 0.6 -> 0.8 step 0.05; upper 1.2 -> 2.0 step 0.05 (the README's "paper" maxima are
+    lower 0.6 -> 0.8 step 0.05; upper 1.2 -> 2.0 step 0.05 (the BAPO release README's "paper" maxima are
     0.9 / 3.0, steps not given). ``metric``: ``"code"`` (default: clipped tokens count with their
     clipped ratio, so raising c_low can only increase neg) or ``"paper"`` (only tokens inside the
-    clip range, i.e. with gradient, count: the README's "filtering" reading, [unverified]).
+    clip range, i.e. with gradient, count: the BAPO release README's "filtering" reading, [unverified]).
 
     The loops are evaluated for all grid values at once and the first success picked: no host
     sync, same result. The decision statistic is float64, so an exact tie reads as
-    ``x / (x + 1e-8) < 1`` as in METHODS 8e (float32 sums could round the 1e-8 away).
+    ``x / (x + 1e-8) < 1`` as in the release code (float32 sums could round the 1e-8 away).
     """
 
     name = "bapo"
@@ -240,7 +240,7 @@ class BAPOController(Controller):
     source="yk7333/EntroPIC dp_actor.update_policy, core_algos.compute_policy_loss_entropic",
 )
 class EntroPICController(Controller):
-    """EntroPIC (METHODS 9a), per micro-batch:
+    """EntroPIC, per micro-batch:
 
     ``H_mb`` = token-mean current-policy entropy of the micro-batch (detached; summed across
     ranks when an all-reduce is given); ``e = H_mb - target_entropy`` (positive = too high);
@@ -306,7 +306,7 @@ class EntroPICController(Controller):
     source="SkyworkAI/Skywork-OR1 core_algos.EntController, ray_trainer.fit; TRL use_adaptive_entropy",
 )
 class SkyworkEntropyController(Controller):
-    """Skywork-OR1 adaptive entropy control (METHODS 10a).
+    """Skywork-OR1 adaptive entropy control.
 
     Loss term per micro-batch: ``- coef * gate * aggregate(H)`` (H = current-policy entropy,
     with gradient). After each train_step with measurement ``e``: ``coef += delta`` if
@@ -318,7 +318,7 @@ class SkyworkEntropyController(Controller):
     tokens over the whole rollout batch, pre-update) or ``"entropy"`` (TRL: full-vocabulary
     entropy of the current policy over the step's tokens). Defaults from the Skywork scripts:
     target 0.2, delta 1e-4, coef 0 -> [0, 5e-3] (TRL: delta 0.005, max 1.0; the paper's delta is
-    unverified). METHODS 10e: e = [0.35, 0.25, 0.18, 0.15, 0.19, 0.22] -> realised coefficients
+    unverified). Hand-derived: e = [0.35, 0.25, 0.18, 0.15, 0.19, 0.22] -> realised coefficients
     [0, 0, 1e-4, 2e-4, 3e-4, 0].
     """
 
@@ -376,10 +376,10 @@ class SkyworkEntropyController(Controller):
     "prorl",
     summary="ProRL: KL penalty to a reference that is periodically hard-reset to the current policy",
     paper="arXiv 2505.24864 (ProRL)",
-    source="no reference code; abstract and reviews (METHODS 11)",
+    source="no reference code; abstract and reviews",
 )
 class ProRLController(Controller):
-    """ProRL reference resets (METHODS 11a). The KL penalty itself is the algorithm's ``kl``
+    """ProRL reference resets. The KL penalty itself is the algorithm's ``kl``
     section (k3, ``coef`` = beta); this controller decides *when* the learner must reset: copy
     the current policy into the reference model **and** re-initialise the optimizer state.
 

@@ -45,7 +45,7 @@ def turn_token_counts(turn_ids: Tensor, loss_mask: Tensor, num_turns: int) -> Te
 def turn_means(values: Tensor, turn_ids: Tensor, loss_mask: Tensor, num_turns: int) -> tuple[Tensor, Tensor]:
     """Mean of ``values [B, T]`` over each turn's policy tokens: ``([B, S] means, [B, S] counts)``.
 
-    E.g. the step entropy ``H_step`` of EMPG (METHODS 7a step 2) from per-token entropy. Turns
+    E.g. the step entropy ``H_step`` of EMPG from per-token entropy. Turns
     with no token get mean 0 (check ``counts > 0``).
     """
     valid, idx = _valid_turn_tokens(turn_ids, loss_mask, num_turns)
@@ -85,7 +85,7 @@ def discounted_turn_returns(turn_rewards: Tensor, turn_mask: Tensor, gamma: floa
     ``turn_rewards [B, S]`` float, ``turn_mask [B, S]`` bool; rewards at missing turns are
     ignored and their returns are 0. Computed as ``r @ D`` with the ``[S, S]`` upper-triangular
     discount matrix ``D[s', s] = gamma^(s'-s)`` for ``s' >= s`` (float64), so there is no loop.
-    METHODS appendix: reward 1 two turns later with gamma 0.95 gives 0.9025.
+    Hand-derived: reward 1 two turns later with gamma 0.95 gives 0.9025.
     """
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")

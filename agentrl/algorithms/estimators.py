@@ -85,7 +85,7 @@ def grpo(*, rewards: Tensor, group_ids: Tensor, valid: Tensor | None = None, nor
 
     A group of size 1 gets mean 0 and std 1 (so ``A = R / (1 + eps)``), as verl. All-equal
     rewards give A = 0. ``normalize_std=False``: ``A_i = R_i - mean_g R`` (Dr. GRPO).
-    METHODS 12e: rewards [1, 0, 0, 1] -> +/-0.8660. ``valid [B] bool`` (optional): rows that
+    Hand-derived: rewards [1, 0, 0, 1] -> +/-0.8660. ``valid [B] bool`` (optional): rows that
     count; others (failed episodes with no policy tokens) are left out of the group statistics
     and get 0; a group that failures leave with a single valid row is dropped (A = 0: no
     baseline exists), unlike a group of size 1 by design.
@@ -160,7 +160,7 @@ def psr(*, rewards: Tensor, correct: Tensor | None = None, success_threshold: fl
     """PSR: keep correct rows only (``keep``), ``A = 1``; no baseline, no std.
 
     ``correct [B] bool`` if given, else ``rewards > success_threshold`` (0.5 works for both 0/1
-    and -1/+1 rewards). METHODS 12e: [1, 0, 0, 1] -> [1, -, -, 1].
+    and -1/+1 rewards). Hand-derived: [1, 0, 0, 1] -> [1, -, -, 1].
     """
     ok = _correct(rewards, correct, success_threshold)
     return EstimatorOutput(torch.where(ok, 1.0, 0.0).float(), keep=ok)
@@ -169,7 +169,7 @@ def psr(*, rewards: Tensor, correct: Tensor | None = None, success_threshold: fl
 @ESTIMATORS.register("nsr", summary="negative sample reinforcement: train only on incorrect samples, A = -1",
                      paper=_PSR_PAPER, source=_PSR_SOURCE, inputs=("rewards", "correct"))
 def nsr(*, rewards: Tensor, correct: Tensor | None = None, success_threshold: float = 0.5) -> EstimatorOutput:
-    """NSR: keep incorrect rows only, ``A = -1``. METHODS 12e: [1, 0, 0, 1] -> [-, -1, -1, -]."""
+    """NSR: keep incorrect rows only, ``A = -1``. Hand-derived: [1, 0, 0, 1] -> [-, -1, -1, -]."""
     ok = _correct(rewards, correct, success_threshold)
     return EstimatorOutput(torch.where(ok, 0.0, -1.0).float(), keep=~ok)
 
@@ -181,7 +181,7 @@ def w_reinforce(*, rewards: Tensor, correct: Tensor | None = None, success_thres
     """W-REINFORCE: ``L = lambda * L_PSR + L_NSR``, i.e. ``A = lambda`` for correct rows and -1 for
     incorrect ones, all rows kept (all-correct and all-wrong groups included, unlike DAPO).
     ``positive_weight`` is lambda (code ``positive_advantage_weight``, README 0.1).
-    METHODS 12e: [1, 0, 0, 1] -> [0.1, -1, -1, 0.1].
+    Hand-derived: [1, 0, 0, 1] -> [0.1, -1, -1, 0.1].
     """
     ok = _correct(rewards, correct, success_threshold)
     return EstimatorOutput(torch.where(ok, float(positive_weight), -1.0).float())
@@ -213,7 +213,7 @@ def gigpo(*, rewards: Tensor, group_ids: Tensor, turn_returns: Tensor, turn_mask
       singleton step group uses its own value as mean (``A_S = 0``) and std 1.
 
     Missing turns (``turn_mask`` False) get 0, and so does a group that failed episodes (no
-    turns trained) leave with one trajectory. METHODS appendix: R = [1, 0, 1] with returns
+    turns trained) leave with one trajectory. Hand-derived: R = [1, 0, 1] with returns
     [0.9025, 0, 0.95] from one shared state -> A_E = [1/3, -2/3, 1/3], A_S = [0.285, -0.6175, 0.3325].
     """
     if mode not in ("mean_norm", "mean_std_norm"):

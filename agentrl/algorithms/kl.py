@@ -42,7 +42,7 @@ def kl_k2(*, logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
                         source="verl kl_penalty 'low_var_kl'", inputs=_INPUTS)
 def kl_k3(*, logprobs: Tensor, ref_logprobs: Tensor, clamp: float = 10.0) -> Tensor:
     """``k3 = exp(d) - d - 1`` with ``d = clamp(ref_logprobs - logprobs, -20, 20)``, result clamped
-    to ``[-clamp, clamp]`` (verl ``low_var_kl``). METHODS 6e/11e: logprobs -1.0, ref -1.2 give
+    to ``[-clamp, clamp]`` (verl ``low_var_kl``). Hand-derived: logprobs -1.0, ref -1.2 give
     ``e^-0.2 + 0.2 - 1 = 0.018731``."""
     d = torch.clamp(ref_logprobs - logprobs, -20.0, 20.0)
     return torch.clamp(torch.exp(d) - d - 1.0, -clamp, clamp)
