@@ -94,7 +94,7 @@ def grpo(*, rewards: Tensor, group_ids: Tensor, valid: Tensor | None = None, nor
     single = count <= 1
     mean = torch.where(single, torch.zeros_like(mean), mean)
     std = torch.where(single, torch.ones_like(std), std)
-    adv = rewards.to(torch.float64) - mean
+    adv = (rewards.to(torch.float64) if valid is None else torch.where(valid.bool(), rewards.to(torch.float64), 0.0)) - mean
     if normalize_std:
         adv = adv / (std + eps)
     return EstimatorOutput(_finish(adv, valid, group_ids))
@@ -140,6 +140,7 @@ def reinforce_pp_baseline(*, rewards: Tensor, group_ids: Tensor, token_counts: T
     count, mean, _ = _group_moments(rewards, group_ids, (token_counts > 0).to(torch.float64))
     a0 = rewards.to(torch.float64) - torch.where(count > 1, mean, torch.zeros_like(mean))
     w = token_counts.to(torch.float64)
+    a0 = torch.where(w > 0, a0, torch.zeros_like(a0))  # rows without tokens never reach the whitening (0 * nan)
     n = w.sum()
     mu = (w * a0).sum() / n.clamp(min=1)
     var = (w * (a0 - mu) ** 2).sum() / (n - 1).clamp(min=1)
@@ -227,7 +228,7 @@ def gigpo(*, rewards: Tensor, group_ids: Tensor, turn_returns: Tensor, turn_mask
     single = count <= 1
     mean = torch.where(single, torch.zeros_like(mean), mean)
     std = torch.where(single, torch.ones_like(std), std)
-    a_e = rewards.to(torch.float64) - mean
+    a_e = torch.where(n_turns > 0, rewards.to(torch.float64), 0.0) - mean  # a row without turns never reaches the std
     if use_std:
         a_e = a_e / (std + eps)
 
@@ -237,7 +238,7 @@ def gigpo(*, rewards: Tensor, group_ids: Tensor, turn_returns: Tensor, turn_mask
     key_valid = torch.where(flat_valid, torch.zeros_like(uniq), uniq + 1)  # missing turns never share a group
     key_group = group_ids.reshape(b, 1).expand(b, s).reshape(-1)
     step_ids = compact_ids(key_valid, key_group, anchor_ids.reshape(-1))
-    g = turn_returns.reshape(-1).to(torch.float64)
+    g = torch.where(flat_valid, turn_returns.reshape(-1).to(torch.float64), 0.0)  # missing turns: any value
     s_count, s_mean, s_std = segment_stats(g, step_ids)
     s_std = torch.where(s_count <= 1, torch.ones_like(s_std), s_std)
     a_s = g - s_mean

@@ -132,11 +132,12 @@ def segment_stats(values: Tensor, ids: Tensor, weights: Tensor | None = None) ->
     """
     n = values.shape[0]
     w = torch.ones_like(values) if weights is None else weights.to(values.dtype)
+    values = torch.where(w > 0, values, torch.zeros((), dtype=values.dtype, device=values.device))  # 0 * nan is nan
     count = segment_sum(w, ids, n)
     mean = segment_sum(w * values, ids, n) / count.clamp(min=1e-12)
     dev = values - mean[ids]
     ss = segment_sum(w * dev * dev, ids, n)
-    std = torch.sqrt((ss / (count - 1).clamp(min=1e-12)).clamp(min=0))
+    std = torch.sqrt(torch.where(count > 1, ss / (count - 1).clamp(min=1e-12), 1.0).clamp(min=0))  # no sqrt(0) grad
     std = torch.where(count > 1, std, torch.zeros_like(std))
     return count[ids], mean[ids], std[ids]
 
