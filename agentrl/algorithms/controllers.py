@@ -183,6 +183,10 @@ class BAPOController(Controller):
         for the code metric; the paper metric uses ``r <= c_high`` and ``r >= c_low``.
         """
         zero = torch.zeros((), dtype=r.dtype, device=r.device)
+        # values at masked positions never matter (NaN/inf padding included): select them away
+        # before any product or bucketing (0 * nan is nan); unmasked results are unchanged
+        r = torch.where(mask, r, torch.ones((), dtype=r.dtype, device=r.device))
+        a = torch.where(mask, a, zero)
         pos_w = torch.where(mask & (a >= 0), a, zero)
         neg_w = torch.where(mask & (a < 0), -a, zero)
         # upper: b = #candidates < r, so r <= highs[j] <=> b <= j
@@ -219,7 +223,9 @@ class BAPOController(Controller):
         return lows[k], highs[j], ratios[j]
 
     def micro_batch(self, view: LossView) -> ControllerOutput:
-        ratio = torch.exp(clamped_log_ratio(view.logprobs.detach(), view.proximal_logprobs))
+        zero = torch.zeros((), dtype=view.logprobs.dtype, device=view.logprobs.device)
+        ratio = torch.exp(clamped_log_ratio(torch.where(view.loss_mask, view.logprobs.detach(), zero),
+                                            torch.where(view.loss_mask, view.proximal_logprobs, zero)))
         c_low, c_high, pn = self.search(ratio=ratio, advantages=view.advantages, loss_mask=view.loss_mask,
                                         all_reduce=view.all_reduce)
         dtype = view.logprobs.dtype
