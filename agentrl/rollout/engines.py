@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from .batcher import serve_batches
+
 log = logging.getLogger(__name__)
 
 
@@ -622,30 +624,11 @@ class HFEngine(Engine):
         return await fut
 
     async def _batcher(self) -> None:
+        """``kv_cache=False``: batch-at-once generation of what arrives within ``batch_wait_s``
+        (:func:`agentrl.rollout.batcher.serve_batches`), on the engine's forward thread."""
         assert self._queue is not None
-        while True:
-            first = await self._queue.get()
-            batch = [first]
-            deadline = time.perf_counter() + self.batch_wait_s
-            while len(batch) < self.max_batch_size:
-                timeout = deadline - time.perf_counter()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except asyncio.TimeoutError:
-                    break
-            try:
-                gens = await asyncio.get_running_loop().run_in_executor(
-                    self._thread, self.generate, [b[0] for b in batch], [b[1] for b in batch])
-                for (_, _, fut), gen in zip(batch, gens):
-                    if not fut.done():
-                        fut.set_result(gen)
-            except Exception as e:  # an engine failure fails these requests, not the batcher
-                log.exception("generation failed for a batch of %d", len(batch))
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
+        await serve_batches(self._queue, self.generate, max_batch_size=self.max_batch_size, batch_wait_s=self.batch_wait_s,
+                            executor=self._thread, logger=log)
 
     # -- continuous batching -------------------------------------------------------------
 

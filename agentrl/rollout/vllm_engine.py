@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from .batcher import serve_batches
 from .engines import Engine, Generation, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -181,28 +182,11 @@ class VLLMEngine(Engine):
         return await fut
 
     async def _batcher(self) -> None:
+        """One ``LLM.generate`` per batch of what arrives within ``batch_wait_s``
+        (:func:`agentrl.rollout.batcher.serve_batches`, in a to_thread worker)."""
         assert self._queue is not None
-        while True:
-            batch = [await self._queue.get()]
-            deadline = time.perf_counter() + self.batch_wait_s
-            while len(batch) < self.max_batch_size:
-                timeout = deadline - time.perf_counter()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except asyncio.TimeoutError:
-                    break
-            try:
-                gens = await asyncio.to_thread(self.generate, [b[0] for b in batch], [b[1] for b in batch])
-                for (_, _, fut), gen in zip(batch, gens):
-                    if not fut.done():
-                        fut.set_result(gen)
-            except Exception as e:  # fail these requests, keep the batcher
-                log.exception("vLLM generation failed for a batch of %d", len(batch))
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
+        await serve_batches(self._queue, self.generate, max_batch_size=self.max_batch_size, batch_wait_s=self.batch_wait_s,
+                            what="vLLM generation", logger=log)
 
     # ------------------------------------------------------------------ weights, memory
     def update_weights(self, state_dict: dict[str, torch.Tensor] | None, version: int) -> None:

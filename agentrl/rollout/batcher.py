@@ -1,0 +1,76 @@
+"""The request micro-batcher of the batch-at-once engines (:class:`~agentrl.rollout.engines.HFEngine`
+with ``kv_cache=False``, :class:`~agentrl.rollout.vllm_engine.VLLMEngine`).
+
+``agenerate`` puts ``(prompt_ids, params, future)`` on an asyncio queue; :func:`serve_batches`
+takes the first request, waits up to ``batch_wait_s`` for more (at most ``max_batch_size`` in
+all), runs the engine's synchronous ``generate(prompts, params)`` for them in a worker thread
+and resolves each future with its Generation. An exception from ``generate`` fails that batch's
+requests and nothing else: the batcher goes on with the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from typing import Any, Callable
+
+Request = tuple[list[int], Any, asyncio.Future]
+
+log = logging.getLogger(__name__)
+
+
+async def collect_batch(queue: asyncio.Queue, max_batch_size: int, batch_wait_s: float) -> list[Request]:
+    """The next batch: the first request (waited for without limit), then whatever else arrives
+    within ``batch_wait_s`` of it, up to ``max_batch_size`` requests."""
+    batch = [await queue.get()]
+    deadline = time.perf_counter() + batch_wait_s
+    while len(batch) < max_batch_size:
+        timeout = deadline - time.perf_counter()
+        if timeout <= 0:
+            break
+        try:
+            batch.append(await asyncio.wait_for(queue.get(), timeout))
+        except asyncio.TimeoutError:
+            break
+    return batch
+
+
+async def serve_batches(
+    queue: asyncio.Queue,
+    generate: Callable[[list[list[int]], list[Any]], list[Any]],
+    *,
+    max_batch_size: int,
+    batch_wait_s: float,
+    executor: concurrent.futures.Executor | None = None,
+    what: str = "generation",
+    logger: logging.Logger | None = None,
+) -> None:
+    """Serve ``queue`` forever (until cancelled): one ``generate`` call per collected batch.
+
+    Args:
+        queue: ``(prompt_ids, params, future)`` requests.
+        generate: the engine's synchronous batched generation, one result per prompt, in order.
+        executor: the thread to run ``generate`` on (HFEngine's single forward thread);
+            None runs it through :func:`asyncio.to_thread`.
+        what, logger: how a failed batch is logged (``"<what> failed for a batch of N"``).
+    """
+    loop = asyncio.get_running_loop()
+    logger = logger or log
+    while True:
+        batch = await collect_batch(queue, max_batch_size, batch_wait_s)
+        prompts, params = [b[0] for b in batch], [b[1] for b in batch]
+        try:
+            if executor is None:
+                gens = await asyncio.to_thread(generate, prompts, params)
+            else:
+                gens = await loop.run_in_executor(executor, generate, prompts, params)
+            for (_, _, fut), gen in zip(batch, gens):
+                if not fut.done():
+                    fut.set_result(gen)
+        except Exception as e:  # an engine failure fails these requests, not the batcher
+            logger.exception("%s failed for a batch of %d", what, len(batch))
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
