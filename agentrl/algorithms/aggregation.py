@@ -41,6 +41,7 @@ def _denominator(value: Tensor | float | None, fallback: Tensor) -> Tensor:
     paper="arXiv 2503.14476 (DAPO) Sec. 3.3, token-level policy gradient loss",
     source="verl core_algos.agg_loss",
     inputs=_AGG_INPUTS,
+    split_invariant=True,
 )
 def token_mean(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Tensor | float | None = None,
                num_seqs: Tensor | float | None = None) -> Tensor:
@@ -64,6 +65,7 @@ def _seq_count(loss_mask: Tensor, dtype: torch.dtype) -> Tensor:
     paper="arXiv 2402.03300 (DeepSeekMath) GRPO objective",
     source="verl core_algos.agg_loss",
     inputs=_AGG_INPUTS,
+    split_invariant=True,
 )
 def seq_mean_token_mean(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Tensor | float | None = None,
                         num_seqs: Tensor | float | None = None) -> Tensor:
@@ -82,6 +84,7 @@ def seq_mean_token_mean(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Ten
     paper="verl loss_agg_mode (no paper equation)",
     source="verl core_algos.agg_loss",
     inputs=_AGG_INPUTS,
+    split_invariant=True,
 )
 def seq_mean_token_sum(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Tensor | float | None = None,
                        num_seqs: Tensor | float | None = None) -> Tensor:
@@ -97,6 +100,7 @@ def seq_mean_token_sum(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Tens
     paper="arXiv 2503.20783 (Dr. GRPO) constant normaliser",
     source="verl core_algos.agg_loss",
     inputs=_AGG_INPUTS,
+    split_invariant=True,
 )
 def seq_mean_token_sum_norm(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Tensor | float | None = None,
                             num_seqs: Tensor | float | None = None, norm_length: float | None = None) -> Tensor:

@@ -7,10 +7,13 @@ Order of calls per train_step (see docs/add_method.md for a full example)::
     adv = algo.compute_advantages(rollout_batch)          # phase 1, once per rollout batch
     for mini_batch in mini_batches:
         n_tok = adv.loss_mask[mini].sum()                  # global denominators (a tensor, no sync)
+        if algo.requirements()["mini_batch_stats"]:        # sums over the whole mini-batch first
+            algo.begin_mini_batch(sum_dicts(algo.mini_batch_stats(mb) for mb in no_grad(micro_batches)))
         for mb in micro_batches(mini_batch):
             loss, metrics = algo.loss(mb, num_tokens=n_tok, num_seqs=n_seq,
                                       micro_batch_fraction=mb_rows / mini_rows)   # phase 2
             loss.backward()
+        algo.end_mini_batch()
         optimizer.step()
         step = algo.end_train_step()                       # controllers update
         if step.reset_reference: ...                        # ProRL: copy policy -> reference, reset optimizer
@@ -19,6 +22,17 @@ Phase 1 (:meth:`Algorithm.compute_advantages`): overlong shaping, dynamic-sampli
 estimator, turn-level shaping (EMPG), broadcast to tokens via turn ids, token-level shaping and
 batch-scope token masks. Phase 2 (:meth:`Algorithm.loss`): the policy loss with its token mask,
 controller effects, KL and entropy terms. Neither phase syncs with the host.
+
+Mini-batch statistics. Every term is normalised over the whole mini-batch, so how the learner
+splits it (micro-batch size, data-parallel ranks) never changes the update. Most denominators
+are known from the masks before any forward (``num_tokens``, ``num_seqs``); a few depend on the
+current policy over the whole mini-batch (Archer's entropy-group counts, EntroPIC's mini-batch
+entropy and high-probability count, the kept-token count of a token mask with ``normalize:
+kept``). For those the learner runs :meth:`Algorithm.mini_batch_stats` on each micro-batch of a
+no-grad forward (the same rows and weights as the training forward), then
+:meth:`Algorithm.begin_mini_batch` with the sums (all-reduced across ranks), then the
+micro-batches' :meth:`Algorithm.loss`, then :meth:`Algorithm.end_mini_batch`. A
+:meth:`Algorithm.loss` call outside such a bracket is its own mini-batch.
 """
 
 from __future__ import annotations
@@ -36,11 +50,12 @@ from .controllers import Controller, ControllerOutput, LossView, StepStats
 from .credit import (broadcast_turns, default_turn_ids, discounted_turn_returns, place_on_last_turn,
                      turn_means, turn_token_counts)
 from .kl import kl_estimate
+from .losses import LossOutput
 from .ops import clamped_log_ratio, masked_mean, masked_sum, zero_masked
 from .registry import CONTROLLERS, ESTIMATORS, LOSSES, SHAPING, TOKEN_MASKS
 from .sampling import dynamic_sampling_keep, overlong_penalty
 
-__all__ = ["RolloutBatch", "AdvantageResult", "MicroBatch", "StepResult", "Algorithm", "build_algorithm"]
+__all__ = ["RolloutBatch", "AdvantageResult", "MicroBatch", "StepResult", "Algorithm", "build_algorithm", "LossOutput"]
 
 AllReduce = Callable[[Tensor], Tensor]
 
@@ -174,6 +189,7 @@ class Algorithm:
         self._reset_accumulators()
         self._rollout_nll: Tensor | None = None
         self._rollout_entropy: Tensor | None = None
+        self._mini_stats: dict[str, Tensor] | None = None
         self._req = self.requirements()
         # KL to the reference is computed in phase 2 only when it is used: as a loss term or by a
         # controller (ProRL). A loss with its own KL (Archer) reports it under its own keys.
@@ -189,6 +205,18 @@ class Algorithm:
             return None
         return self.config.token_mask.options.get("entropy_source", self.token_mask.options().get("entropy_source"))
 
+    def _loss_options(self) -> dict[str, Any]:
+        return {**self.loss_entry.options(), **self.config.loss.options}
+
+    def _kept_normalize(self) -> bool:
+        """A token mask with ``normalize: kept``: the policy loss is averaged over the kept tokens."""
+        if self.token_mask is None:
+            return False
+        return {**self.token_mask.options(), **self.config.token_mask.options}.get("normalize", "all") == "kept"
+
+    def _loss_stats(self) -> Callable[..., dict[str, Tensor]] | None:
+        return self.loss_entry.extra.get("stats")
+
     def _loss_needs_ref(self) -> bool:
         if "ref_logprobs" not in self.loss_entry.inputs:
             return False
@@ -201,12 +229,18 @@ class Algorithm:
         ``entropy_grad``: that entropy must carry gradient; ``rollout_entropy``: proximal entropy
         in the RolloutBatch; ``ref_logprobs``: reference logprobs in micro-batches;
         ``anchor_ids``: per-turn anchor keys; ``rollout_logprobs``: proximal logprobs in the
-        RolloutBatch (Skywork NLL measure)."""
+        RolloutBatch (Skywork NLL measure); ``mini_batch_stats``: call :meth:`mini_batch_stats`
+        over the mini-batch and :meth:`begin_mini_batch` before its micro-batches;
+        ``stats_forward``: those statistics need the current policy's forward (logprobs,
+        entropy) rather than only the masks."""
         ctrl_req = set().union(*(c.requires for c in self.controllers)) if self.controllers else set()
-        skywork_nll = any(getattr(c, "measure", None) == "nll" for c in self.controllers)
-        entropy_grad = self.config.entropy_coef > 0 or any(c.name == "skywork" for c in self.controllers)
+        entropy_grad = self.config.entropy_coef > 0 or any(c.needs_entropy_grad for c in self.controllers)
         needs_current = ("entropy" in self.loss_entry.inputs or "entropy" in ctrl_req or entropy_grad
                          or self._token_mask_source() == "current" or bool(self._shaping_with_source("current")))
+        probe = self._stats_probe()
+        loss_stats = self._loss_stats() is not None and bool(self._loss_stats()(
+            **{k: probe[k] for k in self.loss_entry.inputs}, **self._loss_options()))
+        ctrl_stats = any(type(c).mini_batch_stats is not Controller.mini_batch_stats for c in self.controllers)
         needs_rollout = (any(e.extra.get("level") == "turn" for e, _ in self.shaping)
                          or self._token_mask_source() == "proximal" or bool(self._shaping_with_source("proximal")))
         return {
@@ -215,8 +249,17 @@ class Algorithm:
             "rollout_entropy": needs_rollout,
             "ref_logprobs": self.config.kl.coef > 0 or "ref_logprobs" in ctrl_req or self._loss_needs_ref(),
             "anchor_ids": "anchor_ids" in self.estimator.inputs,
-            "rollout_logprobs": skywork_nll,
+            "rollout_logprobs": "rollout_logprobs" in ctrl_req,
+            "mini_batch_stats": loss_stats or ctrl_stats or self._kept_normalize(),
+            "stats_forward": loss_stats or ctrl_stats or (self._kept_normalize() and self._token_mask_source() == "current"),
         }
+
+    @staticmethod
+    def _stats_probe() -> dict[str, Tensor]:
+        """A one-token input for asking a loss's ``stats`` function whether it has any."""
+        one = torch.ones(1, 1)
+        return {"logprobs": -one, "proximal_logprobs": -one, "advantages": one, "entropy": one,
+                "loss_mask": torch.ones(1, 1, dtype=torch.bool), "ref_logprobs": -one}
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The seeded generator for ``device`` (created on first use, restored from state)."""
@@ -335,8 +378,56 @@ class Algorithm:
         v = torch.stack([total.detach().float(), count.detach().float()])
         self._acc[key] = v if key not in self._acc else self._acc[key] + v
 
+    def _kept(self, mb: MicroBatch) -> Tensor | None:
+        """The token mask's kept tokens ``[B, T]`` bool for this micro-batch (current scope:
+        from its entropy; batch scope: the slice it carries), or None without a token mask."""
+        if self._token_mask_source() == "current":
+            return self.token_mask.obj(entropy=mb.entropy, loss_mask=mb.loss_mask, **self.config.token_mask.options)[0]
+        return None if mb.token_mask is None else mb.token_mask & mb.loss_mask
+
+    def mini_batch_stats(self, mb: MicroBatch) -> dict[str, Tensor]:
+        """Per-call sums (0-dim float32 tensors, keyed ``<component>/<what>``) of the counts the
+        components normalise by over the whole mini-batch; :meth:`begin_mini_batch` takes their
+        totals. ``mb`` as for :meth:`loss` (no gradient needed). Empty when nothing needs them."""
+        out: dict[str, Tensor] = {}
+        loss_mask = mb.loss_mask
+        if self._kept_normalize():
+            kept = self._kept(mb)
+            if kept is None:
+                raise ValueError("token mask normalize: kept needs the kept tokens: MicroBatch.token_mask (batch scope)")
+            loss_mask = kept
+            out["token_mask/kept_tokens"] = kept.sum().float()
+            out["token_mask/kept_seqs"] = kept.any(dim=1).sum().float()
+        fn = self._loss_stats()
+        if fn is not None:
+            tensors = {"logprobs": mb.logprobs.detach(), "proximal_logprobs": mb.proximal_logprobs, "advantages": mb.advantages,
+                       "loss_mask": loss_mask, "entropy": mb.entropy, "ref_logprobs": mb.ref_logprobs}
+            out.update(fn(**{k: tensors[k] for k in self.loss_entry.inputs}, **self._loss_options()))
+        if self.controllers:
+            view = LossView(logprobs=mb.logprobs.detach(), proximal_logprobs=mb.proximal_logprobs, advantages=mb.advantages,
+                            loss_mask=mb.loss_mask, aggregate=make_aggregate(self.config.aggregation.name),
+                            entropy=None if mb.entropy is None else mb.entropy.detach(), all_reduce=self.all_reduce)
+            for c in self.controllers:
+                out.update(c.mini_batch_stats(view))
+        return out
+
+    def begin_mini_batch(self, stats: dict[str, Tensor]) -> None:
+        """Open a mini-batch with the totals of :meth:`mini_batch_stats` over its micro-batches
+        on this rank (summed across ranks here, one all-reduce); controllers take theirs."""
+        if self.all_reduce is not None and stats:
+            keys = sorted(stats)
+            summed = self.all_reduce(torch.stack([stats[k].float() for k in keys]))
+            stats = {k: summed[i] for i, k in enumerate(keys)}
+        self._mini_stats = dict(stats)
+        for c in self.controllers:
+            c.begin_mini_batch(self._mini_stats)
+
+    def end_mini_batch(self) -> None:
+        """Close the mini-batch opened by :meth:`begin_mini_batch`."""
+        self._mini_stats = None
+
     def loss(self, mb: MicroBatch, *, num_tokens: Tensor | float | None = None, num_seqs: Tensor | float | None = None,
-             micro_batch_fraction: float | Tensor = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+             micro_batch_fraction: float | Tensor = 1.0) -> LossOutput:
         """Phase 2: the scalar loss of one micro-batch and its metrics.
 
         Call exactly once per micro-batch in training order (controllers such as EntroPIC update
@@ -348,10 +439,24 @@ class Algorithm:
         given; ``policy/kl_ref`` when a KL term or controller uses the reference;
         ``policy/behavior_kl`` (and ``policy/behavior_is_mean``) when behavior logprobs are given;
         plus the method's own (``bapo/*``, ``entropic/*``, ``skywork/*``, ...).
+        Returns :class:`LossOutput` (unpacks as ``loss, metrics``; ``clipped [B, T]`` bool: the
+        tokens the policy loss clipped, or None when it has no clipping).
         """
         self._check_micro_batch(mb)
+        own = self._req["mini_batch_stats"] and self._mini_stats is None
+        if own:  # not inside begin/end_mini_batch: this call is the whole mini-batch
+            self.begin_mini_batch(self.mini_batch_stats(mb))
+        try:
+            return self._loss(mb, num_tokens, num_seqs, micro_batch_fraction)
+        finally:
+            if own:
+                self.end_mini_batch()
+
+    def _loss(self, mb: MicroBatch, num_tokens: Tensor | float | None, num_seqs: Tensor | float | None,
+              micro_batch_fraction: float | Tensor) -> LossOutput:
         cfg = self.config
         mask = mb.loss_mask
+        stats = self._mini_stats or {}
         agg = make_aggregate(cfg.aggregation.name, num_tokens=num_tokens, num_seqs=num_seqs, **cfg.aggregation.options)
         metrics: dict[str, Tensor] = {}
         adv = mb.advantages
@@ -367,11 +472,20 @@ class Algorithm:
         for out in ctrl:
             options.update(out.loss_kwargs)
             metrics.update(out.metrics)
+        pg_mask, pg_agg = mask, agg
+        if self._kept_normalize():  # the policy loss over the kept tokens, mini-batch-wide counts
+            pg_mask = self._kept(mb)
+            pg_agg = make_aggregate(cfg.aggregation.name, num_tokens=stats["token_mask/kept_tokens"],
+                                    num_seqs=stats["token_mask/kept_seqs"], **cfg.aggregation.options)
         tensors = {"logprobs": mb.logprobs, "proximal_logprobs": mb.proximal_logprobs, "advantages": adv,
-                   "loss_mask": mask, "entropy": mb.entropy, "ref_logprobs": mb.ref_logprobs}
-        extra = {"generator": self.generator(mb.logprobs.device)} if self._loss_takes_generator else {}
-        policy, loss_metrics = self.loss_entry.obj(**{k: tensors[k] for k in self.loss_entry.inputs}, **options,
-                                                   aggregate=agg, token_weights=weights, **extra)
+                   "loss_mask": pg_mask, "entropy": mb.entropy, "ref_logprobs": mb.ref_logprobs}
+        extra: dict[str, Any] = {"generator": self.generator(mb.logprobs.device)} if self._loss_takes_generator else {}
+        if self._loss_stats() is not None:
+            extra["mini_batch_stats"] = stats
+        out = self.loss_entry.obj(**{k: tensors[k] for k in self.loss_entry.inputs}, **options,
+                                  aggregate=pg_agg, token_weights=weights, **extra)
+        policy, loss_metrics = out
+        clipped = out.clipped if isinstance(out, LossOutput) else None  # a plugin may return (loss, metrics)
         metrics.update(loss_metrics)
         kl_term, ent_term = self._regularisers(mb, agg, metrics)
         ctrl_term = policy.new_zeros(())
@@ -387,7 +501,7 @@ class Algorithm:
             "policy/ratio_mean": _stat(masked_mean(ratio, mask)),
             "policy/approx_kl": _stat(masked_mean((ratio - 1) - log_ratio, mask)),
         })
-        return total, metrics
+        return LossOutput(total, metrics, clipped)
 
     def _check_micro_batch(self, mb: MicroBatch) -> None:
         req = self._req

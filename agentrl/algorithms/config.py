@@ -197,9 +197,6 @@ def _field_problem(obj: Any, name: str, where: str) -> str | None:
     return value_problem(getattr(obj, name), default, spec, where, nullable="None" in str(f.type))
 
 
-_BAPO_MAX_GRID = 10_000
-"""Most candidate bounds BAPO's search may visit per side (its grid is built as a list)."""
-
 _SECTIONS = {"credit": CreditConfig, "kl": KLConfig, "dynamic_sampling": DynamicSamplingConfig,
              "overlong": OverlongConfig, "off_policy": OffPolicyConfig}
 
@@ -306,29 +303,20 @@ class AlgorithmConfig:
             if len(set(names)) != len(names):
                 raise ValueError(f"algorithm.{kind} lists a component twice: {names}")
         for spec in self.controllers:
-            compatible = CONTROLLERS.get(spec.name).obj.compatible_losses
+            cls = CONTROLLERS.get(spec.name).obj
+            compatible = cls.compatible_losses
             if compatible is not None and self.loss.name not in compatible:
                 raise ValueError(f"controller {spec.name!r} works with loss {' or '.join(compatible)}, "
                                  f"not {self.loss.name!r}; set algorithm.loss.name: {compatible[0]}")
-            if spec.name == "prorl" and self.kl.coef <= 0:
-                raise ValueError("controller 'prorl' resets the KL reference: set algorithm.kl.coef > 0 (beta)")
+            cls.check_config(self)  # the controller's own cross-field checks (ProRL: kl.coef > 0)
         if self.off_policy.proximal not in ("recompute", "behavior"):
             raise ValueError(f"algorithm.off_policy.proximal must be 'recompute' or 'behavior', got {self.off_policy.proximal!r}")
         if self.overlong.enabled and not 0 < self.overlong.buffer_tokens <= self.overlong.max_response_tokens:
             raise ValueError(f"algorithm.overlong: need 0 < buffer_tokens <= max_response_tokens, got buffer_tokens "
                              f"{self.overlong.buffer_tokens} and max_response_tokens {self.overlong.max_response_tokens}")
         for i, spec in enumerate(self.controllers):
-            if spec.name == "bapo":  # its search grid is a Python list built in __init__: keep it small
-                o = {**CONTROLLERS.get("bapo").options(), **spec.options}
-                for side in ("lower", "upper"):
-                    start, top, step = (o[f"ratio_{side}_{k}"] for k in ("start", "max", "step"))
-                    n = (top - start) / step if step > 0 else 0.0
-                    if not n <= _BAPO_MAX_GRID:
-                        raise ValueError(f"algorithm.controllers[{i}] (bapo): ratio_{side}_max {top} - ratio_{side}_start {start} "
-                                         f"in steps of ratio_{side}_step {step} is a search grid of {n:.3g} bounds; "
-                                         f"at most {_BAPO_MAX_GRID} (the defaults give 4 and 16)")
-            # the controllers check their options together in __init__ (BAPO's bounds, Skywork's
-            # coefficient interval): build each once here, so that runs before any work
+            # the controllers check their options together in __init__ (BAPO's bounds and grid
+            # size, Skywork's coefficient interval): build each once here, before any work
             try:
                 CONTROLLERS.get(spec.name).obj(**spec.options)
             except (ValueError, TypeError) as e:

@@ -9,9 +9,21 @@ A controller is an object with a small, explicit interface (all methods optional
 * ``end_train_step(stats: StepStats) -> ControllerOutput`` -- called once after the optimizer
   step with the step's measurements; updates state and may request a reference reset.
 * ``state_dict()`` / ``load_state_dict(state)`` -- tensors and plain numbers only.
+* ``mini_batch_stats(view) -> dict[str, Tensor]`` and ``begin_mini_batch(stats)`` -- for a
+  controller that normalises or measures over the whole mini-batch: per-call sums (0-dim
+  tensors, keys prefixed with the controller's name), which the composition layer adds up over
+  the mini-batch's micro-batches and the data-parallel ranks and hands to ``begin_mini_batch``
+  once, before the mini-batch's first ``micro_batch`` call. Called without that (one
+  ``Algorithm.loss`` call on its own), each call is its own mini-batch.
+* ``check_config(config)`` (classmethod) -- cross-field checks against the whole
+  ``AlgorithmConfig`` at load time; raise ValueError with the fix.
 
-``requires`` names the optional tensors the controller needs (``"entropy"`` current-policy
-entropy in the micro-batch, ``"ref_logprobs"``), so the learner can compute them.
+A controller describes itself, so the learner never needs its name: ``requires`` names the
+optional tensors it needs (``"entropy"`` current-policy entropy in the micro-batch,
+``"ref_logprobs"``, ``"rollout_logprobs"`` the proximal logprobs of the whole rollout batch);
+``needs_entropy_grad`` asks for that entropy with gradient; ``split_invariant`` says its effect
+depends only on per-token values and mini-batch-wide sums (so rows may be regrouped between
+micro-batches); ``compatible_losses`` limits the losses it works with.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ from torch import Tensor
 from .ops import clamped_log_ratio, first_true_index, masked_mean, masked_sum
 from .registry import CONTROLLERS
 
-__all__ = ["LossView", "StepStats", "ControllerOutput", "Controller", "BAPOController", "EntroPICController",
+__all__ = ["BAPO_MAX_GRID", "LossView", "StepStats", "ControllerOutput", "Controller", "BAPOController", "EntroPICController",
            "SkyworkEntropyController", "ProRLController"]
 
 AllReduce = Callable[[Tensor], Tensor]
@@ -83,6 +95,18 @@ class Controller:
     name = ""
     requires: frozenset[str] = frozenset()
     compatible_losses: tuple[str, ...] | None = None  # None: any loss
+    needs_entropy_grad = False
+    split_invariant = False  # unknown (plugin) controllers count as batch-dependent
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        """Cross-field checks against the whole ``AlgorithmConfig``; ValueError with the fix."""
+
+    def mini_batch_stats(self, view: LossView) -> dict[str, Tensor]:
+        return {}
+
+    def begin_mini_batch(self, stats: dict[str, Tensor]) -> None:
+        """Start a mini-batch with the sums of :meth:`mini_batch_stats` over all of it."""
 
     def micro_batch(self, view: LossView) -> ControllerOutput:
         return ControllerOutput()
@@ -104,6 +128,10 @@ class Controller:
 def _scalar(value: float) -> Tensor:
     """A 0-dim float32 CPU tensor; controllers move their state to the data's device on first use."""
     return torch.tensor(float(value), dtype=torch.float32)
+
+
+BAPO_MAX_GRID = 10_000
+"""Most candidate bounds BAPO's search may hold per side (it is built as a list)."""
 
 
 def _grid(start: float, maximum: float, step: float) -> list[float]:
@@ -158,6 +186,12 @@ class BAPOController(Controller):
                              f"got {ratio_lower_start}, {ratio_upper_start} (epsilons like 0.2 are not bounds)")
         if ratio_lower_max >= 1:
             raise ValueError(f"bapo ratio_lower_max must stay below 1, got {ratio_lower_max}")
+        for side, (start, top, step) in (("lower", (ratio_lower_start, ratio_lower_max, ratio_lower_step)),
+                                         ("upper", (ratio_upper_start, ratio_upper_max, ratio_upper_step))):
+            n = (top - start) / step if step > 0 else 0.0
+            if not n <= BAPO_MAX_GRID:  # the grid is a Python list: keep it small
+                raise ValueError(f"ratio_{side}_max {top} - ratio_{side}_start {start} in steps of ratio_{side}_step {step} "
+                                 f"is a search grid of {n:.3g} bounds; at most {BAPO_MAX_GRID} (the defaults give 4 and 16)")
         self.target = max(float(target_ratio), 0.0)
         self.low_grid = _grid(ratio_lower_start, max(ratio_lower_max, ratio_lower_start), max(ratio_lower_step, 0.0))
         self.high_grid = _grid(ratio_upper_start, max(ratio_upper_max, ratio_upper_start), max(ratio_upper_step, 0.0))
@@ -190,18 +224,24 @@ class BAPOController(Controller):
         pos_w = torch.where(mask & (a >= 0), a, zero)
         neg_w = torch.where(mask & (a < 0), -a, zero)
         # upper: b = #candidates < r, so r <= highs[j] <=> b <= j
+        def buckets(b: Tensor, k: int, x: Tensor) -> Tensor:
+            return torch.zeros(k, dtype=r.dtype, device=r.device).index_add_(0, b, x)
+
+        def prefix(x: Tensor) -> Tensor:  # sum over buckets <= j, for j < K
+            return x.cumsum(0)[:-1]
+
+        def suffix(x: Tensor) -> Tensor:  # sum over buckets > j, for j < K: summed, never total - prefix
+            return x.flip(0).cumsum(0).flip(0)[1:]  # (a subtraction cancels a tiny term to 0, and 0 reads as "no negatives")
+
         b = torch.bucketize(r, highs)
         kh = highs.numel() + 1
-        rw = torch.zeros(kh, dtype=r.dtype, device=r.device).index_add_(0, b, r * pos_w).cumsum(0)[:-1]
-        ww = torch.zeros(kh, dtype=r.dtype, device=r.device).index_add_(0, b, pos_w).cumsum(0)[:-1]
-        pos = rw if self.metric == "paper" else rw + highs * (pos_w.sum() - ww)
+        rw = prefix(buckets(b, kh, r * pos_w))
+        pos = rw if self.metric == "paper" else rw + highs * suffix(buckets(b, kh, pos_w))
         # lower: b = #candidates <= r, so r >= lows[j] <=> b > j
         b = torch.bucketize(r, lows, right=True)
         kl = lows.numel() + 1
-        rw = torch.zeros(kl, dtype=r.dtype, device=r.device).index_add_(0, b, r * neg_w).cumsum(0)[:-1]
-        ww = torch.zeros(kl, dtype=r.dtype, device=r.device).index_add_(0, b, neg_w).cumsum(0)[:-1]
-        above = (r * neg_w).sum() - rw
-        neg = above if self.metric == "paper" else above + lows * ww
+        above = suffix(buckets(b, kl, r * neg_w))
+        neg = above if self.metric == "paper" else above + lows * prefix(buckets(b, kl, neg_w))
         return pos, neg
 
     def _ratio(self, pos: Tensor, neg: Tensor) -> Tensor:
@@ -246,22 +286,27 @@ class BAPOController(Controller):
     source="yk7333/EntroPIC dp_actor.update_policy, core_algos.compute_policy_loss_entropic",
 )
 class EntroPICController(Controller):
-    """EntroPIC, per micro-batch:
+    """EntroPIC, per mini-batch (the unit of one optimizer step):
 
-    ``H_mb`` = token-mean current-policy entropy of the micro-batch (detached; summed across
-    ranks when an all-reduce is given); ``e = H_mb - target_entropy`` (positive = too high);
-    ``alpha = clip(kp * e + ki * I, -1, 1)``; then ``I += e * micro_batch_fraction`` (never
-    reset, no anti-windup; checkpointed). Extra loss
-    ``alpha * mean_{hp}(-r * |A|)`` over high-probability tokens ``hp = loss_mask &
-    (logprobs > log(high_prob_threshold))`` (current policy), 0 if none.
-    ``target_entropy < 0`` disables control (alpha 0, I frozen), as the reference config's -1.
-    Defaults: run_entropic.sh (target 0.1, kp 1, ki 0.01, threshold 0.95). Batch-dependent by
-    design (per micro-batch entropy and hp mean). Direction: entropy above target -> alpha > 0
-    -> confident positives pushed up harder, confident negatives less -> entropy falls.
+    ``H`` = token-mean current-policy entropy over the whole mini-batch (detached; all its
+    micro-batches and data-parallel ranks, from :meth:`mini_batch_stats`); ``e = H -
+    target_entropy`` (positive = too high); ``alpha = clip(kp * e + ki * I, -1, 1)``; then
+    ``I += e`` (never reset, no anti-windup; checkpointed). Extra loss
+    ``alpha * sum_{hp}(-r * |A|) / N_hp`` over the high-probability tokens ``hp = loss_mask &
+    (logprobs > log(high_prob_threshold))`` (current policy), ``N_hp`` their count over the whole
+    mini-batch, 0 if none: each micro-batch adds its share, so the micro-batch size and the
+    number of ranks do not change the update. The reference code does the same per micro-batch
+    (``I += e * micro_bsz / mini_bsz`` and its loss scaled by that share); the two agree when a
+    mini-batch is one micro-batch, the reference code's setting (run_entropic.sh: batch 512 =
+    mini-batch 512). ``target_entropy < 0`` disables control (alpha 0, I frozen), as the
+    reference config's -1. Defaults: run_entropic.sh (target 0.1, kp 1, ki 0.01, threshold
+    0.95). Direction: entropy above target -> alpha > 0 -> confident positives pushed up harder,
+    confident negatives less -> entropy falls.
     """
 
     name = "entropic"
     requires = frozenset({"entropy"})
+    split_invariant = True
 
     def __init__(self, *, target_entropy: float = 0.1, kp: float = 1.0, ki: float = 0.01,
                  high_prob_threshold: float = 0.95, alpha_limit: float = 1.0) -> None:
@@ -272,6 +317,7 @@ class EntroPICController(Controller):
         self.log_threshold = math.log(high_prob_threshold)
         self.alpha_limit = float(alpha_limit)
         self._integral = _scalar(0.0)
+        self._mini: tuple[Tensor, Tensor, Tensor] | None = None  # (alpha, H, N_hp) of the open mini-batch
 
     def control(self, entropy_mean: Tensor, micro_batch_fraction: float | Tensor = 1.0) -> Tensor:
         """One PI step from a measured mean entropy (0-dim tensor): returns alpha, updates I."""
@@ -283,20 +329,40 @@ class EntroPICController(Controller):
         self._integral = self._integral + err * micro_batch_fraction
         return alpha
 
-    def micro_batch(self, view: LossView) -> ControllerOutput:
+    def _high_prob(self, view: LossView) -> Tensor:
+        return view.loss_mask & (view.logprobs.detach() > self.log_threshold)
+
+    def mini_batch_stats(self, view: LossView) -> dict[str, Tensor]:
         if view.entropy is None:
             raise ValueError("entropic controller needs the current policy's entropy in the micro-batch")
-        ent = view.entropy.detach()
-        stats = view.reduce(torch.stack([masked_sum(ent, view.loss_mask).float(), view.loss_mask.sum().float()]))
-        h_mb = stats[0] / stats[1].clamp(min=1)
-        alpha = self.control(h_mb, view.micro_batch_fraction)
-        hp = view.loss_mask & (view.logprobs.detach() > self.log_threshold)
-        ratio = torch.exp(clamped_log_ratio(view.logprobs, view.proximal_logprobs))
-        adjust = alpha.to(ratio.dtype) * masked_mean(-ratio * view.advantages.abs(), hp)
+        return {"entropic/entropy_sum": masked_sum(view.entropy.detach(), view.loss_mask).float(),
+                "entropic/tokens": view.loss_mask.sum().float(),
+                "entropic/high_prob_tokens": self._high_prob(view).sum().float()}
+
+    def begin_mini_batch(self, stats: dict[str, Tensor]) -> None:
+        h = stats["entropic/entropy_sum"] / stats["entropic/tokens"].clamp(min=1)
+        self._mini = (self.control(h), h, stats["entropic/high_prob_tokens"])
+
+    def micro_batch(self, view: LossView) -> ControllerOutput:
+        own = self._mini is None
+        if own:  # called on its own: this micro-batch is the whole mini-batch
+            stats = self.mini_batch_stats(view)
+            keys = sorted(stats)
+            summed = view.reduce(torch.stack([stats[k] for k in keys]))
+            self.begin_mini_batch({k: summed[i] for i, k in enumerate(keys)})
+        alpha, h, n_hp = self._mini  # type: ignore[misc]
+        if own:
+            self._mini = None
+        hp = self._high_prob(view)
+        zero = torch.zeros((), dtype=view.logprobs.dtype, device=view.logprobs.device)
+        # masked positions selected away before any product (a NaN there would reach the gradient)
+        ratio = torch.exp(clamped_log_ratio(torch.where(hp, view.logprobs, zero), torch.where(hp, view.proximal_logprobs, zero)))
+        adv = torch.where(hp, view.advantages, zero).abs()
+        adjust = alpha.to(ratio.dtype) * masked_sum(-ratio * adv, hp) / n_hp.to(ratio.dtype).clamp(min=1)
         metrics = {
             "entropic/alpha": alpha.detach(),
             "entropic/integral": self._integral.detach().clone(),
-            "entropic/entropy": h_mb.detach(),
+            "entropic/entropy": h.detach(),
             "entropic/high_prob_frac": masked_mean(hp.float(), view.loss_mask).detach(),
         }
         return ControllerOutput(extra_loss=adjust, metrics=metrics)
@@ -330,6 +396,8 @@ class SkyworkEntropyController(Controller):
 
     name = "skywork"
     requires = frozenset({"entropy"})
+    needs_entropy_grad = True  # its loss term is an entropy bonus
+    split_invariant = True  # the coefficient changes only at end_train_step
 
     def __init__(self, *, target_entropy: float = 0.2, delta: float = 1e-4, coef_init: float = 0.0,
                  coef_min: float = 0.0, coef_max: float = 5e-3, measure: str = "nll", strict: bool = True) -> None:
@@ -340,6 +408,8 @@ class SkyworkEntropyController(Controller):
         self.target, self.delta = float(target_entropy), float(delta)
         self.coef_min, self.coef_max = float(coef_min), float(coef_max)
         self.measure, self.strict = measure, bool(strict)
+        if measure == "nll":
+            self.requires = frozenset({"entropy", "rollout_logprobs"})
         self._coef = _scalar(coef_init)
         self._gate = _scalar(0.0)
 
@@ -400,6 +470,12 @@ class ProRLController(Controller):
 
     name = "prorl"
     requires = frozenset({"ref_logprobs"})
+    split_invariant = True  # state changes only at end_train_step
+
+    @classmethod
+    def check_config(cls, config: Any) -> None:
+        if config.kl.coef <= 0:
+            raise ValueError("controller 'prorl' resets the KL reference: set algorithm.kl.coef > 0 (beta)")
 
     def __init__(self, *, reset_interval_steps: int = 0, reset_kl_threshold: float | None = None,
                  min_steps_between_resets: int = 1) -> None:

@@ -1,4 +1,4 @@
-"""Policy losses: per-token surrogate -> aggregated scalar, ``(loss, metrics)``.
+"""Policy losses: per-token surrogate -> aggregated scalar, a :class:`LossOutput`.
 
 Every loss is a pure function with keyword-only arguments:
 
@@ -13,6 +13,16 @@ Every loss is a pure function with keyword-only arguments:
   per-token policy loss before aggregation (the 80/20 token mask, off-policy IS weights). The
   aggregation denominator stays ``loss_mask``: a zero weight removes gradient, not the token's
   place in the denominator (METHODS 3d).
+
+A loss returns :class:`LossOutput` ``(loss, metrics, clipped)``; it unpacks as ``loss, metrics``.
+``clipped [B, T]`` bool says which tokens the loss clipped (their ratio left the clip range in
+the direction the clip acts on: no gradient through the ratio), or None when the loss has no
+such notion (KL-Cov); the learner logs it per turn, so it needs no knowledge of the loss.
+A loss whose normaliser is a count over the whole mini-batch that depends on the current
+policy (Archer's entropy groups) registers ``stats=fn``: ``fn(**inputs, **options)`` returns
+per-call sums (a dict of 0-dim tensors, keys prefixed with the loss name); the composition layer
+sums them over the mini-batch's micro-batches (and ranks) and passes the totals back as
+``mini_batch_stats``; called alone (``mini_batch_stats=None``) the call is its own mini-batch.
 
 ``ratio = exp(clamp(logprobs - proximal_logprobs, -20, 20))`` (verl's guard). Sign convention:
 the loss is ``-objective`` and is minimised. Values at ``loss_mask == False`` positions reach
@@ -30,13 +40,34 @@ from torch import Tensor
 
 from .aggregation import token_mean
 from .kl import kl_estimate
-from .ops import clamped_log_ratio, masked_mean, masked_quantile, zero_masked
+from .ops import clamped_log_ratio, masked_mean, masked_quantile, masked_sum, zero_masked
 from .registry import LOSSES
 
-__all__ = ["ppo_loss", "cispo_loss", "clip_cov_loss", "kl_cov_loss", "archer_loss", "ppo_per_token"]
+__all__ = ["LossOutput", "ppo_loss", "cispo_loss", "clip_cov_loss", "kl_cov_loss", "archer_loss", "archer_stats", "ppo_per_token"]
 
 Aggregate = Callable[[Tensor, Tensor], Tensor]
 _BASE = ("logprobs", "proximal_logprobs", "advantages", "loss_mask")
+
+
+class LossOutput(tuple):
+    """What a policy loss returns: the pair ``(loss, metrics)`` (a tuple: unpacks and indexes as
+    one) plus ``clipped``. ``loss``: 0-dim, with gradient; ``metrics``: detached 0-dim float32
+    tensors; ``clipped``: ``[B, T]`` bool (False off ``loss_mask``), or None."""
+
+    clipped: Tensor | None
+
+    def __new__(cls, loss: Tensor, metrics: dict[str, Tensor], clipped: Tensor | None = None) -> "LossOutput":
+        out = super().__new__(cls, (loss, metrics))
+        out.clipped = clipped
+        return out
+
+    @property
+    def loss(self) -> Tensor:
+        return self[0]
+
+    @property
+    def metrics(self) -> dict[str, Tensor]:
+        return self[1]
 
 
 def _clean(loss_mask: Tensor, *tensors: Tensor) -> list[Tensor]:
@@ -93,10 +124,11 @@ def _check_dual_clip(clip_ratio_c: float | None) -> None:
     paper="arXiv 1707.06347 Eq. 7; arXiv 2503.14476 (DAPO) Sec. 3.1; arXiv 1912.09729 (dual clip)",
     source="verl core_algos.compute_policy_loss_vanilla",
     inputs=_BASE,
+    split_invariant=True,
 )
 def ppo_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor,
              eps_low: float | Tensor = 0.2, eps_high: float | Tensor = 0.2, clip_ratio_c: float | None = 3.0,
-             aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+             aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> LossOutput:
     """PPO clip: ``L = max(-A r, -A clip(r, 1-eps_low, 1+eps_high))``, dual clip ``min(L, -A c)``
     for ``A < 0`` (verl default ``c = 3``; DAPO scripts 10; ``None`` disables).
 
@@ -110,7 +142,7 @@ def ppo_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor,
     ratio = torch.exp(clamped_log_ratio(logprobs, proximal_logprobs))
     per_token, flags = ppo_per_token(ratio, advantages, 1.0 - eps_low, 1.0 + eps_high, clip_ratio_c)
     loss = aggregate(_weighted(per_token, token_weights), loss_mask)
-    return loss, _clip_metrics(flags, loss_mask)
+    return LossOutput(loss, _clip_metrics(flags, loss_mask), (flags["high"] | flags["low"]) & loss_mask)
 
 
 @LOSSES.register(
@@ -119,10 +151,11 @@ def ppo_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor,
     paper="arXiv 2506.13585 (MiniMax-M1), CISPO objective",
     source="verl core_algos.compute_policy_loss_cispo; TRL grpo_trainer loss_type='cispo'",
     inputs=_BASE,
+    split_invariant=True,
 )
 def cispo_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor,
                eps_low: float = 10.0, eps_high: float = 0.2, semantics: str = "verl",
-               aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+               aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> LossOutput:
     """CISPO: ``L = -sg(w) * A * logprobs`` with the IS weight ``w`` clipped and detached.
 
     ``semantics="verl"`` (default, verl example script): ``w = clip(r, 1 - eps_low, 1 + eps_high)``
@@ -152,7 +185,7 @@ def cispo_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tenso
     per_token = -weight * advantages * logprobs
     loss = aggregate(_weighted(per_token, token_weights), loss_mask)
     metrics = {"policy/clipfrac_low": _frac(low_flags, loss_mask), "policy/clipfrac_high": _frac(ratio > upper, loss_mask)}
-    return loss, metrics
+    return LossOutput(loss, metrics, (low_flags | (ratio > upper)) & loss_mask)  # any capped weight
 
 
 def _covariance(advantages: Tensor, logprobs: Tensor, loss_mask: Tensor) -> Tensor:
@@ -193,7 +226,7 @@ def _fraction_count(ratio: float, loss_mask: Tensor) -> tuple[Tensor, int]:
 def clip_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor,
                   generator: torch.Generator, eps_low: float = 1.0, eps_high: float = 1.0,
                   clip_cov_ratio: float = 2e-4, clip_cov_lb: float = 1.0, clip_cov_ub: float = 5.0,
-                  aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                  aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> LossOutput:
     """Clip-Cov (METHODS 2a): ``Cov_t = (A_t - mean A)(logp_t - mean logp)`` over the valid tokens
     of *this call*; candidates are valid tokens not already clipped by PPO with
     ``clip_cov_lb < Cov_t < clip_cov_ub``; ``max(1, floor(clip_cov_ratio * N_valid))`` of them,
@@ -220,7 +253,7 @@ def clip_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Te
     metrics = _clip_metrics(flags, loss_mask)
     metrics["clip_cov/selected_frac"] = _frac(selected, loss_mask)
     metrics["clip_cov/candidate_frac"] = _frac(candidates, loss_mask)
-    return loss, metrics
+    return LossOutput(loss, metrics, clip_by_origin & loss_mask)
 
 
 @LOSSES.register(
@@ -232,7 +265,7 @@ def clip_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Te
 )
 def kl_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor,
                 kl_cov_ratio: float = 2e-4, ppo_kl_coef: float = 1.0,
-                aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> LossOutput:
     """KL-Cov (METHODS 2a): ``L_t = -A r + ppo_kl_coef * |logp - proximal_logp|`` on the
     ``max(1, floor(kl_cov_ratio * N_valid))`` valid tokens with the largest ``Cov_t``, ``-A r``
     elsewhere. No PPO clipping on any token.
@@ -257,7 +290,25 @@ def kl_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tens
         "policy/clipfrac_high": _frac(zeros, loss_mask),
         "kl_cov/selected_frac": _frac(selected, loss_mask),
     }
-    return loss, metrics
+    return LossOutput(loss, metrics, None)  # no clipping
+
+
+def _archer_groups(entropy: Tensor, loss_mask: Tensor, token_entropy_quantile: float) -> tuple[Tensor, Tensor]:
+    """``(low, high)`` ``[B, T]`` bool: per response, ``H > quantile_i`` is high-entropy."""
+    ent = zero_masked(entropy.detach(), loss_mask)
+    q = masked_quantile(ent, loss_mask, token_entropy_quantile, dim=-1).unsqueeze(-1)
+    high = loss_mask & (ent > q)
+    return loss_mask & ~high, high
+
+
+def archer_stats(*, entropy: Tensor, loss_mask: Tensor, token_entropy_quantile: float = 0.8, kl_coef_low: float = 0.001,
+                 kl_coef_high: float = 0.0, **_: object) -> dict[str, Tensor]:
+    """Per-call token counts of the two entropy groups, the denominators of Archer's KL means
+    (summed over the mini-batch by the composition layer); empty when both KL coefficients are 0."""
+    if not (kl_coef_low or kl_coef_high):
+        return {}
+    low, high = _archer_groups(entropy, loss_mask, token_entropy_quantile)
+    return {"archer/low_tokens": low.sum().float(), "archer/high_tokens": high.sum().float()}
 
 
 @LOSSES.register(
@@ -266,14 +317,16 @@ def kl_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tens
     paper="arXiv 2507.15778 (Archer)",
     source="wizard-III/ArcherCodeR dp_actor.update_policy, core_algos.compute_policy_loss",
     inputs=(*_BASE, "entropy", "ref_logprobs"),
+    stats=archer_stats,
+    split_invariant=True,
 )
 def archer_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor,
                 entropy: Tensor, ref_logprobs: Tensor | None = None, token_entropy_quantile: float = 0.8,
                 low_entropy_eps_low: float = 0.2, low_entropy_eps_high: float = 0.2,
                 high_entropy_eps_low: float = 0.5, high_entropy_eps_high: float = 0.5,
                 clip_ratio_c: float | None = 10.0, kl_coef_low: float = 0.001, kl_coef_high: float = 0.0,
-                kl_estimator: str = "k3",
-                aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                kl_estimator: str = "k3", aggregate: Aggregate = token_mean, token_weights: Tensor | None = None,
+                mini_batch_stats: dict[str, Tensor] | None = None) -> LossOutput:
     """Archer (METHODS 6a): per response, ``q_i = quantile(H_i over its valid tokens, 0.8)``
     (linear, as ``nanquantile``); tokens with ``H <= q_i`` are low-entropy ("knowledge"), ``H > q_i``
     high-entropy ("reasoning"). PPO clip per token with ``low_entropy_eps_*`` (0.2/0.2) or
@@ -282,19 +335,21 @@ def archer_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tens
     ``loss = agg(pg) + kl_coef_low * KL_low + kl_coef_high * KL_high``.
 
     ``entropy [B, T]``: current policy entropy (used detached). ``ref_logprobs`` required when a
-    KL coefficient is non-zero (ValueError otherwise). The quantile is per response, so the PG
-    part is micro-batch invariant; the two KL group means are per call (batch-dependent).
-    All four clip values are explicit (the reference code's fallbacks cross over, METHODS 6d).
+    KL coefficient is non-zero (ValueError otherwise). ``KL_g = sum_g(k3) / N_g`` with ``N_g`` the
+    group's token count over the whole mini-batch (``mini_batch_stats`` from :func:`archer_stats`;
+    this call's own count when None), so the micro-batch terms sum to the mini-batch's KL means
+    and neither the micro-batch size nor the number of ranks changes the update (the reference
+    code takes both means per micro-batch and scales the micro-batch loss by its share: the
+    same at one micro-batch per mini-batch). All four clip values are explicit (the reference
+    code's fallbacks cross over, METHODS 6d). ``clipped``: PPO's clip flags with each token's
+    own bounds.
     """
     if (kl_coef_low or kl_coef_high) and ref_logprobs is None:
         raise ValueError("archer: kl_coef_low/kl_coef_high are non-zero but ref_logprobs is None; "
                          "compute reference logprobs or set both coefficients to 0")
     _check_dual_clip(clip_ratio_c)
     logprobs, proximal_logprobs, advantages = _clean(loss_mask, logprobs, proximal_logprobs, advantages)
-    ent = zero_masked(entropy.detach(), loss_mask)
-    q = masked_quantile(ent, loss_mask, token_entropy_quantile, dim=-1).unsqueeze(-1)
-    high = loss_mask & (ent > q)
-    low = loss_mask & ~high
+    low, high = _archer_groups(entropy, loss_mask, token_entropy_quantile)
     lower = torch.where(high, 1.0 - high_entropy_eps_low, 1.0 - low_entropy_eps_low)
     upper = torch.where(high, 1.0 + high_entropy_eps_high, 1.0 + low_entropy_eps_high)
     ratio = torch.exp(clamped_log_ratio(logprobs, proximal_logprobs))
@@ -304,8 +359,13 @@ def archer_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tens
     metrics["archer/high_entropy_frac"] = _frac(high, loss_mask)
     if ref_logprobs is not None:
         kl = kl_estimate(kl_estimator, logprobs=logprobs, ref_logprobs=zero_masked(ref_logprobs, loss_mask))
-        kl_low, kl_high = masked_mean(kl, low), masked_mean(kl, high)
+        stats = mini_batch_stats or {}
+        n_low = stats.get("archer/low_tokens", low.sum().float())
+        n_high = stats.get("archer/high_tokens", high.sum().float())
+        kl_low = masked_sum(kl, low) / n_low.to(kl.dtype).clamp(min=1)
+        kl_high = masked_sum(kl, high) / n_high.to(kl.dtype).clamp(min=1)
         loss = loss + kl_coef_low * kl_low + kl_coef_high * kl_high
-        metrics["archer/kl_low"] = kl_low.detach()
-        metrics["archer/kl_high"] = kl_high.detach()
-    return loss, metrics
+        # logged as this call's group means (like every per-call metric, averaged over micro-batches)
+        metrics["archer/kl_low"] = masked_mean(kl.detach(), low)
+        metrics["archer/kl_high"] = masked_mean(kl.detach(), high)
+    return LossOutput(loss, metrics, (flags["high"] | flags["low"]) & loss_mask)

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # Keyword parameters the composition layer supplies itself; never user options.
-RESERVED_PARAMS = frozenset({"aggregate", "generator", "token_weights", "all_reduce"})
+RESERVED_PARAMS = frozenset({"aggregate", "generator", "token_weights", "all_reduce", "mini_batch_stats"})
 
 
 class UnknownNameError(ValueError):
@@ -88,7 +88,11 @@ class Entry:
     ``loss_mask``, ``entropy``, ``ref_logprobs`` ...); ``paper`` is the arXiv id and equation;
     ``source`` the reference code read for it. ``extra`` holds the other keywords of
     :meth:`Registry.register`: ``level`` (shaping), ``needs_group`` (estimators whose baseline
-    is the rest of the group), ``ranges`` (option ranges, over :data:`OPTION_RANGES`).
+    is the rest of the group), ``ranges`` (option ranges, over :data:`OPTION_RANGES`),
+    ``split_invariant`` (True when the component's result depends only on per-token values and
+    the mini-batch-wide denominators, so the learner may regroup rows between micro-batches;
+    default False: unknown components are treated as batch-dependent), ``stats`` (a loss's
+    per-call sums over the whole mini-batch, see :mod:`.losses`).
     """
 
     name: str

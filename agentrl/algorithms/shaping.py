@@ -27,6 +27,7 @@ __all__ = ["entropy_advantage", "empg"]
     source="no reference code; formula as quoted from the paper (METHODS 5a)",
     inputs=("advantages", "entropy", "loss_mask"),
     level="token",
+    split_invariant=True,
 )
 def entropy_advantage(*, advantages: Tensor, entropy: Tensor, loss_mask: Tensor, alpha: float = 0.4,
                       kappa: float = 2.0, entropy_source: str = "proximal") -> tuple[Tensor, dict[str, Tensor]]:

@@ -16,6 +16,7 @@ from .registry import TOKEN_MASKS
 __all__ = ["forking_tokens_mask"]
 
 ENTROPY_SOURCES = ("current", "proximal")
+NORMALIZE = ("all", "kept")
 
 
 @TOKEN_MASKS.register(
@@ -26,7 +27,7 @@ ENTROPY_SOURCES = ("current", "proximal")
     inputs=("entropy", "loss_mask"),
 )
 def forking_tokens_mask(*, entropy: Tensor, loss_mask: Tensor, top_quantile: float = 0.2,
-                        entropy_source: str = "current") -> tuple[Tensor, dict[str, Tensor]]:
+                        entropy_source: str = "current", normalize: str = "all") -> tuple[Tensor, dict[str, Tensor]]:
     """``mask = loss_mask & (H >= tau)`` with ``tau = quantile({H_t : loss_mask}, 1 - top_quantile)``
     (linear interpolation, as ``torch.quantile``; ties at tau are kept, ``>=``).
 
@@ -36,12 +37,24 @@ def forking_tokens_mask(*, entropy: Tensor, loss_mask: Tensor, top_quantile: flo
     the training forward pass, threshold over the tokens of each micro-batch) or ``"proximal"``
     (entropy recomputed before the update, threshold over the whole rollout batch, closer to the
     paper's "training batch", whose exact rule is unverified). With ``"current"`` the threshold
-    is batch-dependent by design. METHODS 3e: H = [0.01 ... 2.5] gives tau 1.08, keeps 2 of 10.
+    is batch-dependent by design.
+
+    ``normalize`` sets the policy loss's denominator. ``"all"`` (default): every policy token
+    of the mini-batch, dropped ones included, as in the paper's objective (the DAPO token-level
+    loss with an indicator inside the sum) and in TRL. ``"kept"``: only the kept tokens, as the
+    authors' released training code does (its loss mask is the response mask times the entropy
+    mask), a step 1/rho times larger (5x at rho 0.2). With ``"kept"`` the composition layer
+    passes ``loss_mask & mask`` to the policy loss and counts the kept tokens over the whole
+    mini-batch (:meth:`Algorithm.mini_batch_stats`); the KL and entropy terms keep every policy
+    token. METHODS 3e: H = [0.01 ... 2.5] gives tau 1.08, keeps 2 of 10.
     """
     if not 0.0 <= top_quantile <= 1.0:
         raise ValueError(f"top_quantile must be in [0, 1], got {top_quantile}")
     if entropy_source not in ENTROPY_SOURCES:
         raise ValueError(f"entropy_source must be one of {ENTROPY_SOURCES}, got {entropy_source!r}")
+    if normalize not in NORMALIZE:
+        raise ValueError(f"normalize must be one of {NORMALIZE} (the paper's all policy tokens, or the released code's kept ones), "
+                         f"got {normalize!r}")
     ent = entropy.detach()
     tau = masked_quantile(ent, loss_mask, 1.0 - top_quantile)
     mask = loss_mask & (ent >= tau)

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from agentrl.algorithms.algorithm import Algorithm, MicroBatch, RolloutBatch
+from agentrl.algorithms.registry import AGGREGATIONS
 from agentrl.config import TrainerConfig
 from agentrl.types import TrainBatch
 
@@ -74,38 +75,30 @@ log = logging.getLogger(__name__)
 MAX_TURN_METRICS = 64  # per-turn metric keys beyond this turn index are folded into the last
 
 
-# Names whose loss call depends only on per-token values and the mini-batch-wide denominators
-# (checked in tests/algorithms/test_invariance.py); anything else, plugins included, is treated
-# as batch-dependent per call.
-SPLIT_INVARIANT_LOSSES = ("ppo", "cispo", "archer")  # archer: its PG part; its KL means are per call
-SPLIT_INVARIANT_CONTROLLERS = ("skywork", "prorl")  # state changes only at end_train_step
-SPLIT_INVARIANT_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-SPLIT_INVARIANT_SHAPING = ("entropy_advantage",)  # per token, for entropy_source: current
-
-
 def grouping_blocker(algorithm: Algorithm, *, ref_logprobs: bool) -> str | None:
     """Why assigning a mini-batch's rows to micro-batches by length could change the update, or
-    None when it cannot. The loss uses mini-batch-wide denominators, so for a method built from
-    per-token terms the micro-batch losses sum to the same mini-batch loss whatever the split;
-    the exceptions select or normalise per loss call: Clip-Cov and KL-Cov (covariance means,
-    N_valid, top-k/random draw per call), Archer when it gets reference logprobs (KL means per
-    entropy group per call), BAPO (bounds searched per micro-batch), EntroPIC (micro-batch
-    entropy, integral updated per call), ``forking_tokens`` with ``entropy_source: current``
-    (quantile over the call's tokens). Unknown (plugin) names count as batch-dependent."""
+    None when it cannot. The loss uses mini-batch-wide denominators (and mini-batch statistics,
+    :meth:`Algorithm.mini_batch_stats`), so for a method built from per-token terms the
+    micro-batch losses sum to the same mini-batch loss whatever the split. Each component says
+    whether it is such a method (``split_invariant`` on its registry entry or controller class;
+    checked in tests/algorithms/test_invariance.py); the exceptions select per loss call:
+    Clip-Cov and KL-Cov (covariance means, N_valid, top-k/random draw per call), BAPO (bounds
+    searched per micro-batch), ``forking_tokens`` with ``entropy_source: current`` (quantile
+    over the call's tokens). Unknown (plugin) components count as batch-dependent.
+    ``ref_logprobs`` is kept for callers; no shipped component depends on it any more."""
+    del ref_logprobs
     cfg = algorithm.config
-    if cfg.loss.name not in SPLIT_INVARIANT_LOSSES:
+    if not algorithm.loss_entry.extra.get("split_invariant", False):
         return f"loss {cfg.loss.name!r} is computed per micro-batch"
-    if cfg.loss.name == "archer" and ref_logprobs:
-        return "archer's KL group means are per micro-batch"
-    if cfg.aggregation.name not in SPLIT_INVARIANT_AGGREGATIONS:
+    if not AGGREGATIONS.get(cfg.aggregation.name).extra.get("split_invariant", False):
         return f"aggregation {cfg.aggregation.name!r} is not known to be split-invariant"
-    for c in cfg.controllers:
-        if c.name not in SPLIT_INVARIANT_CONTROLLERS:
+    for c in algorithm.controllers:
+        if not c.split_invariant:
             return f"controller {c.name!r} measures per micro-batch"
     if algorithm._token_mask_source() == "current":
         return f"token mask {cfg.token_mask.name!r} with entropy_source current thresholds per micro-batch"
     for entry, _ in algorithm._shaping_with_source("current"):
-        if entry.name not in SPLIT_INVARIANT_SHAPING:
+        if not entry.extra.get("split_invariant", False):
             return f"shaping {entry.name!r} with entropy_source current is not known to be per token"
     return None
 
@@ -336,7 +329,10 @@ class Learner:
                 local_rows = row_list[self.dp_rank :: self.dp_size]  # all rows when dp_size == 1
                 fill_proximal = defer and epoch == 0 and m == 0
                 # by tokens only on one process: FSDP ranks must run the same number of forwards
-                for chunk in self._micro_batches(local_rows, by_tokens=self.group_by_length and self.dp_size == 1):
+                chunks = self._micro_batches(local_rows, by_tokens=self.group_by_length and self.dp_size == 1)
+                if self.req["mini_batch_stats"]:  # counts over the whole mini-batch before its first loss
+                    self.algorithm.begin_mini_batch(self._mini_batch_stats(batch, chunks, adv, proximal))
+                for chunk in chunks:
                     idx = torch.tensor(chunk, dtype=torch.long, device=self.device)
                     mb_batch = batch.select(idx)
                     # entropy is always computed: entropy/step/* and policy/entropy are logged for every method
@@ -353,13 +349,15 @@ class Learner:
                         behavior_logprobs=mb_batch.behavior_logprobs if self.async_mode and not clip_to_behavior else None,
                         token_mask=adv.token_mask[idx] if adv.token_mask is not None else None,
                     )
-                    loss, metrics = self.algorithm.loss(mb, num_tokens=num_tokens, num_seqs=num_seqs, micro_batch_fraction=len(idx) / len(rows))
+                    out = self.algorithm.loss(mb, num_tokens=num_tokens, num_seqs=num_seqs, micro_batch_fraction=len(idx) / len(rows))
+                    loss, metrics = out
                     if trainable:
                         loss.backward()
                     for k, v in metrics.items():
                         sums[k] = sums[k] + v.detach().float()
                         counts[k] += 1
-                    self._turn_stats(turn_stats, mb, ent, mb_batch, metrics)
+                    self._turn_stats(turn_stats, mb, ent, mb_batch, out.clipped)
+                self.algorithm.end_mini_batch()
                 if not trainable:
                     continue
                 if self.cfg.grad_clip > 0:
@@ -437,42 +435,42 @@ class Learner:
         count = packed[1 + n : 1 + 2 * n]
         return {k: total[i] for i, k in enumerate(keys)}, {k: int(count[i]) for i, k in enumerate(keys)}, packed[1 + 2 * n :].view_as(turn_stats)
 
-    def _clip_bounds(self, metrics: dict[str, torch.Tensor]) -> tuple[Any, Any] | None:
-        """The ratio bounds the loss clipped at in this micro-batch, or None when the loss has
-        no single pair (KL-Cov: no clipping; Archer: bounds per token entropy group)."""
-        if "bapo/c_low" in metrics:  # BAPO feeds its searched absolute bounds to the PPO loss
-            return metrics["bapo/c_low"], metrics["bapo/c_high"]
-        name = self.algorithm.config.loss.name
-        opts = {**self.algorithm.loss_entry.options(), **self.algorithm.config.loss.options}
-        if name in ("ppo", "clip_cov"):
-            return 1.0 - float(opts["eps_low"]), 1.0 + float(opts["eps_high"])
-        if name == "cispo":  # the IS weight's cap (verl: 1 + eps_high; trl: eps_high itself)
-            cap = float(opts["eps_high"]) if opts.get("semantics") == "trl" else 1.0 + float(opts["eps_high"])
-            return 1.0 - float(opts["eps_low"]), cap
-        return None
+    def _mini_batch_stats(self, batch: TrainBatch, chunks: list[list[int]], adv: Any, proximal: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The mini-batch statistics (:meth:`Algorithm.mini_batch_stats`) summed over this rank's
+        ``chunks``: from a no-grad forward of the current policy when they need one (same rows,
+        same mode as the training forward that follows, so the same values), else from the masks
+        alone. One extra forward (no backward) per mini-batch, only for methods that ask
+        (``requirements()["mini_batch_stats"]``: Archer with its KL term, EntroPIC, token masks
+        with ``normalize: kept``)."""
+        totals: dict[str, torch.Tensor] = {}
+        for chunk in chunks:
+            idx = torch.tensor(chunk, dtype=torch.long, device=self.device)
+            if self.req["stats_forward"]:
+                logp, ent = self._forward(self.model, batch, chunk, entropy=True, grad=False)
+            else:
+                logp, ent = torch.zeros_like(batch.behavior_logprobs[idx]), None
+            mb = MicroBatch(logprobs=logp, proximal_logprobs=proximal[idx] if proximal is not None else logp,
+                            advantages=adv.advantages[idx], loss_mask=adv.loss_mask[idx], entropy=ent,
+                            token_mask=adv.token_mask[idx] if adv.token_mask is not None else None)
+            for k, v in self.algorithm.mini_batch_stats(mb).items():
+                totals[k] = totals[k] + v if k in totals else v
+        return totals
 
-    def _turn_stats(self, acc: torch.Tensor, mb: MicroBatch, ent: torch.Tensor | None, rows: TrainBatch, metrics: dict[str, torch.Tensor]) -> None:
+    def _turn_stats(self, acc: torch.Tensor, mb: MicroBatch, ent: torch.Tensor | None, rows: TrainBatch, clipped: torch.Tensor | None) -> None:
         """Per-turn entropy over every policy token of the rows (groups dropped by dynamic
         sampling included: it describes the policy), and per-turn clip fraction over the trained
-        tokens: those whose ratio left the loss's clip range in the direction the clip acts on
-        (A > 0 above the upper bound, A < 0 below the lower; CISPO: any capped weight).
-        Scatter-adds on the device: no host sync."""
+        tokens: those the loss reports as clipped (``LossOutput.clipped``: ratio out of the clip
+        range in the direction the clip acts on; CISPO: any capped weight); nothing when the loss
+        has no clipping. Scatter-adds on the device: no host sync."""
         turns = rows.turn_ids.clamp(0, MAX_TURN_METRICS - 1).flatten()
         if ent is not None:
             w_all = rows.loss_mask.flatten().float()
             acc[0].index_add_(0, turns, ent.detach().flatten().float() * w_all)
             acc[1].index_add_(0, turns, w_all)
-        w = mb.loss_mask.flatten().float()
-        bounds = self._clip_bounds(metrics)
-        if bounds is None:
+        if clipped is None:
             return
-        low, high = bounds
-        ratio = torch.exp((mb.logprobs.detach() - mb.proximal_logprobs).clamp(-20, 20)).flatten()
-        a = mb.advantages.flatten()
-        if self.algorithm.config.loss.name == "cispo":
-            clipped = (ratio > high) | (ratio < low)
-        else:
-            clipped = ((a > 0) & (ratio > high)) | ((a < 0) & (ratio < low))
+        w = mb.loss_mask.flatten().float()
+        clipped = clipped.flatten()
         acc[2].index_add_(0, turns, clipped.float() * w)
         acc[3].index_add_(0, turns, w)
 

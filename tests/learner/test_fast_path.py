@@ -169,6 +169,10 @@ GROUPABLE = {
     "entropy_advantage_current": {"shaping": [{"name": "entropy_advantage", "entropy_source": "current"}]},
     "skywork": {"controllers": [{"name": "skywork", "coef_init": 0.004, "measure": "entropy"}]},
     "prorl": {"controllers": [{"name": "prorl", "reset_interval_steps": 5}], "kl": {"coef": 0.05}},
+    # normalised over the whole mini-batch through Algorithm.mini_batch_stats (a no-grad pass)
+    "archer_kl": {"loss": {"name": "archer", "kl_coef_low": 0.5, "kl_coef_high": 0.25}},
+    "entropic": {"controllers": [{"name": "entropic", "target_entropy": 0.5, "ki": 0.5}]},
+    "forking_kept_proximal": {"token_mask": {"name": "forking_tokens", "entropy_source": "proximal", "normalize": "kept"}},
 }
 
 
@@ -191,9 +195,7 @@ def test_grouping_by_length_leaves_the_update_unchanged(tiny, method):
 BLOCKED = {
     "clip_cov": {"loss": "clip_cov"},
     "kl_cov": {"loss": "kl_cov"},
-    "archer_kl": {"loss": {"name": "archer", "kl_coef_low": 0.5}},
     "bapo": {"controllers": ["bapo"]},
-    "entropic": {"controllers": [{"name": "entropic", "target_entropy": 0.5}]},
     "forking_current": {"token_mask": "forking_tokens"},
 }
 
@@ -256,3 +258,67 @@ def test_sync_multi_epoch_single_mini_batch_runs_no_proximal_pass(tiny, monkeypa
     monkeypatch.setattr(learner, "_forward", spy)
     learner.update(batch)
     assert calls and all(calls)  # training forwards only
+
+
+def _entropic_threshold(batch) -> float:
+    """A high-probability threshold that half of the tiny model's sampled tokens pass (its
+    probabilities are near 1/V, far below the method's 0.95), so the EntroPIC term is active."""
+    p = batch.behavior_logprobs[batch.loss_mask].exp()
+    return float(p.median())
+
+
+MINI_BATCH_STATS = {
+    "archer_kl": GROUPABLE["archer_kl"],
+    "entropic": {"controllers": [{"name": "entropic", "target_entropy": 0.5, "ki": 0.5}]},
+    "forking_kept_proximal": GROUPABLE["forking_kept_proximal"],
+    "forking_kept_current": {"token_mask": {"name": "forking_tokens", "entropy_source": "current", "normalize": "kept"}},
+}
+
+
+@pytest.mark.parametrize("method", sorted(MINI_BATCH_STATS))
+def test_micro_batch_size_is_a_memory_setting_for_mini_batch_normalised_terms(tiny, method):
+    # Archer's group KL means, EntroPIC's entropy, integral and high-probability mean, and the
+    # 80/20 kept-token denominator are taken over the whole mini-batch (the learner's no-grad
+    # statistics pass): micro-batches of 1, 2, 4 or all 4 rows of a mini-batch give the same
+    # update, loss and controller state. (forking_kept_current thresholds per call, so its
+    # grouping is off and only the denominators are shared: K = 1 vs 2 vs 4 changes the
+    # threshold, hence only micro_batch_size 4 = the mini-batch is compared with itself below.)
+    path, base, batch = tiny
+    config = copy.deepcopy(MINI_BATCH_STATS[method])
+    if method == "entropic":
+        config["controllers"][0]["high_prob_threshold"] = _entropic_threshold(batch)
+    sizes = (4, 2, 1) if method != "forking_kept_current" else (4,)
+    runs = {}
+    for size in sizes:
+        kw = {}
+        if method.startswith("archer"):
+            # a reference away from the policy: at ref == policy the KL gradient is float noise,
+            # which Adam's first steps (lr * g / |g|) turn into weight moves of a visible size
+            kw["ref_model"] = copy.deepcopy(base).eval()
+            with torch.no_grad():
+                for i, p in enumerate(kw["ref_model"].parameters()):
+                    p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
+                    p.requires_grad_(False)
+        model, metrics, grads, learner = run_learner(path, base, config, batch, trainer(2, 2, size), **kw)
+        assert learner.algorithm.requirements()["mini_batch_stats"]
+        runs[size] = (model, metrics, grads, learner.algorithm.state_dict())
+    m0, x0, g0, s0 = runs[4]
+    if method == "entropic":
+        assert x0["loss/controllers"] != 0 and x0["entropic/integral"] != 0  # the term is active
+    if method.startswith("archer"):
+        assert x0["archer/kl_low"] > 0 and x0["archer/kl_high"] > 0
+    for size in sizes[1:]:
+        m1, x1, g1, s1 = runs[size]
+        for key in ("loss/total", "loss/policy", "loss/controllers"):
+            assert x1[key] == pytest.approx(x0[key], rel=1e-5, abs=1e-6), (size, key)
+        for (name, p), q, a, b in zip(m1.named_parameters(), m0.parameters(), g1, g0):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=f"grad {name} at micro_batch_size {size}")
+            torch.testing.assert_close(p, q, rtol=0, atol=WEIGHT_ATOL, msg=f"weight {name} at micro_batch_size {size}")
+        for cname, cstate in s0["controllers"].items():
+            for k, v in cstate.items():
+                torch.testing.assert_close(torch.as_tensor(s1["controllers"][cname][k]), torch.as_tensor(v), rtol=1e-5, atol=1e-6)
+    # the per-call path (no statistics pass) would differ: the mini-batch totals matter
+    if method == "forking_kept_current":
+        _, xs, _, _ = run_learner(path, base, {"token_mask": {"name": "forking_tokens", "entropy_source": "current"}},
+                                  batch, trainer(2, 2, 4))
+        assert xs["loss/policy"] != pytest.approx(x0["loss/policy"], rel=1e-3)  # kept vs all: another scale
