@@ -323,8 +323,11 @@ class TrainConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    algorithm: dict[str, Any] = field(default_factory=dict)
-    """The methods library's algorithm section (validated by agentrl.algorithms)."""
+    algorithm: Any = field(default_factory=lambda: _parse_algorithm({}), metadata={"parse": lambda v, where, done: _parse_algorithm(v, done)})
+    """The methods library's algorithm section: an
+    :class:`agentrl.algorithms.config.AlgorithmConfig`, parsed and validated once, when the
+    config is built (:func:`from_dict`; ``run.imports`` are imported first, since they may
+    register components). Everything downstream takes this object, never the raw mapping."""
     ray: RayConfig = field(default_factory=RayConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -466,23 +469,38 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """Build dataclass ``cls`` from ``data``, rejecting unknown keys with suggestions."""
+def from_dict(cls: type, data: dict[str, Any], where: str = "", *, defer_parse: bool = False) -> Any:
+    """Build dataclass ``cls`` from ``data``, rejecting unknown keys with suggestions. A field
+    whose ``metadata`` has a ``parse`` function (the ``algorithm`` section) is built by it,
+    after the other fields: ``parse(value, key, built_fields)``; with ``defer_parse`` it keeps
+    the raw value (``{}`` when absent) for :func:`validate` to parse last (it imports torch)."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
+    later = []
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in hints:
-            close = difflib.get_close_matches(key, names, n=1)
+            close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {path!r}.{hint} Valid keys{' of ' + where if where else ''}: {', '.join(names)}.")
-        kwargs[key] = _coerce(value, hints[key], path)
+            raise ConfigError(f"unknown config key {path!r}.{hint} Valid keys{' of ' + where if where else ''}: {', '.join(fields)}.")
+        if "parse" in fields[key].metadata:
+            later.append((key, value, path))
+        else:
+            kwargs[key] = _coerce(value, hints[key], path)
+    if defer_parse:
+        for name, f in fields.items():
+            if "parse" in f.metadata and name not in data:
+                kwargs[name] = {}
+    for key, value, path in later:
+        kwargs[key] = value if defer_parse else fields[key].metadata["parse"](value, path, kwargs)
     return cls(**kwargs)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     def conv(v: Any) -> Any:
+        if callable(getattr(v, "to_dict", None)):  # a section with its own YAML form (algorithm)
+            return v.to_dict()
         if dataclasses.is_dataclass(v):
             return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (tuple, list)):
@@ -599,7 +617,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
         check_override_key(TrainConfig, item)
     data = apply_overrides(data, overrides or [])
     try:
-        cfg = from_dict(TrainConfig, data)
+        cfg = from_dict(TrainConfig, data, defer_parse=True)  # the algorithm section: parsed by validate, last
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     validate(cfg, source=str(path))
@@ -623,6 +641,8 @@ def field_problems(obj: Any, where: str = "") -> str | None:
     ranges, choices = RANGES.get(type(obj), {}), CHOICES.get(type(obj), {})
     for f in dataclasses.fields(obj):
         value, key = getattr(obj, f.name), f"{where}.{f.name}" if where else f.name
+        if "parse" in f.metadata:  # validated by its own parser when built
+            continue
         if dataclasses.is_dataclass(value):
             problem = field_problems(value, key)
         elif isinstance(value, list) and any(dataclasses.is_dataclass(v) for v in value):
@@ -703,20 +723,35 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         raise ConfigError(f"{source}: {e}") from None
 
 
-def algorithm_config(cfg: TrainConfig) -> Any:
-    """The :class:`~agentrl.algorithms.config.AlgorithmConfig` of ``cfg.algorithm``, with its
-    checks against the rest of the config (a group baseline needs groups). Raises ConfigError
-    naming the key (``algorithm.loss.eps_high must be >= 0, got -1.0``). Imports torch, and
-    the ``run.imports`` modules first (they may register components)."""
+def _parse_algorithm(raw: Any, done: dict[str, Any] | None = None) -> Any:
+    """The ``algorithm:`` mapping as an :class:`~agentrl.algorithms.config.AlgorithmConfig`
+    (an AlgorithmConfig is taken as it is). ``done``: the config's fields built so far; its
+    ``run.imports`` are imported first (they may register components). Imports torch. Raises
+    ConfigError naming the key (``algorithm.loss.eps_high must be >= 0, got -1.0``) with a
+    suggestion for an unknown name."""
     from agentrl.algorithms.config import AlgorithmConfig
-    from agentrl.algorithms.registry import ESTIMATORS
 
-    import_modules(cfg.run.imports)  # a component registered by one of them must be known (once per process)
+    run = (done or {}).get("run")
+    if run is not None:
+        import_modules(run.imports)  # a component registered by one of them must be known (once per process)
+    if isinstance(raw, AlgorithmConfig):
+        return raw
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"algorithm: expected a mapping, got {type(raw).__name__} {raw!r}")
     try:
-        algo = AlgorithmConfig.from_dict(cfg.algorithm)
+        return AlgorithmConfig.from_dict(raw)
     except (ValueError, KeyError, TypeError) as e:
         msg = str(e).strip("'\"") if isinstance(e, KeyError) else str(e)
         raise ConfigError(msg if "algorithm" in msg else f"algorithm: {msg}") from None
+
+
+def algorithm_config(cfg: TrainConfig) -> Any:
+    """``cfg.algorithm`` (parsed when the config was built) after its checks against the rest
+    of the config (a group baseline needs groups); a raw mapping put there by hand is parsed
+    here. Raises ConfigError naming the key."""
+    from agentrl.algorithms.registry import ESTIMATORS
+
+    algo = cfg.algorithm = _parse_algorithm(cfg.algorithm, {"run": cfg.run})
     g = cfg.rollout.group_size
     if g < 2 and ESTIMATORS.get(algo.estimator.name).extra.get("needs_group"):
         without = [e.name for e in ESTIMATORS if not e.extra.get("needs_group")]

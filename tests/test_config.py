@@ -116,7 +116,9 @@ def test_base_chain_merges_recursively_but_replaces_algorithm(tmp_path):
     assert child.trainer.lr == 0.5 and child.trainer.total_steps == 7
     assert child.trainer.micro_batch_size == parent.trainer.micro_batch_size  # kept from the base
     assert child.env.kwargs == {**parent.env.kwargs, "extra": 1}  # merged one level further down
-    assert child.algorithm == {"estimator": {"name": "rloo"}}  # replaced whole, nothing of the base's left
+    from agentrl.algorithms.config import AlgorithmConfig
+
+    assert child.algorithm == AlgorithmConfig.from_dict({"estimator": {"name": "rloo"}})  # replaced whole, nothing of the base's left
 
 
 def test_base_errors(tmp_path):
@@ -142,7 +144,9 @@ def test_every_method_config_is_a_complete_experiment(path):
     quick = load_config(ROOT / "configs" / "quickstart.yaml")
     assert cfg.run.name == path.stem and cfg.run.output_dir == f"runs/{path.stem}"
     assert cfg.env == quick.env and cfg.model == quick.model and cfg.sft == quick.sft
-    assert cfg.algorithm == yaml.safe_load(path.read_text())["algorithm"]
+    from agentrl.algorithms.config import AlgorithmConfig
+
+    assert cfg.algorithm == AlgorithmConfig.from_dict(yaml.safe_load(path.read_text())["algorithm"])
 
 
 def test_env_option_typos_fail_in_check_config_with_a_suggestion(tmp_path, capsys):
@@ -444,7 +448,7 @@ def test_a_component_registered_by_run_imports_is_known_and_range_checked_at_loa
         "    return logprobs.sum() * 0, {}\n")
     try:
         ok = load_config(QUICKSTART, overrides=[f"run.imports=[{plugin}]", "algorithm.loss={name: capped_plugin, cap: 1.5}"])
-        assert ok.algorithm["loss"] == {"name": "capped_plugin", "cap": 1.5}
+        assert ok.algorithm.loss.to_dict() == {"name": "capped_plugin", "cap": 1.5}
         _fails_with_one_line_naming("algorithm.loss.cap", "algorithm.loss={name: capped_plugin, cap: -1}")
     finally:
         LOSSES.unregister("capped_plugin")

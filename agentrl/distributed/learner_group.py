@@ -50,7 +50,6 @@ class LearnerRank:
 
     def setup(self, state: dict[str, torch.Tensor], address: str, port: int) -> dict[str, Any]:
         from agentrl.algorithms import build_algorithm
-        from agentrl.algorithms.config import AlgorithmConfig
         from agentrl.learner.learner import Learner
 
         from .workers import build_policy_model
@@ -64,7 +63,7 @@ class LearnerRank:
             fsdp.init_process_group(self.rank, self.world_size, address, port, device)
             all_reduce = fsdp.all_reduce_sum
         torch.manual_seed(cfg.run.seed)
-        algorithm = build_algorithm(AlgorithmConfig.from_dict(cfg.algorithm), all_reduce=all_reduce)
+        algorithm = build_algorithm(cfg.algorithm, all_reduce=all_reduce)  # parsed once, in load_config
 
         def build() -> Any:
             m = build_policy_model(self.model_config, dtype=cfg.model.dtype, device=device)

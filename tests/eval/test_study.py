@@ -14,6 +14,13 @@ from agentrl.eval.compare import claim_folder, compare
 from agentrl.eval.study import check_runs, expand_runs, load_study
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _algo(section):
+    """An algorithm section in its resolved form (run configs hold every default spelled out)."""
+    from agentrl.algorithms.config import AlgorithmConfig
+
+    return AlgorithmConfig.from_dict(section)
 STUDY = ROOT / "configs" / "studies" / "long_horizon_entropy.yaml"
 OFF_POLICY = ROOT / "configs" / "studies" / "off_policy.yaml"
 
@@ -38,7 +45,7 @@ def test_long_horizon_study_expands_to_every_method_both_horizons_three_seeds(tm
     assert horizons == {"h10": 10, "h50": 50}
     for r in rl:
         method_file = yaml.safe_load((ROOT / "configs" / "methods" / f"{r.method}.yaml").read_text())
-        assert r.config["algorithm"] == method_file["algorithm"]  # the method file's algorithm section and nothing else
+        assert _algo(r.config["algorithm"]) == _algo(method_file["algorithm"])  # the method file's algorithm section and nothing else
         assert r.config["env"]["kwargs"]["vocab"] == "small" and r.config["run"]["num_threads"] == 1
         assert r.config["model"]["path"] == str(tmp_path.resolve() / r.needs / "checkpoints" / "step_000000" / "model")
     # every method run comes after the warm start it needs
@@ -68,7 +75,7 @@ def test_off_policy_study_expands_to_three_methods_at_three_off_policy_levels(tm
         algorithm = yaml.safe_load((ROOT / "configs" / "methods" / f"{r.method}.yaml").read_text())["algorithm"]
         if off_policy is not None:
             algorithm["off_policy"] = off_policy
-        assert r.config["algorithm"] == algorithm, r.key  # the method's section plus the level's keys only
+        assert _algo(r.config["algorithm"]) == _algo(algorithm), r.key  # the method's section plus the level's keys only
         assert r.config["env"]["kwargs"]["horizon"] == [5, 50] and r.config["rollout"]["max_total_tokens"] == 4096
         assert r.needs == f"sft/mixed/seed{r.seed}" and r.variant == f"{r.method} @ {level}"
     check_runs(runs)  # env options (the mixed horizon), algorithm sections, async mode's checks
@@ -84,7 +91,7 @@ def test_algorithm_keys_belong_to_axis_levels_not_overrides(guess_study, tmp_pat
     assert {r.method for r in runs} == {"grpo", "empg"}
     for r in runs:  # applied after the method file's section, to every method
         algorithm = yaml.safe_load((ROOT / "configs" / "methods" / f"{r.method}.yaml").read_text())["algorithm"]
-        assert r.config["algorithm"] == {**algorithm, "off_policy": {"proximal": "behavior"}}
+        assert _algo(r.config["algorithm"]) == _algo({**algorithm, "off_policy": {"proximal": "behavior"}})
     for text in ("overrides: {algorithm.entropy_coef: 0.01}", "envs: {high4: {env.kwargs.high: 4, algorithm.kl.coef: 0.1}}"):
         with pytest.raises(ConfigError, match="takes its algorithm section from its method file"):
             load_study(_variant(guess_study, "algo_bad", text))

@@ -48,9 +48,9 @@ def test_method_config_trains_three_steps(path, tmp_path, warm_model, guess_env_
         "trainer.total_steps=3", "trainer.mini_batches=2", "trainer.micro_batch_size=2", "trainer.eval_episodes=2",
         "trainer.checkpoint_every=3", "logging.progress=false", "logging.tensorboard=false",
     ])
-    algo = cfg.algorithm
-    if algo.get("dynamic_sampling", {}).get("enabled"):
-        cfg.algorithm["dynamic_sampling"]["max_num_gen_batches"] = 2  # bounded in the test
+    if cfg.algorithm.dynamic_sampling.enabled:
+        cfg.algorithm.dynamic_sampling.max_num_gen_batches = 2  # bounded in the test
+    algo = cfg.algorithm.to_dict()
     train(cfg)
     rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss/total" in r]
     assert [r["train_step"] for r in rows] == [1, 2, 3]
