@@ -265,6 +265,11 @@ def _slot_cache(kv: KV, width: int) -> Any:
     return Cache(layers=[layer(k, v, width) for k, v in kv])
 
 
+SPLIT_MIN_SAVING = 16384
+"""Cells (slots x columns) a second decode forward must save before the batch is split (about
+the linear layers' and Python's per-forward cost of a tiny model on CPU, in attention cells)."""
+
+
 def _room(n: int) -> int:
     """Capacity for ``n`` (slots or columns): half again, so growth copies are amortised."""
     return n + n // 2 + 8
@@ -294,6 +299,7 @@ class _Row:
     cache_miss: str = ""
     version: int = 0
     next_token: int = 0  # the sampled token the next decode step feeds
+    col: int = 0  # the batch buffer column of the row's first token (gaps may follow, never precede)
 
     def __post_init__(self) -> None:
         self.ids: list[int] = []
@@ -315,6 +321,12 @@ class _Batch:
     Every buffer value stays finite (buffers start zeroed; every decoded slot attends at least
     its newest column; only real columns are copied in), so masked columns never turn an
     attention output into NaN.
+
+    Attention reads every column of every slot, so columns a row does not use cost as much as
+    its own: rows left of the write column (shorter rows), gaps and dead slots. :meth:`rebuild`
+    orders the live rows longest first, and :meth:`groups` splits the slots into two decode
+    forwards when that reads fewer columns (each forward reads only from its rows' first
+    column), so a batch of long and short episodes does not pay the longest one's width for all.
     """
 
     def __init__(self) -> None:
@@ -347,6 +359,7 @@ class _Batch:
             assert self.mask is not None
             # column j of new row b holds column idx[b, j] of old slot b (gathered; padding takes
             # column 0, finite, masked)
+            live = sorted(live, key=lambda x: -x[1].length)  # longest first: groups() can split off the short rows
             idx = torch.zeros((len(live), w), dtype=torch.long, device=device)
             for b, (i, r) in enumerate(live):
                 cols = self.mask[i, : self.width].nonzero()[:, 0]
@@ -364,6 +377,8 @@ class _Batch:
                 nv[: len(live), :, :w] = v.index_select(0, slots_idx)[:, :, : self.width].gather(2, g)
             kv.append((nk, nv))
         self.rows = [r for _, r in live]
+        for r in self.rows:
+            r.col = w - r.length
         self.kv, self.mask, self.width = kv, mask, w
         self.rebuilds += 1
 
@@ -388,7 +403,7 @@ class _Batch:
         self.width = width
         self.mask[slot] = 0
         self.mask[slot, width - n : width] = 1
-        at = width - n
+        at = row.col = width - n
         for (bk, bv), (k, v) in zip(self.kv, src):
             pos = at
             for a, b in spans:
@@ -416,8 +431,10 @@ class _Batch:
         live = self.live
         longest = max(r.length for _, r in live)
         dead = len(self.rows) - len(live)
-        if (self.width + 1 > self.kv[0][0].shape[2] or self.width > 2 * longest + 64
-                or (dead >= 2 and dead > len(live))):
+        # compact when gaps or dead slots make up a quarter of what a decode step reads (a
+        # rebuild copies the live KV once, about what one step's attention reads)
+        if (self.width + 1 > self.kv[0][0].shape[2] or self.width > longest + max(64, longest // 4)
+                or (dead >= 4 and 4 * dead > len(live))):
             self.rebuild(len(live), longest + 1)
         assert self.mask is not None
         B, w = len(self.rows), self.width
@@ -427,6 +444,29 @@ class _Batch:
         positions = torch.tensor([[r.length if r is not None else 0] for r in self.rows], dtype=torch.long, device=device)
         cache = _slot_cache([(k[:B], v[:B]) for k, v in self.kv], w)
         return tokens, positions, self.mask[:B, : w + 1], cache
+
+    def groups(self, min_saving: int = SPLIT_MIN_SAVING) -> list[tuple[int, int, int]]:
+        """The decode forwards of the next step as ``(first slot, end slot, first column)``:
+        one over every slot, or two contiguous slot ranges when their columns, counted from each
+        range's leftmost first column, come to ``min_saving`` fewer cells (slots x columns) than
+        one forward's. The per-forward cost of the linear layers and the Python overhead is what
+        ``min_saving`` weighs against."""
+        B, w = len(self.rows), self.width
+        cols = [r.col if r is not None else w for r in self.rows]
+        whole = B * (w + 1)
+        prefix, suffix = [w] * (B + 1), [w] * (B + 1)
+        for i in range(B):
+            prefix[i + 1] = min(prefix[i], cols[i])
+        for i in range(B - 1, -1, -1):
+            suffix[i] = min(suffix[i + 1], cols[i])
+        best, cut = whole, 0
+        for k in range(1, B):
+            cells = k * (w + 1 - prefix[k]) + (B - k) * (w + 1 - suffix[k])
+            if cells < best:
+                best, cut = cells, k
+        if cut == 0 or whole - best < max(min_saving, whole // 8):
+            return [(0, B, prefix[B])]
+        return [(0, cut, prefix[cut]), (cut, B, suffix[cut])]
 
 
 def _prefill_chunks(rows: list[_Row]) -> list[list[_Row]]:
@@ -496,6 +536,9 @@ class HFEngine(Engine):
         seed: base seed for requests without their own seed.
         kv_cache: continuous batching with per-episode KV caches (True) or the batch-at-once
             path without kept caches (False).
+        split_min_saving: a decode step runs as two forwards (long and short rows apart) when
+            that reads at least this many fewer cells (slots x columns) of the cache, and an
+            eighth fewer; a very large value keeps one forward.
         max_cached_tokens: cap on the tokens held by idle episode caches (their KV memory is
             ``2 * layers * kv_heads * head_dim * dtype bytes`` per token); past it the least
             recently used are evicted. 0: no cap.
@@ -507,7 +550,7 @@ class HFEngine(Engine):
 
     def __init__(
         self, model: Any, *, pad_token_id: int, max_batch_size: int = 64, batch_wait_s: float = 0.02, seed: int = 0,
-        kv_cache: bool = True, max_cached_tokens: int = 0,
+        kv_cache: bool = True, max_cached_tokens: int = 0, split_min_saving: int = SPLIT_MIN_SAVING,
     ) -> None:
         if max_cached_tokens < 0:
             raise ValueError(f"max_cached_tokens must be >= 0, got {max_cached_tokens}")
@@ -520,6 +563,7 @@ class HFEngine(Engine):
         self.seed = seed
         self.kv_cache = kv_cache
         self.max_cached_tokens = max_cached_tokens
+        self.split_min_saving = split_min_saving  # cells a second decode forward must save (_Batch.groups)
         self.version = 0
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
@@ -541,7 +585,8 @@ class HFEngine(Engine):
         self._waiting: list[tuple[list[int], SamplingParams, Any]] = []
         self._update_pending = 0
         self.stats = {"batches": 0, "requests": 0, "generated_tokens": 0, "generate_time_s": 0.0, "prefill_tokens": 0,
-                      "cached_tokens": 0, "cache_evictions": 0, "cache_misses": 0, "cache_invalidations": 0}
+                      "cached_tokens": 0, "cache_evictions": 0, "cache_misses": 0, "cache_invalidations": 0,
+                      "decode_forwards": 0}
 
     def _generator(self, params: SamplingParams) -> torch.Generator:
         self._requests += 1
@@ -846,16 +891,25 @@ class HFEngine(Engine):
             self.stats["cache_evictions"] += 1
 
     def _decode(self) -> None:
-        """One batched decode forward: each row's sampled token at its own position, written in
-        place at the batch's write column (dead slots feed a pad token)."""
+        """One decode step: each row's sampled token at its own position, written in place at
+        the batch's write column (dead slots feed a pad token), in one batched forward or two
+        (:meth:`_Batch.groups`: long and short rows apart, each reading its own columns)."""
         tokens, positions, mask, cache = self._batch.decode_inputs(self.pad_token_id)
-        out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **{_cache_kwarg(self.model): cache}, **self._last_logits_only)
+        w = self._batch.width
+        kw = _cache_kwarg(self.model)
+        logits = []
+        for a, b, c in self._batch.groups(self.split_min_saving):
+            part = cache if (a, c) == (0, 0) and b == len(self._batch.rows) else _slot_cache(
+                [(k[a:b, :, c:], v[a:b, :, c:]) for k, v in self._batch.kv], w - c)
+            out = self.model(input_ids=tokens[a:b], attention_mask=mask[a:b, c:], position_ids=positions[a:b], use_cache=True,
+                             **{kw: part}, **self._last_logits_only)
+            logits.append(out.logits[:, -1, :].float())
+            self.stats["decode_forwards"] += 1
         self._batch.width += 1
-        logits = out.logits[:, -1, :].float()
+        logits_all = logits[0] if len(logits) == 1 else torch.cat(logits)
         for i, r in self._batch.live:
             r.length += 1
-            r.next_logits = logits[i]
+            r.next_logits = logits_all[i]
 
     def close(self) -> None:
         if self._worker is not None:

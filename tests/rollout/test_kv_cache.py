@@ -160,3 +160,32 @@ def test_many_episodes_through_a_small_batch_match_the_uncached_path(setup, gues
     assert_same(on, off)
     assert engine._batch.reused > 0 and engine._batch.rebuilds > 1
     assert engine.stats["cache_misses"] == 0 and engine.cached_keys == []
+
+
+def test_a_decode_step_split_into_long_and_short_rows_gives_the_same_episodes(setup, guess_env_id):
+    """With ``split_min_saving=0`` every decode step whose rows differ in length runs as two
+    forwards (the longest rows, then the short ones reading only their own columns): the
+    episodes are those of the path without a cache, and the split really happened."""
+    model, tok = setup
+    _, off = play(model, tok, guess_env_id, n=10, kv_cache=False)
+    engine, on = play(model, tok, guess_env_id, n=10, max_batch_size=6, split_min_saving=0)
+    assert_same(on, off)
+    assert engine.stats["decode_forwards"] > engine.stats["batches"], engine.stats  # some steps ran as two forwards
+
+
+def test_groups_split_the_slots_where_it_saves_cells():
+    from agentrl.rollout.engines import _Batch, _Row
+
+    def row(length, col):
+        r = _Row([], None, None, None, length)
+        r.col = col
+        return r
+
+    b = _Batch()
+    b.width = 1000
+    b.rows = [row(1000, 0), row(990, 10), None, row(100, 900), row(50, 950)]
+    # one forward: 5 slots x 1001 columns = 5005 cells; split after slot 2: 2 x 1001 + 3 x 101 = 2305
+    assert b.groups(min_saving=0) == [(0, 2, 0), (2, 5, 900)]
+    assert b.groups(min_saving=3000) == [(0, 5, 0)]  # saves 2700 < 3000: one forward
+    b.rows = [row(1000, 0), row(1000, 0), row(1000, 0)]
+    assert b.groups(min_saving=0) == [(0, 3, 0)]  # nothing to save
