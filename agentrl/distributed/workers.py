@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from agentrl.config import TrainConfig, import_modules
-from agentrl.rollout.agent_loop import AgentLoop, EpisodeSpec
+from agentrl.rollout.agent_loop import EpisodeSpec
 from agentrl.rollout.engines import Engine, Generation, SamplingParams
 from agentrl.types import Trajectory
 
@@ -158,13 +158,12 @@ class EnvWorker:
     def __init__(self, cfg: TrainConfig, tokenizer: Any, num_envs: int, generation_worker: Any, generation_index: int, index: int, vocab_size: int | None = None) -> None:
         import_modules(cfg.run.imports)
         from agentrl.models.chat import ChatFormat
-        from agentrl.rollout.local import make_agent_loop
+        from agentrl.rollout.local import EnvLoops
 
         self.cfg, self.index, self.num_envs, self.vocab_size = cfg, index, num_envs, vocab_size
         self.chat = ChatFormat(tokenizer)
         self.engine = RemoteEngine(generation_worker, generation_index, wait_s=cfg.ray.startup_timeout_s)
-        self.loop = make_agent_loop(cfg, self.engine, self.chat, num_envs=num_envs, vocab_size=vocab_size)
-        self._eval_loop: AgentLoop | None = None
+        self.loops = EnvLoops(cfg, self.engine, self.chat, num_envs=num_envs, vocab_size=vocab_size)
 
     def ready(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "num_envs": self.num_envs}
@@ -176,35 +175,20 @@ class EnvWorker:
         self.engine.set_worker(handle, index)
 
     def num_tasks(self, split: str) -> int:
-        return self.loop.envs[0].unwrapped.num_tasks(split)
+        return self.loops.num_tasks(split)
 
     def task_id(self, options: dict[str, Any]) -> str:
         """The task id an episode with these reset options would have (for failed episodes)."""
-        return self.loop.envs[0].unwrapped.get_task(options.get("split", self.cfg.env.train_split), options["task_index"]).task_id
-
-    def _loop_for(self, evaluation: bool) -> AgentLoop:
-        if not evaluation:
-            return self.loop
-        if self._eval_loop is None:
-            from agentrl.rollout.local import make_agent_loop
-
-            self._eval_loop = make_agent_loop(self.cfg, self.engine, self.chat, evaluation=True, num_envs=self.num_envs, vocab_size=self.vocab_size)
-        return self._eval_loop
+        return self.loops.train.envs[0].unwrapped.get_task(options.get("split", self.cfg.env.train_split), options["task_index"]).task_id
 
     async def run_episode(self, spec: EpisodeSpec, evaluation: bool = False) -> Trajectory:
         """One episode on a free instance of the training (or evaluation) envs; failures come
-        back as failed Trajectories (:meth:`AgentLoop.run_episode`)."""
-        return await self._loop_for(evaluation).play(spec)
+        back as failed Trajectories (:meth:`EnvLoops.play`, shared with local rollouts)."""
+        return await self.loops.play(spec, evaluation)
 
     def sandbox_metrics(self) -> dict[str, float]:
-        from agentrl.rollout.local import loop_metrics
-
-        return loop_metrics(self.loop)
+        return self.loops.sandbox_metrics()
 
     def close(self) -> dict[str, int]:
-        """Close the env instances; returns the closes that failed, by kind (AgentLoop.close)."""
-        failures = self.loop.close()
-        if self._eval_loop is not None:
-            for k, v in self._eval_loop.close().items():
-                failures[k] = failures.get(k, 0) + v
-        return failures
+        """Close the env instances; returns the closes that failed, by kind (EnvLoops.close)."""
+        return self.loops.close()

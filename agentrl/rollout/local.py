@@ -91,16 +91,55 @@ def summarize(trajs: list[Trajectory], env_id: str = "", prefix: str = "rollout"
     return out
 
 
-def loop_metrics(loop: AgentLoop) -> dict[str, float]:
-    """The sandbox metrics of ``loop``'s envs (their shared sandbox), and the env instances it
-    replaced after a timeout (``rollout/env_instances_replaced``, over the run)."""
-    out = {"rollout/env_instances_replaced": float(loop.replaced_envs)}
-    env = loop.envs[0].unwrapped
-    try:
-        out.update(env.sandbox.metrics() if hasattr(env, "sandbox") else {})
-    except Exception:  # an env without a sandbox
-        pass
-    return out
+class EnvLoops:
+    """The env instances of one rollout process and the episodes run on them: the training
+    AgentLoop and the held-out evaluation AgentLoop (built on first use), each ``num_envs``
+    instances (default ``env.num_envs``). :class:`LocalRollout` holds one; so does each Ray
+    ``EnvWorker`` (agentrl/distributed/workers.py) for its slice of the instances."""
+
+    def __init__(self, cfg: TrainConfig, engine: Engine, chat: ChatFormat, *, num_envs: int | None = None, vocab_size: int | None = None) -> None:
+        self.cfg, self.engine, self.chat, self.num_envs, self.vocab_size = cfg, engine, chat, num_envs, vocab_size
+        self.train = make_agent_loop(cfg, engine, chat, num_envs=num_envs, vocab_size=vocab_size)
+        self._eval: AgentLoop | None = None
+
+    def loop(self, evaluation: bool = False) -> AgentLoop:
+        """The training loop, or the evaluation loop (``env.eval_kwargs``, eval temperature)."""
+        if not evaluation:
+            return self.train
+        if self._eval is None:
+            self._eval = make_agent_loop(self.cfg, self.engine, self.chat, evaluation=True, num_envs=self.num_envs, vocab_size=self.vocab_size)
+        return self._eval
+
+    def num_tasks(self, split: str) -> int:
+        return self.train.envs[0].unwrapped.num_tasks(split)
+
+    async def play(self, spec: EpisodeSpec, evaluation: bool = False) -> Trajectory:
+        """One episode on a free instance (the others wait for one in call order); failures come
+        back as failed Trajectories (:meth:`AgentLoop.run_episode`)."""
+        return await self.loop(evaluation).play(spec)
+
+    async def collect(self, specs: list[EpisodeSpec], *, evaluation: bool = False, on_done: Any = None) -> list[Trajectory]:
+        return await self.loop(evaluation).collect(specs, on_done=on_done)
+
+    def sandbox_metrics(self) -> dict[str, float]:
+        """The sandbox metrics of the training envs (their shared sandbox), and the env instances
+        replaced after a timeout (``rollout/env_instances_replaced``, over the run)."""
+        out = {"rollout/env_instances_replaced": float(self.train.replaced_envs)}
+        env = self.train.envs[0].unwrapped
+        try:
+            out.update(env.sandbox.metrics() if hasattr(env, "sandbox") else {})
+        except Exception:  # an env without a sandbox
+            pass
+        return out
+
+    def close(self) -> dict[str, int]:
+        """Close both loops' env instances (within ``env.close_timeout_s``). Returns the env
+        closes that failed, by kind ("error", "timeout"), summed over the loops."""
+        failures = self.train.close()
+        if self._eval is not None:
+            for k, v in self._eval.close().items():
+                failures[k] = failures.get(k, 0) + v
+        return failures
 
 
 class LocalRollout:
@@ -116,30 +155,27 @@ class LocalRollout:
         self.engine = engine or make_engine(cfg, model, tokenizer)
         self._shares_model = isinstance(self.engine, HFEngine) and self.engine.model is model
         self._vocab_size = model.config.vocab_size if model is not None and hasattr(model, "config") else None
-        self.loop = make_agent_loop(cfg, self.engine, self.chat, vocab_size=self._vocab_size)
-        self._eval_loop: AgentLoop | None = None
+        self.loops = EnvLoops(cfg, self.engine, self.chat, vocab_size=self._vocab_size)
         self._engine_closed = False
 
     def num_tasks(self, split: str) -> int:
-        return self.loop.envs[0].unwrapped.num_tasks(split)
+        return self.loops.num_tasks(split)
 
     def collect(self, specs: list[EpisodeSpec], on_done: Any = None) -> list[Trajectory]:
         from agentrl.sandboxes import run_sync
 
-        return run_sync(self.loop.collect(specs, on_done=on_done))
+        return run_sync(self.loops.collect(specs, on_done=on_done))
 
     async def play(self, spec: EpisodeSpec) -> Trajectory:
         """The streaming API (asynchronous training): one training episode, a coroutine to run
         on the sandbox runtime's background loop; at most ``env.num_envs`` play at once, the
         others wait for an instance in call order. Failures come back as failed Trajectories."""
-        return await self.loop.play(spec)
+        return await self.loops.play(spec)
 
     def evaluate(self, specs: list[EpisodeSpec]) -> list[Trajectory]:
         from agentrl.sandboxes import run_sync
 
-        if self._eval_loop is None:
-            self._eval_loop = make_agent_loop(self.cfg, self.engine, self.chat, evaluation=True, vocab_size=self._vocab_size)
-        return run_sync(self._eval_loop.collect(specs))
+        return run_sync(self.loops.collect(specs, evaluation=True))
 
     def sync_weights(self, model: Any, version: int) -> None:
         """An HF engine sharing the module (sync mode): only the version changes. An engine
@@ -147,15 +183,12 @@ class LocalRollout:
         self.engine.update_weights(None if self._shares_model else model.state_dict(), version)
 
     def sandbox_metrics(self) -> dict[str, float]:
-        return loop_metrics(self.loop)
+        return self.loops.sandbox_metrics()
 
     def close(self) -> dict[str, int]:
         """Close env instances (within ``env.close_timeout_s``) and the engine. Idempotent.
         Returns the env closes that failed, by kind ("error", "timeout")."""
-        failures = self.loop.close()
-        if self._eval_loop is not None:
-            for k, v in self._eval_loop.close().items():
-                failures[k] = failures.get(k, 0) + v
+        failures = self.loops.close()
         if not self._engine_closed:
             self._engine_closed = True
             self.engine.close()
