@@ -1,11 +1,13 @@
-"""The request micro-batcher of the batch-at-once engines (:class:`~agentrl.rollout.engines.HFEngine`
-with ``kv_cache=False``, :class:`~agentrl.rollout.vllm_engine.VLLMEngine`).
+"""The request queue of the in-process engines and the micro-batcher of the batch-at-once ones
+(:class:`~agentrl.rollout.engines.HFEngine` with ``kv_cache=False``,
+:class:`~agentrl.rollout.vllm_engine.VLLMEngine`).
 
-``agenerate`` puts ``(prompt_ids, params, future)`` on an asyncio queue; :func:`serve_batches`
-takes the first request, waits up to ``batch_wait_s`` for more (at most ``max_batch_size`` in
-all), runs the engine's synchronous ``generate(prompts, params)`` for them in a worker thread
-and resolves each future with its Generation. An exception from ``generate`` fails that batch's
-requests and nothing else: the batcher goes on with the next batch.
+``agenerate`` (:class:`QueuedEngine`) puts ``(prompt_ids, params, future)`` on an asyncio
+queue; :func:`serve_batches` takes the first request, waits up to ``batch_wait_s`` for more (at
+most ``max_batch_size`` in all), runs the engine's synchronous ``generate(prompts, params)`` for
+them in a worker thread and resolves each future with its Generation. An exception from
+``generate`` fails that batch's requests and nothing else: the batcher goes on with the next
+batch. (HFEngine's continuous-batching scheduler serves the same queue its own way.)
 """
 
 from __future__ import annotations
@@ -14,11 +16,44 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 Request = tuple[list[int], Any, asyncio.Future]
 
 log = logging.getLogger(__name__)
+
+
+class QueuedEngine:
+    """The request side, mixed into an Engine (before :class:`~agentrl.rollout.engines.Engine`):
+    ``agenerate`` puts ``(prompt_ids, params, future)`` on ``self._queue`` and awaits the future;
+    the task serving the queue (:meth:`_serve`) is started on the running event loop at the
+    first request, and again when it ended or belongs to another loop (``asyncio.run`` per
+    call)."""
+
+    _queue: asyncio.Queue | None = None
+    _worker: asyncio.Task | None = None
+
+    def _serve(self) -> Coroutine[Any, Any, None]:
+        """The coroutine that serves ``self._queue`` (e.g. :func:`serve_batches`)."""
+        raise NotImplementedError
+
+    async def agenerate(self, prompt_ids: list[int], params: Any) -> Any:
+        if not prompt_ids:
+            raise ValueError("agenerate() got an empty prompt")
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
+            self._queue = asyncio.Queue()
+            self._worker = loop.create_task(self._serve())
+        fut: asyncio.Future = loop.create_future()
+        await self._queue.put((list(prompt_ids), params, fut))
+        return await fut
+
+    def _stop_serving(self) -> None:
+        """Cancel the serving task (``close``); the next request starts a new one."""
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
 
 
 async def collect_batch(queue: asyncio.Queue, max_batch_size: int, batch_wait_s: float) -> list[Request]:

@@ -25,12 +25,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .batcher import serve_batches
+from .batcher import QueuedEngine, serve_batches
 
 log = logging.getLogger(__name__)
 
@@ -487,7 +488,7 @@ def _prefill_chunks(rows: list[_Row]) -> list[list[_Row]]:
     return chunks
 
 
-class HFEngine(Engine):
+class HFEngine(QueuedEngine, Engine):
     """HF transformers generation on CPU (or one GPU), batching concurrent requests.
 
     With ``kv_cache`` (the default) the engine runs **continuous batching** with a **per-episode
@@ -657,16 +658,9 @@ class HFEngine(Engine):
             if cache_key in self._active_keys:
                 self._released_active.add(cache_key)
 
-    async def agenerate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
-        if not prompt_ids:
-            raise ValueError("agenerate() got an empty prompt")
-        loop = asyncio.get_running_loop()
-        if self._queue is None or self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
-            self._queue = asyncio.Queue()
-            self._worker = loop.create_task(self._scheduler() if self.kv_cache else self._batcher())
-        fut: asyncio.Future = loop.create_future()
-        await self._queue.put((list(prompt_ids), params, fut))
-        return await fut
+    def _serve(self) -> Coroutine[Any, Any, None]:
+        """What serves the request queue of ``agenerate`` (:class:`~agentrl.rollout.batcher.QueuedEngine`)."""
+        return self._scheduler() if self.kv_cache else self._batcher()
 
     async def _batcher(self) -> None:
         """``kv_cache=False``: batch-at-once generation of what arrives within ``batch_wait_s``
@@ -912,9 +906,7 @@ class HFEngine(Engine):
             r.next_logits = logits_all[i]
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            self._worker = None
+        self._stop_serving()
         with self._cache_lock:
             self._caches.clear()
             self._evicted.clear()

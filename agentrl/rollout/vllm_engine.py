@@ -43,11 +43,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import torch
 
-from .batcher import serve_batches
+from .batcher import QueuedEngine, serve_batches
 from .engines import Engine, Generation, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def parse_output(request_output: Any, version: int) -> Generation:
     return Generation(ids, logprobs, reason, version)
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(QueuedEngine, Engine):
     """In-process ``vllm.LLM`` behind the Engine interface.
 
     Args:
@@ -170,16 +171,9 @@ class VLLMEngine(Engine):
         self.stats["generate_time_s"] += time.perf_counter() - t0
         return gens
 
-    async def agenerate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
-        if not prompt_ids:
-            raise ValueError("agenerate() got an empty prompt")
-        loop = asyncio.get_running_loop()
-        if self._queue is None or self._worker is None or self._worker.done() or self._worker.get_loop() is not loop:
-            self._queue = asyncio.Queue()
-            self._worker = loop.create_task(self._batcher())
-        fut: asyncio.Future = loop.create_future()
-        await self._queue.put((prompt_ids, params, fut))
-        return await fut
+    def _serve(self) -> Coroutine[Any, Any, None]:
+        """What serves the request queue of ``agenerate`` (:class:`~agentrl.rollout.batcher.QueuedEngine`)."""
+        return self._batcher()
 
     async def _batcher(self) -> None:
         """One ``LLM.generate`` per batch of what arrives within ``batch_wait_s``
@@ -209,6 +203,4 @@ class VLLMEngine(Engine):
             self.llm.wake_up()
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            self._worker = None
+        self._stop_serving()

@@ -134,3 +134,32 @@ def test_vllm_engine_batches_through_to_thread(monkeypatch):
     assert gen.batches == [[[1], [2]], [[3]]]
     assert isinstance(results[0], RuntimeError) and isinstance(results[1], RuntimeError) and results[2] == "gen3"
     assert all(t != threading.main_thread().name for t in gen.threads)
+
+
+def test_queued_engine_starts_its_server_per_event_loop_and_refuses_empty_prompts():
+    from agentrl.rollout.batcher import QueuedEngine
+
+    class Echo(QueuedEngine):
+        def __init__(self):
+            self.started = 0
+
+        async def _serve(self):
+            self.started += 1
+            while True:
+                prompt, _, fut = await self._queue.get()
+                fut.set_result(prompt[::-1])
+
+    engine = Echo()
+    with pytest.raises(ValueError, match="empty prompt"):
+        asyncio.run(engine.agenerate([], None))
+    prompt = [1, 2, 3]
+    assert asyncio.run(engine.agenerate(prompt, None)) == [3, 2, 1]
+    assert asyncio.run(engine.agenerate([4, 5], None)) == [5, 4]  # a new loop: a new server
+    assert engine.started == 2 and prompt == [1, 2, 3]
+
+    async def two_on_one_loop():
+        return await asyncio.gather(engine.agenerate([6], None), engine.agenerate([7, 8], None))
+
+    assert asyncio.run(two_on_one_loop()) == [[6], [8, 7]] and engine.started == 3
+    engine._stop_serving()
+    assert engine._worker is None
