@@ -25,14 +25,49 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+from . import files as _files
 from .runtime import run_sync
-from .types import ExecResult, Limits
+from .types import ExecResult, Limits, SandboxConfigError
 
 Language = Literal["python", "bash"]
 FileMap = Mapping[str, "bytes | str"]
 
+#: What ``run(language=...)`` and ``session(kind)`` accept, in every backend.
+LANGUAGES: tuple[str, ...] = ("python", "bash")
+
 #: The work dir inside every sandbox, the cwd of every call. Same path in every backend.
 WORK_DIR = "/work"
+
+
+def check_language(language: object, what: str = "language") -> None:
+    """Raise SandboxConfigError unless ``language`` is one of :data:`LANGUAGES`."""
+    if language not in LANGUAGES:
+        raise SandboxConfigError(
+            f"{what} must be 'python' or 'bash', got {language!r}. Pass {what.split()[-1]}='python' or "
+            f"'bash'; another interpreter runs from a bash program (e.g. 'node main.js' with files=...)."
+        )
+
+
+def check_limits(limits: object, default: Limits | None = None) -> Limits:
+    """``limits`` if it is a :class:`Limits`, ``default`` for None (when given); else
+    SandboxConfigError saying what was passed and how to build a Limits."""
+    if limits is None and default is not None:
+        return default
+    if not isinstance(limits, Limits):
+        raise SandboxConfigError(
+            f"limits must be a Limits instance, got {type(limits).__name__} ({limits!r:.80}). Build one with "
+            "agentrl.sandboxes.Limits(timeout_s=..., memory_limit_mb=...), or pass None for the sandbox's defaults."
+        )
+    return limits
+
+
+def check_stdin(stdin: object) -> bytes | bytearray | None:
+    """``stdin`` as bytes (str as UTF-8, lone surrogates kept as in file contents), or None."""
+    if isinstance(stdin, str):
+        return stdin.encode("utf-8", "surrogateescape")
+    if stdin is not None and not isinstance(stdin, (bytes, bytearray)):
+        raise SandboxConfigError(f"stdin must be bytes, str or None, got {type(stdin).__name__}.")
+    return stdin
 
 
 class Session(abc.ABC):
@@ -105,14 +140,24 @@ class Sandbox(abc.ABC):
 
     Subclasses set ``name`` and implement the abstract methods. ``limits`` given here are the
     defaults for every call; each call may pass its own.
+
+    The arguments are checked here, once for every backend: :meth:`run` and :meth:`session`
+    refuse a closed sandbox (``self._closed``), an unknown language, limits that are not a
+    :class:`Limits`, code that is not UTF-8 text or bytes, unsafe file paths and bad stdin
+    (SandboxConfigError / UnsafePathError, before anything starts), then call the backend's
+    :meth:`_run_checked` / :meth:`_session_checked` with the checked values.
     """
 
     name: str = ""
+    _closed: bool = False
 
     def __init__(self, *, limits: Limits | None = None) -> None:
-        self.limits = limits if limits is not None else Limits()
+        self.limits = check_limits(limits, Limits())
 
-    @abc.abstractmethod
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxConfigError(f"this {type(self).__name__} is closed; create a new one with get_sandbox({self.name!r}).")
+
     async def run(
         self,
         code: str | bytes,
@@ -124,8 +169,21 @@ class Sandbox(abc.ABC):
     ) -> ExecResult:
         """Run ``code`` once in a fresh sandbox and return its result. Never raises for
         anything the program does; raises SandboxConfigError for bad arguments."""
+        from .worker_client import encode_code  # worker_client imports this module
+
+        self._check_open()
+        check_language(language)
+        limits = check_limits(limits, self.limits)
+        data = encode_code(code)
+        file_map = _files.normalize_files(files)
+        return await self._run_checked(data, language, check_stdin(stdin), file_map, limits)
 
     @abc.abstractmethod
+    async def _run_checked(
+        self, code: bytes, language: Language, stdin: bytes | bytearray | None, files: dict[str, bytes], limits: Limits
+    ) -> ExecResult:
+        """:meth:`run` with checked arguments: the code as bytes, files as ``{normalised path: bytes}``."""
+
     async def session(
         self,
         kind: Language = "python",
@@ -134,6 +192,15 @@ class Sandbox(abc.ABC):
         limits: Limits | None = None,
     ) -> Session:
         """Start a persistent session (see :class:`Session`)."""
+        self._check_open()
+        check_language(kind, "session kind")
+        limits = check_limits(limits, self.limits)
+        _files.normalize_files(files)  # bad paths fail here, before anything starts
+        return await self._session_checked(kind, files, limits)
+
+    @abc.abstractmethod
+    async def _session_checked(self, kind: Language, files: FileMap | None, limits: Limits) -> Session:
+        """:meth:`session` with checked arguments (``files`` as given, their paths checked)."""
 
     @abc.abstractmethod
     async def health(self) -> dict[str, object]:

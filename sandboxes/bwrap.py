@@ -97,11 +97,10 @@ from .types import (
     BackendUnavailableError,
     ExecResult,
     Limits,
-    SandboxConfigError,
     Status,
 )
 from .worker import worker_sources
-from .worker_client import WorkerProcess, WorkerSession, encode_code
+from .worker_client import WorkerProcess, WorkerSession
 
 log = logging.getLogger(__name__)
 
@@ -235,9 +234,7 @@ class BwrapSandbox(Sandbox):
         python: str = PYTHON,
         cpu_shares: int = _cg.ROOT_CPU_SHARES,
     ) -> None:
-        super().__init__(limits=limits)
-        if not isinstance(self.limits, Limits):
-            raise SandboxConfigError(f"limits must be a Limits, got {type(self.limits).__name__}.")
+        super().__init__(limits=limits)  # checks limits
         if sys.platform != "linux":
             raise BackendUnavailableError(f"the bwrap backend needs Linux, this is {sys.platform}. {_FIX}")
         self.bwrap = find_bwrap(bwrap_path)
@@ -471,36 +468,13 @@ class BwrapSandbox(Sandbox):
             memfds.close()
         return Spawned(proc, cg, started)
 
-    # -- stateless run -----------------------------------------------------------------------
-    def _check_args(self, code, language, limits) -> Limits:
-        if self._closed:
-            raise SandboxConfigError("this BwrapSandbox is closed; create a new one with get_sandbox('bwrap').")
-        if language not in ("python", "bash"):
-            raise SandboxConfigError(f"language must be 'python' or 'bash', got {language!r}.")
-        limits = self.limits if limits is None else limits
-        if not isinstance(limits, Limits):
-            raise SandboxConfigError(f"limits must be a Limits instance, got {type(limits).__name__}.")
-        return limits
-
-    async def run(
-        self,
-        code: str | bytes,
-        *,
-        language: Language = "python",
-        stdin: bytes | str | None = None,
-        files: FileMap | None = None,
-        limits: Limits | None = None,
+    # -- stateless run (arguments checked by Sandbox.run) ------------------------------------
+    async def _run_checked(
+        self, code: bytes, language: Language, stdin: bytes | bytearray | None, files: dict[str, bytes], limits: Limits
     ) -> ExecResult:
-        limits = self._check_args(code, language, limits)
-        data = encode_code(code)
-        file_map = _files.normalize_files(files)
-        if isinstance(stdin, str):
-            stdin = stdin.encode("utf-8", "surrogateescape")
-        if stdin is not None and not isinstance(stdin, (bytes, bytearray)):
-            raise SandboxConfigError(f"stdin must be bytes, str or None, got {type(stdin).__name__}.")
         async with self.limiter.slot() as waited:
             try:
-                result = await self._run_once(data, language, stdin, file_map, limits)
+                result = await self._run_once(code, language, stdin, files, limits)
             except Exception as e:
                 log.exception("bwrap run failed")
                 result = ExecResult(Status.SANDBOX_ERROR, backend=self.name, detail=f"{type(e).__name__}: {e}")
@@ -537,11 +511,8 @@ class BwrapSandbox(Sandbox):
                 os.close(in_r)
         return await Supervisor(self, sp, limits, out_r, err_r, in_w, stdin).result()
 
-    # -- sessions ------------------------------------------------------------------------------
-    async def session(
-        self, kind: Language = "python", *, files: FileMap | None = None, limits: Limits | None = None
-    ) -> Session:
-        limits = self._check_args("", kind, limits)
+    # -- sessions (arguments checked by Sandbox.session) ---------------------------------------
+    async def _session_checked(self, kind: Language, files: FileMap | None, limits: Limits) -> Session:
         lim = limits
 
         async def launch() -> WorkerProcess:

@@ -62,7 +62,6 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from . import files as _files
 from . import images
 from .base import WORK_DIR, FileMap, Language, Sandbox
 from .docker_pool import (
@@ -88,7 +87,7 @@ from .types import (
     sandbox_error,
 )
 from .worker import ProtocolError, worker_sources
-from .worker_client import WorkerDied, WorkerProcess, WorkerSession, encode_code
+from .worker_client import WorkerDied, WorkerProcess, WorkerSession
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +106,6 @@ _ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8", "TMPDIR": "/tmp",
     "USER": "sandbox", "LOGNAME": "sandbox", "SHELL": "/bin/bash", "TERM": "dumb",
 }
-
-
-def _check_limits(limits: Limits | None, default: Limits) -> Limits:
-    if limits is None:
-        return default
-    if not isinstance(limits, Limits):
-        raise SandboxConfigError(f"limits must be a Limits instance, got {type(limits).__name__}.")
-    return limits
-
-
-def _check_language(language: object) -> None:
-    if language not in ("python", "bash"):
-        raise SandboxConfigError(f"language must be 'python' or 'bash', got {language!r}.")
 
 
 def _command(language: str) -> tuple[list[str], str]:
@@ -198,7 +184,7 @@ class DockerSandbox(Sandbox):
         max_runs_per_container: int = 100,
         max_sessions: int = 256,
     ) -> None:
-        super().__init__(limits=_check_limits(limits, Limits()))
+        super().__init__(limits=limits)  # checks limits
         for arg, value, low in (("pool_size", pool_size, 0), ("max_runs_per_container", max_runs_per_container, 1),
                                 ("max_sessions", max_sessions, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -423,27 +409,11 @@ class DockerSandbox(Sandbox):
         except Exception:  # noqa: BLE001
             return False
 
-    # -- stateless runs ------------------------------------------------------------------------
-    async def run(
-        self,
-        code: str | bytes,
-        *,
-        language: Language = "python",
-        stdin: bytes | str | None = None,
-        files: FileMap | None = None,
-        limits: Limits | None = None,
+    # -- stateless runs (arguments checked by Sandbox.run) -----------------------------------
+    async def _run_checked(
+        self, code: bytes, language: Language, stdin: bytes | bytearray | None, files: dict[str, bytes], limits: Limits
     ) -> ExecResult:
-        if self._closed:
-            raise SandboxConfigError("this DockerSandbox is closed; create a new one with get_sandbox('docker').")
-        _check_language(language)
-        limits = _check_limits(limits, self.limits)
-        data = encode_code(code)
-        norm = _files.normalize_files(files)
-        if isinstance(stdin, str):
-            stdin = stdin.encode("utf-8", "surrogateescape")
-        elif stdin is not None and not isinstance(stdin, (bytes, bytearray)):
-            raise SandboxConfigError(f"stdin must be bytes, str or None, got {type(stdin).__name__}.")
-        return await arun(self._run(data, language, stdin, norm, limits))
+        return await arun(self._run(code, language, stdin, files, limits))
 
     async def _run(self, code: bytes, language: str, stdin: bytes | None, files: dict[str, bytes],
                    limits: Limits) -> ExecResult:
@@ -547,20 +517,8 @@ class DockerSandbox(Sandbox):
         except Exception:  # noqa: BLE001
             return False
 
-    # -- sessions ------------------------------------------------------------------------------
-    async def session(
-        self,
-        kind: Language = "python",
-        *,
-        files: FileMap | None = None,
-        limits: Limits | None = None,
-    ) -> DockerSession:
-        if self._closed:
-            raise SandboxConfigError("this DockerSandbox is closed; create a new one with get_sandbox('docker').")
-        _check_language(kind)
-        limits = _check_limits(limits, self.limits)
-        _files.normalize_files(files)  # bad paths fail here, before a container is taken
-
+    # -- sessions (arguments checked by Sandbox.session, bad paths before a container is taken) ---
+    async def _session_checked(self, kind: Language, files: FileMap | None, limits: Limits) -> DockerSession:
         async def open_session() -> DockerSession:
             await self._ensure_started()
             assert self._session_slots is not None

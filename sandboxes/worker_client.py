@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from . import files as _files
-from .base import FileMap, Language, Session
+from .base import FileMap, Language, Session, check_language
 from .metrics import SandboxMetrics
 from .pool import ConcurrencyLimiter
 from .types import (
@@ -112,8 +112,7 @@ class WorkerSession(Session):
         limiter: ConcurrencyLimiter | None = None,
         startup_timeout_s: float = 30.0,
     ):
-        if kind not in ("python", "bash"):
-            raise SandboxConfigError(f"session kind must be 'python' or 'bash', got {kind!r}.")
+        check_language(kind, "session kind")
         self.kind = kind
         self.limits = limits
         self.backend = backend

@@ -57,9 +57,11 @@ def test_non_utf8_code(sandbox):
 
 
 def test_bad_arguments_are_refused_with_the_fix(sandbox):
-    with pytest.raises(SandboxConfigError, match="language must be 'python' or 'bash', got 'ruby'"):
+    with pytest.raises(SandboxConfigError, match="language must be 'python' or 'bash', got 'ruby'. Pass language="):
         sandbox.run_sync("puts 1", language="ruby")
-    with pytest.raises(SandboxConfigError, match="limits must be a Limits"):
+    with pytest.raises(SandboxConfigError, match="session kind must be 'python' or 'bash', got 'ruby'. Pass kind="):
+        sandbox.session_sync("ruby")
+    with pytest.raises(SandboxConfigError, match=r"limits must be a Limits instance, got dict .*Build one with agentrl.sandboxes.Limits\("):
         sandbox.run_sync("pass", limits={"timeout_s": 1})
     with pytest.raises(UnsafePathError, match="contains '..'"):
         sandbox.run_sync("pass", files={"../escape.py": "x"})
