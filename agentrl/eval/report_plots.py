@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .report import ENTROPY_KEY, TRAIN_KEY, RunResult, group_results
+from .results import ENTROPY_KEY, TRAIN_KEY, RunResult, group_results
 
 STEP_LABEL = "train_step (optimizer steps)"
 
