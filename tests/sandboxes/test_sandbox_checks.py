@@ -6,7 +6,6 @@ reaches the hooks."""
 from __future__ import annotations
 
 import pytest
-
 from agentrl.sandboxes import Limits, SandboxConfigError, UnsafePathError, run_sync
 from agentrl.sandboxes.base import Sandbox
 from agentrl.sandboxes.types import ExecResult, Status
