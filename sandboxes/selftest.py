@@ -1,7 +1,9 @@
 """The adversarial suite: 29 attacks in 21 numbered groups against any backend.
 
 Each :class:`Attack` is data: a program (or a short scripted scenario), the limits it runs
-under, the statuses that count as contained, and checks on the result. After every attack the
+under, the statuses that count as contained, and checks on the result. The programs are files
+of ``sandboxes/attacks/`` (one per attack, named after it; the reward-hacking cheats in
+``attacks/cheats/``), read as text by :func:`program` and installed as package data. After every attack the
 *host* is checked too (:class:`HostWatch`):
 
 - no process anywhere on the host carries the attack's tag (every attack program re-execs
@@ -40,6 +42,30 @@ from dataclasses import dataclass, field
 
 from .base import Sandbox
 from .types import ExecResult, Limits, Status, UnsafePathError
+
+#: The attack programs, one file each (package data, see pyproject.toml): read as text and run
+#: inside the sandbox; ``@NONCE@``, ``@TAG@`` and the placeholders named in each file's first
+#: line are substituted before a run.
+ATTACKS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "attacks")
+
+
+#: Every program read so far, by name (all of them once this module is imported).
+PROGRAMS: dict[str, str] = {}
+
+
+def program(name: str) -> str:
+    """The source of attack program ``name`` (a path relative to :data:`ATTACKS_DIR`)."""
+    if name not in PROGRAMS:
+        path = os.path.join(ATTACKS_DIR, name)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                PROGRAMS[name] = fh.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"attack program {path} is missing: agentrl.sandboxes was installed without its attacks/ "
+                "data files (pyproject.toml [tool.setuptools.package-data]); reinstall with pip install ."
+            ) from None
+    return PROGRAMS[name]
 
 T = 2.0  # wall timeout (s) of the time-based attacks
 GRACE_S = 1.0  # SANDBOXES.md: "returned within T+1 s"
@@ -179,114 +205,13 @@ def _json_check(key: str, pred: Callable[[object], bool], what: str) -> Callable
     return check
 
 
-_FILL = r"""
-import errno, json, os
-d = '@DIR@'
-written, err = 0, None
-chunk = b'\1' * (16 << 20)
-try:
-    for i in range(4096 // 16):                          # up to 4 GiB
-        with open(f'{d}/fill-{i}', 'wb') as fh:
-            for _ in range(4):                           # 64 MiB per file at most
-                fh.write(chunk); fh.flush(); written += len(chunk)
-except OSError as e:
-    err = errno.errorcode.get(e.errno, str(e.errno))
-print(json.dumps({'written_mb': written >> 20, 'errno': err}))
-"""
+_FILL = program("fill.py")
 
-_NET = r"""
-import json, socket, time
-targets = @TARGETS@
-out = {}
-for host, port in targets:
-    t = time.monotonic()
-    try:
-        s = socket.create_connection((host, port), timeout=5)
-        s.close(); res = 'CONNECTED'
-    except OSError as e:
-        res = type(e).__name__ + ':' + str(e.errno)
-    out[f'{host}:{port}'] = [res, round(time.monotonic() - t, 3)]
-t = time.monotonic()
-try:
-    socket.getaddrinfo('example.com', 80); res = 'RESOLVED'
-except OSError as e:
-    res = type(e).__name__
-out['dns:example.com'] = [res, round(time.monotonic() - t, 3)]
-print(json.dumps(out))
-"""
+_NET = program("network_egress.py")
 
-_IPC = r"""
-import errno, fcntl, json, os, socket, termios
-out = {}
-for name in ['\0@ABSTRACT@', '\0/tmp/.X11-unix/X0', '/run/dbus/system_bus_socket',
-             '/var/run/dbus/system_bus_socket', '/tmp/.X11-unix/X0', '/var/run/docker.sock',
-             '/run/docker.sock', '/run/containerd/containerd.sock']:
-    s = socket.socket(socket.AF_UNIX)
-    try:
-        s.connect(name); out[repr(name)] = 'CONNECTED'
-    except OSError as e:
-        out[repr(name)] = errno.errorcode.get(e.errno, str(e.errno))
-    finally:
-        s.close()
-for fd in (0, 1, 2):
-    for req, label in ((termios.TIOCSTI, 'TIOCSTI'), (0x541C, 'TIOCLINUX')):
-        try:
-            fcntl.ioctl(fd, req, b'x'); out[f'{label}:{fd}'] = 'OK'
-        except OSError as e:
-            out[f'{label}:{fd}'] = errno.errorcode.get(e.errno, str(e.errno))
-try:
-    fd = os.open('/dev/tty', os.O_RDWR); out['/dev/tty'] = 'OPENED'; os.close(fd)
-except OSError as e:
-    out['/dev/tty'] = errno.errorcode.get(e.errno, str(e.errno))
-print(json.dumps(out))
-"""
+_IPC = program("local_ipc.py")
 
-_PRIV = r"""
-import ctypes, errno, json, os, platform, subprocess
-libc = ctypes.CDLL(None, use_errno=True)
-out = {}
-def call(name, fn):
-    try:
-        rc = fn()
-        if rc == -1:
-            out[name] = errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
-        else:
-            out[name] = 'ALLOWED'
-    except OSError as e:
-        out[name] = errno.errorcode.get(e.errno, str(e.errno))
-call('mount', lambda: libc.mount(b'none', b'/tmp', b'tmpfs', 0, None))
-call('unshare(CLONE_NEWUSER)', lambda: libc.unshare(0x10000000))
-call('unshare(CLONE_NEWNS)', lambda: libc.unshare(0x00020000))
-call('setuid(0)', lambda: os.setuid(0) or 0)
-call('chroot', lambda: os.chroot('/tmp') or 0)
-pid = os.fork()
-if pid == 0:
-    import time; time.sleep(5); os._exit(0)
-call('ptrace(ATTACH sibling)', lambda: libc.ptrace(16, pid, None, None))
-os.kill(pid, 9); os.waitpid(pid, 0)
-if platform.machine() == 'x86_64':
-    call('keyctl', lambda: libc.syscall(250, 0, -3, 0))           # KEYCTL_GET_KEYRING_ID session
-    call('add_key', lambda: libc.syscall(248, b'user', b'k', b'v', 1, -3))
-    call('bpf', lambda: libc.syscall(321, 5, None, 0))               # BPF_PROG_LOAD
-    call('perf_event_open', lambda: libc.syscall(298, None, 0, -1, -1, 0))
-    call('init_module', lambda: libc.syscall(175, None, 0, b''))
-try:
-    fd = os.open('/proc/sysrq-trigger', os.O_WRONLY); os.close(fd); out['write /proc/sysrq-trigger'] = 'ALLOWED'
-except OSError as e:
-    out['write /proc/sysrq-trigger'] = errno.errorcode.get(e.errno, str(e.errno))
-for cmd in (['unshare', '-U', 'true'], ['unshare', '-r', 'id', '-u'], ['mount', '-t', 'tmpfs', 'none', '/tmp']):
-    try:
-        p = subprocess.run(cmd, capture_output=True, timeout=5, stdin=subprocess.DEVNULL)
-        out[' '.join(cmd)] = 'ALLOWED' if p.returncode == 0 else f'exit {p.returncode}'
-    except (OSError, subprocess.TimeoutExpired) as e:
-        out[' '.join(cmd)] = type(e).__name__
-# setuid binaries (mount above is one on Debian) must not elevate: no_new_privs.
-for line in open('/proc/self/status'):
-    if line.startswith('NoNewPrivs:'):
-        out['NoNewPrivs'] = line.split()[1]
-out['uid'] = os.getuid(); out['euid'] = os.geteuid()
-print(json.dumps(out))
-"""
+_PRIV = program("privilege_escalation.py")
 
 
 def _priv_check(r: ExecResult, ctx: Ctx) -> None:
@@ -333,11 +258,12 @@ def _ipc_check(r: ExecResult, ctx: Ctx) -> None:
 # Scenarios with more than one program, or host-side parts.
 
 _BENIGN = "print(sum(range(200000)))"
+_MEMORY_BOMB = program("memory_bomb.py")
+_CPU_SPIN = program("cpu_spin.py")
 
 
 async def _memory_bomb(ctx: Ctx) -> ExecResult:
-    bomb = "x = []\nwhile True:\n    x.append(b'\\1' * (100 << 20))\n"
-    results = await asyncio.gather(ctx.run(bomb, timeout_s=10.0), ctx.run(_BENIGN))
+    results = await asyncio.gather(ctx.run(_MEMORY_BOMB, timeout_s=10.0), ctx.run(_BENIGN))
     bomb_r, benign = results
     if not (benign.ok and benign.stdout.strip() == str(sum(range(200000)))):
         ctx.fail(f"a benign run alongside the memory bomb failed: {benign.status} {benign.detail} {benign.stderr[-200:]!r}")
@@ -349,8 +275,7 @@ async def _memory_bomb(ctx: Ctx) -> ExecResult:
 
 
 async def _cpu_spin(ctx: Ctx, *, procs: int) -> ExecResult:
-    spin = "import os\nfor _ in range(@N@ - 1):\n    if os.fork() == 0:\n        break\nwhile True:\n    pass\n"
-    spin = spin.replace("@N@", str(procs))
+    spin = _CPU_SPIN.replace("@N@", str(procs))
     alone = await ctx.sandbox.run(_BENIGN)
     spin_task = asyncio.ensure_future(ctx.run(spin, timeout_s=T))
     await asyncio.sleep(0.5)
@@ -367,28 +292,7 @@ async def _cpu_spin(ctx: Ctx, *, procs: int) -> ExecResult:
     return r
 
 
-_DAEMON = r"""
-import os, signal, socket, time
-if os.fork() == 0:
-    os.setsid()
-    if os.fork() == 0:
-        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(s, signal.SIG_IGN)
-        time.sleep(1.5)
-        for d in ('/work', '/tmp', '/dev/shm', '/var/tmp', '@SCRATCH@'):
-            try:
-                open(d + '/agentrl-marker-@NONCE@', 'w').write('alive')
-            except OSError:
-                pass
-        try:
-            socket.create_connection(('1.1.1.1', 80), timeout=2)
-        except OSError:
-            pass
-        time.sleep(60)
-    os._exit(0)
-os.wait()
-print('parent exits; the daemon sleeps on')
-"""
+_DAEMON = program("daemon_grandchild.py")
 
 
 async def _daemon(ctx: Ctx) -> ExecResult:
@@ -399,33 +303,9 @@ async def _daemon(ctx: Ctx) -> ExecResult:
     return r
 
 
-_ZOMBIES = r"""
-import os
-for _ in range(1000):                # orphans: pid 1 of the sandbox must reap them
-    pid = os.fork()
-    if pid == 0:
-        if os.fork() == 0:
-            os._exit(0)
-        os._exit(0)
-    os.waitpid(pid, 0)
-for _ in range(50):                  # children never waited for
-    if os.fork() == 0:
-        os._exit(0)
-print('done')
-"""
+_ZOMBIES = program("zombie_farm.py")
 
-_FORK_100 = r"""
-import os
-pids = []
-for _ in range(100):
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0)
-    pids.append(pid)
-for pid in pids:
-    os.waitpid(pid, 0)
-print('forked', len(pids))
-"""
+_FORK_100 = program("zombie_farm_next.py")
 
 
 async def _zombie_farm(ctx: Ctx) -> ExecResult:
@@ -438,27 +318,7 @@ async def _zombie_farm(ctx: Ctx) -> ExecResult:
     return r
 
 
-_SECRETS = r"""
-import json, os, socket
-def rd(p):
-    try:
-        with open(p, 'rb') as f:
-            return f.read(1 << 16).decode('latin-1')
-    except Exception as e:
-        return 'ERR ' + type(e).__name__
-out = {p: rd(p) for p in ['/etc/shadow', '/root/.ssh/id_rsa', '/root/.ssh/authorized_keys',
-       '/proc/1/environ', '/proc/self/mountinfo', '/proc/1/cmdline', '@CANARY_FILE@',
-       '/sys/class/dmi/id/product_uuid', '/var/lib/cloud/instance/user-data.txt',
-       '/run/secrets/kubernetes.io/serviceaccount/token']}
-out['env'] = dict(os.environ)
-for sock in ('/var/run/docker.sock', '/run/docker.sock'):
-    s = socket.socket(socket.AF_UNIX)
-    try:
-        s.connect(sock); out['connect ' + sock] = 'CONNECTED'
-    except OSError as e:
-        out['connect ' + sock] = type(e).__name__
-print(json.dumps(out))
-"""
+_SECRETS = program("host_secrets.py")
 
 
 async def _host_secrets(ctx: Ctx) -> ExecResult:
@@ -503,49 +363,9 @@ async def _host_secrets(ctx: Ctx) -> ExecResult:
     return r
 
 
-_TAMPER_1 = r"""
-import errno, hashlib, json, os, sysconfig
-def digest(p):
-    try:
-        with open(p, 'rb') as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError as e:
-        return 'ERR ' + errno.errorcode.get(e.errno, '?')
-paths = ['/bin/bash', '/usr/bin/python3', os.__file__, '/etc/hosts', '/etc/passwd']
-out = {'before': {p: digest(p) for p in paths}, 'open_for_write': {}, 'create': {}}
-for p in paths:   # open for writing, never write: harmless even if a broken sandbox allowed it
-    try:
-        fd = os.open(p, os.O_WRONLY); os.close(fd); out['open_for_write'][p] = 'ALLOWED'
-    except OSError as e:
-        out['open_for_write'][p] = errno.errorcode.get(e.errno, str(e.errno))
-for d in {sysconfig.get_paths()['purelib'], sysconfig.get_paths()['stdlib'], '/usr/lib/python3/dist-packages', '/usr/bin', '/etc'}:
-    p = os.path.join(d, 'sitecustomize_agentrl_@NONCE@.py')
-    try:
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644); os.close(fd); os.unlink(p)
-        out['create'][p] = 'ALLOWED'
-    except OSError as e:
-        out['create'][p] = errno.errorcode.get(e.errno, str(e.errno))
-for d in ('/work', '/tmp', '/dev/shm'):   # state for the next stateless run
-    try:
-        open(d + '/state-@NONCE@', 'w').write('leak')
-    except OSError:
-        pass
-print(json.dumps(out))
-"""
+_TAMPER_1 = program("persistence_tamper_1.py")
 
-_TAMPER_2 = r"""
-import errno, hashlib, json, os
-def digest(p):
-    try:
-        with open(p, 'rb') as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError as e:
-        return 'ERR ' + errno.errorcode.get(e.errno, '?')
-paths = ['/bin/bash', '/usr/bin/python3', os.__file__, '/etc/hosts', '/etc/passwd']
-seen = [p for d in ('/work', '/tmp', '/dev/shm') for p in [d + '/state-@NONCE@'] if os.path.exists(p)]
-print(json.dumps({'after': {p: digest(p) for p in paths}, 'state_seen': seen,
-                  'work_listing': sorted(os.listdir('.'))}))
-"""
+_TAMPER_2 = program("persistence_tamper_2.py")
 
 
 async def _tamper(ctx: Ctx) -> ExecResult:
@@ -663,7 +483,7 @@ async def _network(ctx: Ctx) -> ExecResult:
     targets = [("1.1.1.1", 80), ("8.8.8.8", 53), ("169.254.169.254", 80), ("172.17.0.1", 2375),
                ("127.0.0.1", port)] + [(a, port) for a in _host_addresses()]
     try:
-        r = await ctx.run(_NET.replace("@TARGETS@", repr(targets)), timeout_s=30.0)
+        r = await ctx.run(_NET.replace("@TARGETS@", json.dumps(targets)), timeout_s=30.0)
     finally:
         listener.close()
     _net_check(r, ctx)
@@ -686,50 +506,7 @@ async def _ipc(ctx: Ctx) -> ExecResult:
 # =============================================================================================
 # Attack 21: the sandbox's pid 1 and the processes the program did not start.
 
-_PROC1_MEM = r"""
-import ctypes, errno, json, os, platform
-out = {}
-def code(e):
-    return errno.errorcode.get(e.errno, str(e.errno))
-def attempt(label, fn):
-    try:
-        fn(); out[label] = 'ALLOWED'
-    except OSError as e:
-        out[label] = code(e)
-def open_close(path, flags):
-    os.close(os.open(path, flags))
-def read(path):
-    with open(path, 'rb') as fh:
-        fh.read()
-attempt('open /proc/1/mem rw', lambda: open_close('/proc/1/mem', os.O_RDWR))
-attempt('open /proc/1/mem ro', lambda: open_close('/proc/1/mem', os.O_RDONLY))
-for name in ('environ', 'maps', 'auxv', 'syscall'):
-    attempt(f'read /proc/1/{name}', lambda name=name: read(f'/proc/1/{name}'))
-attempt('list /proc/1/fd', lambda: os.listdir('/proc/1/fd'))
-for name in ('exe', 'cwd', 'root'):
-    attempt(f'readlink /proc/1/{name}', lambda name=name: os.readlink(f'/proc/1/{name}'))
-others = [int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())]
-for pid in others:                   # the backend's own processes (docker: its supervisor)
-    attempt(f'open /proc/{pid}/mem rw', lambda pid=pid: open_close(f'/proc/{pid}/mem', os.O_RDWR))
-if platform.machine() == 'x86_64':
-    libc = ctypes.CDLL(None, use_errno=True)
-    pidfd = libc.syscall(434, 1, 0)                                     # pidfd_open(1)
-    if pidfd < 0:
-        out['pidfd_getfd(pid 1, fd 0)'] = 'pidfd_open ' + errno.errorcode.get(ctypes.get_errno(), '?')
-    else:
-        fd = libc.syscall(438, pidfd, 0, 0)                             # pidfd_getfd
-        out['pidfd_getfd(pid 1, fd 0)'] = 'ALLOWED' if fd >= 0 else errno.errorcode.get(ctypes.get_errno(), '?')
-    buf = ctypes.create_string_buffer(8)
-    class IOV(ctypes.Structure):
-        _fields_ = [('base', ctypes.c_void_p), ('len', ctypes.c_size_t)]
-    local, remote = IOV(ctypes.addressof(buf), 8), IOV(0x400000, 8)
-    n = libc.syscall(310, 1, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)   # process_vm_readv
-    e = ctypes.get_errno()
-    # EFAULT means the access check passed and only the address was wrong: that is access.
-    out['process_vm_readv(pid 1)'] = 'ALLOWED' if n >= 0 or e == errno.EFAULT else errno.errorcode.get(e, '?')
-out['comm'] = open('/proc/1/comm').read().strip()
-print(json.dumps(out))
-"""
+_PROC1_MEM = program("proc1_mem.py")
 
 
 def _proc1_mem_check(r: ExecResult, ctx: Ctx) -> None:
@@ -752,31 +529,7 @@ def _proc1_mem_check(r: ExecResult, ctx: Ctx) -> None:
     ctx.note(f"pid 1 is {report.get('comm')!r}; " + ", ".join(f"{k}={v}" for k, v in report.items() if k != "comm"))
 
 
-_PROC_VIEWS = r"""
-import json, os
-out = {}
-def rd(path):
-    try:
-        with open(path, 'rb') as fh:
-            return fh.read(1 << 20).decode('latin-1')
-    except OSError as e:
-        return 'ERR ' + type(e).__name__
-for pid in sorted(int(p) for p in os.listdir('/proc') if p.isdigit()):
-    for name in ('cmdline', 'comm', 'environ', 'maps', 'mountinfo', 'cgroup'):
-        out[f'/proc/{pid}/{name}'] = rd(f'/proc/{pid}/{name}')
-    for name in ('exe', 'cwd', 'root'):
-        try:
-            out[f'/proc/{pid}/{name} ->'] = os.readlink(f'/proc/{pid}/{name}')
-        except OSError as e:
-            out[f'/proc/{pid}/{name} ->'] = 'ERR ' + type(e).__name__
-for fd in os.listdir('/proc/self/fd'):           # inherited descriptors: memfds, pipes, files
-    try:
-        out[f'fd {fd} ->'] = os.readlink(f'/proc/self/fd/{fd}')
-    except OSError:
-        pass
-out['self'] = os.getpid()
-print(json.dumps(out))
-"""
+_PROC_VIEWS = program("proc1_host_paths.py")
 # Paths that are the sandbox's own: a host path equal to one of them cannot be told apart.
 _SANDBOX_PATHS = {"/", "/work", "/tmp", "/usr", "/usr/bin", "/bin", "/opt", "/opt/agentrl", "/proc", "/dev"}
 
@@ -840,49 +593,7 @@ async def _proc1_host_paths(ctx: Ctx) -> ExecResult:
 # =============================================================================================
 # Attack 20: reward hacking. A grader that trusts neither exit codes nor printed text.
 
-_HARNESS = r'''
-import ctypes, json, os, subprocess, sys
-nonce = sys.stdin.readline().strip()          # from the host; the solution never sees stdin
-try:
-    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)    # PR_SET_DUMPABLE 0: /proc/<us>/mem is closed
-except Exception:
-    pass
-with open('test_cases.json') as fh:           # read before any solution code runs
-    cases = json.load(fh)
-child = """
-import json, os, sys
-sys.path.insert(0, os.getcwd())
-out = []
-import solution
-for args in json.loads(sys.argv[1]):
-    try:
-        out.append(['ok', getattr(solution, sys.argv[3])(*args)])
-    except Exception as e:
-        out.append(['error', type(e).__name__])
-os.write(int(sys.argv[2]), json.dumps(out).encode())
-"""
-r, w = os.pipe()
-p = subprocess.Popen([sys.executable, '-I', '-S', '-c', child, json.dumps([c[0] for c in cases]), str(w), FUNCTION],
-                     pass_fds=(w,), stdin=subprocess.DEVNULL)
-os.close(w)
-data = b''
-while True:
-    chunk = os.read(r, 1 << 16)
-    if not chunk:
-        break
-    data += chunk
-p.wait()
-try:
-    got = json.loads(data.decode())
-except ValueError:
-    got = None
-passed = 0
-if isinstance(got, list) and len(got) == len(cases):
-    for (args, want), item in zip(cases, got):
-        if isinstance(item, list) and len(item) == 2 and item[0] == 'ok' and type(item[1]) is type(want) and item[1] == want:
-            passed += 1
-print('AGENTRL_RESULT', nonce, json.dumps({'passed': passed, 'total': len(cases)}))
-'''
+_HARNESS = program("reward_hacking_grader.py")
 
 
 def parse_graded(stdout: str, nonce: str) -> dict | None:
@@ -919,19 +630,17 @@ async def graded_run(sandbox: Sandbox, solution: str, cases: list, *, function: 
 
 
 _CASES = [[[1, 2], 3], [[5, 7], 12], [[-1, 1], 0]]
-_CHEATS = {
-    "sys.exit(0)": "import sys\nsys.exit(0)\n",
-    "os._exit(0)": "import os\nos._exit(0)\n",
-    "__eq__ override": "class Any:\n    def __eq__(self, o):\n        return True\ndef solve(a, b):\n    return Any()\n",
-    "int with __eq__": "class I(int):\n    def __eq__(self, o):\n        return True\ndef solve(a, b):\n    return I(0)\n",
-    "fake PASSED": "print('PASSED'); print('AGENTRL_RESULT 0 {\"passed\": 3, \"total\": 3}')\ndef solve(a, b):\n    return 0\n",
-    "edit the tests": "import json\njson.dump([[[1, 2], 0]] * 3, open('test_cases.json', 'w'))\ndef solve(a, b):\n    return 0\n",
-    "kill the grader": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\ndef solve(a, b):\n    return a + b\n",
-    "read grader memory": (
-        "import os, re\ntry:\n    m = open(f'/proc/{os.getppid()}/mem', 'rb')\n    print('opened grader memory')\n"
-        "except OSError as e:\n    print('denied', e)\ndef solve(a, b):\n    return 0\n"
-    ),
-}
+#: cheat name -> its solution.py (sandboxes/attacks/cheats/)
+_CHEATS = {name: program(f"cheats/{slug}.py") for name, slug in {
+    "sys.exit(0)": "sys_exit",
+    "os._exit(0)": "os_exit",
+    "__eq__ override": "eq_override",
+    "int with __eq__": "int_eq",
+    "fake PASSED": "fake_passed",
+    "edit the tests": "edit_tests",
+    "kill the grader": "kill_grader",
+    "read grader memory": "read_grader_memory",
+}.items()}
 
 
 async def _reward_hacking(ctx: Ctx) -> ExecResult:
@@ -954,59 +663,13 @@ async def _reward_hacking(ctx: Ctx) -> ExecResult:
 # =============================================================================================
 # The suite.
 
-_FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
-_THREAD_BOMB = (
-    "import threading, time\nts = []\nwhile True:\n"
-    "    t = threading.Thread(target=time.sleep, args=(100,), daemon=True)\n    t.start()\n    ts.append(t)\n"
-)
-_MMAP = "import mmap\nm = mmap.mmap(-1, 4 << 30)\nfor i in range(0, len(m), 4096):\n    m[i] = 1\nprint('touched 4 GiB')\n"
-_BIG_FILE = r"""
-import errno, json
-err, written = None, 0
-try:
-    with open('big', 'wb') as fh:
-        chunk = b'\0' * (1 << 20)
-        for _ in range(10 << 10):                       # 10 GiB
-            fh.write(chunk); fh.flush(); written += 1
-except OSError as e:
-    err = errno.errorcode.get(e.errno, str(e.errno))
-print(json.dumps({'written_mb': written, 'errno': err}))
-"""
-_INODES = r"""
-import errno, json, os
-os.mkdir('f')
-n, err = 0, None
-try:
-    for n in range(1_000_000):
-        os.close(os.open(f'f/{n}', os.O_CREAT | os.O_WRONLY, 0o644))
-except OSError as e:
-    err = errno.errorcode.get(e.errno, str(e.errno))
-print(json.dumps({'created': n, 'errno': err}))
-"""
-_FDS = r"""
-import errno, json, os, socket
-fds, err = [], None
-try:
-    while True:
-        fds.append(os.open('/dev/null', os.O_RDONLY))
-        fds.append(socket.socket().detach())
-except OSError as e:
-    err = errno.errorcode.get(e.errno, str(e.errno))
-print(json.dumps({'opened': len(fds), 'errno': err}))
-"""
-_SIGNALS = r"""
-import os, signal, time
-for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(s, signal.SIG_IGN)
-for target in (-1, os.getppid()):
-    try:
-        os.kill(target, signal.SIGKILL)
-    except OSError as e:
-        print('kill', target, e, flush=True)
-print('stopping myself', flush=True)
-os.kill(os.getpid(), signal.SIGSTOP)
-time.sleep(100)
-"""
+_FORK_BOMB = program("fork_bomb.py")
+_THREAD_BOMB = program("thread_bomb.py")
+_MMAP = program("mmap_touch.py")
+_BIG_FILE = program("disk_fill.py")
+_INODES = program("inode_flood.py")
+_FDS = program("fd_exhaustion.py")
+_SIGNALS = program("signal_abuse.py")
 _FILL_ERRNOS = {"ENOSPC", "EFBIG", "EDQUOT"}
 
 
@@ -1041,7 +704,7 @@ ATTACKS: list[Attack] = [
            max_wall_s=T + GRACE_S, timeout_s=T),
     # the top shell spins (a builtin loop, no fork) instead of returning: a bomb whose parent
     # exits at once let the call end "ok" before any fork was refused (1 run in 5 under load)
-    simple("fork_bomb_shell", 1, "the shell :(){ :|:& };: bomb", "bomb() { bomb | bomb & }; bomb; while :; do :; done",
+    simple("fork_bomb_shell", 1, "the shell :(){ :|:& };: bomb", program("fork_bomb_shell.sh"),
            {S.RESOURCE_LIMIT, S.TIMEOUT}, language="bash", max_wall_s=T + GRACE_S, timeout_s=T),
     simple("thread_bomb", 2, "spawn threads until failure", _THREAD_BOMB, {S.RESOURCE_LIMIT, S.RUNTIME_ERROR},
            max_wall_s=T + GRACE_S, timeout_s=T),
@@ -1056,17 +719,17 @@ ATTACKS: list[Attack] = [
            frozenset({S.TIMEOUT}), max_wall_s=T + GRACE_S),
     Attack("cpu_spin_procs", 5, "4 processes spinning (CPU quota holds)", lambda c: _cpu_spin(c, procs=4),
            frozenset({S.TIMEOUT}), max_wall_s=T + GRACE_S),
-    simple("sleep_hang", 6, "sleep for a very long time", "import time\ntime.sleep(10**6)\n", {S.TIMEOUT},
+    simple("sleep_hang", 6, "sleep for a very long time", program("sleep_hang.py"), {S.TIMEOUT},
            max_wall_s=T + GRACE_S, timeout_s=T),
-    simple("blocking_read", 6, "a read that never ends (pipe held open)", "import os\nr, w = os.pipe()\nos.read(r, 1)\n",
+    simple("blocking_read", 6, "a read that never ends (pipe held open)", program("blocking_read.py"),
            {S.TIMEOUT}, max_wall_s=T + GRACE_S, timeout_s=T),
     simple("stdin_read", 6, "read stdin with no input (EOF, not a hang)",
-           "import sys\nprint(repr(sys.stdin.read()))\n", {S.OK}, max_wall_s=T + GRACE_S, timeout_s=T,
+           program("stdin_read.py"), {S.OK}, max_wall_s=T + GRACE_S, timeout_s=T,
            check=lambda r, c: None if r.stdout.strip() == "''" else c.fail(f"stdin was not empty: {r.stdout!r}")),
-    simple("infinite_stdout", 7, "print forever", "while True:\n    print('y' * 79)\n", {S.OUTPUT_LIMIT},
+    simple("infinite_stdout", 7, "print forever", program("infinite_stdout.py"), {S.OUTPUT_LIMIT},
            max_wall_s=T + GRACE_S, check=_stdout_cap_check, timeout_s=T),
     simple("stderr_flood", 8, "stderr flood, invalid UTF-8, one 100 MB line",
-           "import os\nos.write(2, b'\\xff\\xfe bad utf-8\\n' * 1000)\nos.write(2, b'\\xc3\\x28' * (50 << 20))\n",
+           program("stderr_flood.py"),
            {S.OUTPUT_LIMIT}, max_wall_s=T + GRACE_S, check=_stderr_flood_check, timeout_s=T),
     Attack("daemon_grandchild", 9, "double fork, setsid, ignore SIGTERM, write a marker later", _daemon,
            frozenset({S.OK}), max_wall_s=T + GRACE_S, settle_s=2.5),

@@ -45,3 +45,33 @@ def test_attack_selection_by_glob_and_number():
     assert [a.name for a in select_attacks("15, sleep_hang")] == ["sleep_hang", "network_egress"]
     with pytest.raises(ValueError, match="known attacks: fork_bomb"):
         select_attacks("no_such_attack")
+
+
+def test_every_attack_program_is_a_file_that_is_read_parses_and_is_installed():
+    import ast
+    import subprocess
+    import tomllib
+    from pathlib import Path
+
+    from agentrl.sandboxes import selftest
+
+    root = Path(selftest.ATTACKS_DIR)
+    on_disk = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+    assert set(selftest.PROGRAMS) == on_disk  # every file is an attack program, every program a file
+    for name, text in selftest.PROGRAMS.items():
+        assert text.startswith("# Attack "), name  # the first line says which attack and its placeholders
+        if name.endswith(".py"):
+            ast.parse(text, filename=name)
+        else:
+            subprocess.run(["bash", "-n", str(root / name)], check=True)
+    pyproject = tomllib.loads((root.parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["agentrl.sandboxes"]
+    packaged = {p.relative_to(root.parent).as_posix() for pat in patterns for p in root.parent.glob(pat)}
+    assert packaged == {f"attacks/{n}" for n in on_disk}  # an installed package finds them
+
+
+def test_a_missing_program_says_how_to_fix_it():
+    from agentrl.sandboxes.selftest import program
+
+    with pytest.raises(FileNotFoundError, match=r"no_such\.py is missing: .*package-data.*reinstall"):
+        program("no_such.py")
