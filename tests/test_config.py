@@ -365,18 +365,17 @@ def test_every_numeric_method_option_has_a_range_its_default_satisfies():
 @pytest.mark.parametrize("slot, name, option", ALGORITHM_OPTIONS, ids=[f"{s}:{n}.{o}" for s, n, o in ALGORITHM_OPTIONS])
 def test_every_method_option_rejects_a_wrong_type_and_an_out_of_range_value_at_load(slot, name, option):
     """algorithm.loss.eps_high=-1 and friends fail in load_config (not after SFT, when the
-    method first runs), one line naming the key."""
-    from agentrl.algorithms.registry import REGISTRIES
-
+    method first runs), one line naming the key, what it takes and what it got."""
     entry = next(e for s, e in _algorithm_slots() if s == slot and e.name == name)
     override, key = _algorithm_override(slot, name, option, [1])
-    _fails_with_one_line_naming(key, override)
+    msg = _fails_with_one_line_naming(key, override)
+    assert "expected" in msg and msg.endswith("got list [1]"), msg
     spec = entry.ranges().get(option)
     bad = None if spec is None else _outside(spec, type(entry.options()[option]) is int)
     if bad is not None:
         override, key = _algorithm_override(slot, name, option, bad)
-        assert "must be" in _fails_with_one_line_naming(key, override)
-    assert REGISTRIES  # imported: the registries are filled
+        msg = _fails_with_one_line_naming(key, override)
+        assert re.search(rf"must be .+, got {re.escape(str(bad))}", msg), msg
 
 
 @pytest.mark.parametrize("override, key", [

@@ -26,7 +26,7 @@ def test_run_python_with_stdin_files_and_exit_code(sandbox):
     assert r.status is Status.RUNTIME_ERROR and r.exit_code == 3 and r.signal is None
     assert r.stdout == "HI x\n" and r.stderr == "to stderr\n"
     assert not r.truncated and r.backend == sandbox.name
-    assert 0 < r.wall_time_s < 30 and r.cpu_time_s >= 0
+    assert 0 < r.wall_time_s < 30 and 0 < r.cpu_time_s < 30  # the interpreter's start-up alone takes CPU
 
 
 def test_run_bash(sandbox):

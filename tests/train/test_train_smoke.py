@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 
 import pytest
@@ -18,7 +19,7 @@ env: {id: agentrl/GuessNumber-v0, kwargs: {high: 8, max_turns: 4}, num_envs: 4}
 rollout: {group_size: 2, tasks_per_step: 2, max_new_tokens: 24, max_total_tokens: 1024}
 sft: {enabled: true, episodes: 8, epochs: 1, batch_size: 4}
 trainer: {total_steps: 2, lr: 1e-3, micro_batch_size: 2, checkpoint_every: 1, eval_episodes: 4}
-logging: {progress: false, tensorboard: false}
+logging: {progress: false, tensorboard: false, log_trajectories: 4}
 algorithm: {estimator: grpo, loss: {name: ppo}, aggregation: token-mean}
 """
 
@@ -42,7 +43,27 @@ def test_train_end_to_end(tmp_path, guess_env_id):
     for key in ("loss/policy", "policy/ratio_mean", "rollout/success", "rollout/turns_mean", "time/step_s", "throughput/learner_tokens_per_s", "entropy/step/0"):
         assert key in row, key
     assert abs(row["policy/ratio_mean"] - 1.0) < 1e-4  # one on-policy update
-    assert 0 <= summary["after_rl"]["eval/after_rl/success"] <= 1
+    # every training episode is in samples.jsonl (log_trajectories = tasks_per_step x group_size):
+    # per step 2 tasks x 2 samples, and the step's success and reward are those episodes' means
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    for step in (1, 2):
+        mine = [s for s in samples if s["train_step"] == step]
+        metrics = [r for r in rows if r["train_step"] == step and "rollout/success" in r][0]
+        assert sorted(collections.Counter(s["task_id"] for s in mine).values()) == [2, 2]
+        assert metrics["rollout/episodes"] == 4.0 and metrics["rollout/failed_frac"] == 0.0
+        assert metrics["rollout/success"] == pytest.approx(sum(s["success"] for s in mine) / 4)
+        assert metrics["rollout/reward_mean"] == pytest.approx(sum(s["reward"] for s in mine) / 4)
+    # held-out evaluation: exactly eval_episodes episodes before and after RL, the summary is the
+    # metrics row logged at the last train_step, and GuessNumber's success is its 0/1 reward
+    for label, at in (("before_rl", 0), ("after_rl", 2)):
+        ev = summary[label]
+        logged = [r for r in rows if f"eval/{label}/success" in r]
+        assert len(logged) == 1 and logged[0]["train_step"] == at
+        assert {k: logged[0][k] for k in ev} == ev
+        assert ev[f"eval/{label}/episodes"] == 4.0 and ev[f"eval/{label}/failed_frac"] == 0.0
+        assert (ev[f"eval/{label}/success"] * 4).is_integer()
+        assert ev[f"eval/{label}/success"] == ev[f"eval/{label}/reward_mean"]
+    assert summary["after_rl_step"] == 2
     assert summary["sft"]["episodes"] == 8
     assert (run / "summary.json").exists() and (run / "config.yaml").exists() and (run / "training.png").exists()
     assert json.loads((run / "run_info.json").read_text())["versions"]["torch"].startswith("2.")
