@@ -99,9 +99,25 @@ def test_a_cancelled_request_is_skipped_and_generate_runs_on_the_given_executor(
     assert gen.threads and all(t.startswith("only-thread") for t in gen.threads)
 
 
-def test_hf_engine_without_cache_batches_on_its_forward_thread_and_fails_one_batch(monkeypatch):
+def _hf_engine(monkeypatch):
     model = SimpleNamespace(forward=lambda input_ids: None, config=SimpleNamespace(vocab_size=10))
-    engine = HFEngine(model, pad_token_id=0, kv_cache=False, max_batch_size=2, batch_wait_s=0.05)
+    return HFEngine(model, pad_token_id=0, kv_cache=False, max_batch_size=2, batch_wait_s=0.05), "hf-engine"
+
+
+def _vllm_engine(monkeypatch):
+    module = types.ModuleType("vllm")
+    module.LLM = lambda **kwargs: SimpleNamespace(kwargs=kwargs)
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from agentrl.rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine("m", max_batch_size=2, batch_wait_s=0.05), "asyncio_"  # to_thread's default executor
+
+
+@pytest.mark.parametrize("make", [_hf_engine, _vllm_engine], ids=["hf-no-cache", "vllm"])
+def test_engines_batch_through_the_shared_batcher_and_fail_one_batch(monkeypatch, make):
+    """HFEngine(kv_cache=False) on its forward thread, VLLMEngine through asyncio.to_thread."""
+    engine, thread_prefix = make(monkeypatch)
     gen = Recorder(fail_on=(5,))
     monkeypatch.setattr(engine, "generate", gen)
 
@@ -112,28 +128,7 @@ def test_hf_engine_without_cache_batches_on_its_forward_thread_and_fails_one_bat
     engine.close()
     assert gen.batches == [[[4], [5]], [[6]]]
     assert isinstance(results[0], RuntimeError) and isinstance(results[1], RuntimeError) and results[2] == "gen6"
-    assert all(t.startswith("hf-engine") for t in gen.threads)
-
-
-def test_vllm_engine_batches_through_to_thread(monkeypatch):
-    module = types.ModuleType("vllm")
-    module.LLM = lambda **kwargs: SimpleNamespace(kwargs=kwargs)
-    monkeypatch.setitem(sys.modules, "vllm", module)
-    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    from agentrl.rollout.vllm_engine import VLLMEngine
-
-    engine = VLLMEngine("m", max_batch_size=2, batch_wait_s=0.05)
-    gen = Recorder(fail_on=(1,))
-    monkeypatch.setattr(engine, "generate", gen)
-
-    async def run():
-        return await asyncio.gather(*(engine.agenerate([p], SamplingParams()) for p in (1, 2, 3)), return_exceptions=True)
-
-    results = asyncio.run(run())
-    engine.close()
-    assert gen.batches == [[[1], [2]], [[3]]]
-    assert isinstance(results[0], RuntimeError) and isinstance(results[1], RuntimeError) and results[2] == "gen3"
-    assert all(t != threading.main_thread().name for t in gen.threads)
+    assert gen.threads and all(t.startswith(thread_prefix) for t in gen.threads), gen.threads
 
 
 def test_queued_engine_starts_its_server_per_event_loop_and_refuses_empty_prompts():
