@@ -1,4 +1,4 @@
-"""Metrics sinks: JSONL always, TensorBoard and W&B when installed. Keys follow DESIGN.md
+"""Metrics sinks: JSONL always, TensorBoard and W&B when installed. Keys follow docs/design.md §7
 (``loss/*``, ``policy/*``, ``entropy/step/*``, ``rollout/*``, ``env/<id>/*``, ``sandbox/*``,
 ``time/*``, ``throughput/*``); one row per train_step with ``train_step`` set."""
 

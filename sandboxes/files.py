@@ -1,6 +1,6 @@
 """Safe file transfer between the host and a sandbox work dir, shared by every backend.
 
-What this module protects against (SANDBOXES.md attack 14, "symlink and tar tricks"):
+What this module protects against (attack 14, "symlink and tar tricks", of the threat model in docs/sandboxes.md):
 
 - Paths named by the caller (``files=``, ``put_files``, ``get_file``...) must be relative,
   without ``..`` components, without NUL bytes; :func:`validate_relpath` enforces it.

@@ -68,7 +68,7 @@ def program(name: str) -> str:
     return PROGRAMS[name]
 
 T = 2.0  # wall timeout (s) of the time-based attacks
-GRACE_S = 1.0  # SANDBOXES.md: "returned within T+1 s"
+GRACE_S = 1.0  # "returned within T + 1 s": docs/sandboxes.md, threat model
 ALLOWED_ENV = {
     "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "USER", "LOGNAME", "SHELL", "TERM",
     "HOSTNAME", "PWD", "OLDPWD", "SHLVL", "_", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED",
@@ -771,7 +771,7 @@ def attack_names() -> list[str]:
 
 def select_attacks(only: str | Iterable[str] | None = None) -> list[Attack]:
     """Attacks whose name matches any glob in ``only`` (comma-separated string or list), or
-    whose SANDBOXES.md number equals it; all when None. Raises ValueError if nothing matches."""
+    whose threat-model number (docs/sandboxes.md) equals it; all when None. Raises ValueError if nothing matches."""
     if only is None:
         return list(ATTACKS)
     patterns = [p.strip() for p in (only.split(",") if isinstance(only, str) else only) if p.strip()]
@@ -904,7 +904,7 @@ class HostWatch:
 
 def measure_slowness(samples: int = 5) -> float:
     """How much slower than nominal this machine is right now: the median start-up time of a
-    bare ``python3 -I -S -c pass`` over 25 ms (SANDBOXES.md measured 10-13 ms on 2 vCPU),
+    bare ``python3 -I -S -c pass`` over 25 ms (docs/sandboxes.md, threat model floors: 10-13 ms on 2 vCPU),
     clamped to [1, 10]. Wall-clock bounds get ``GRACE_S * (slowness - 1)`` extra, so a
     machine loaded by other work does not fail attacks that were contained."""
     import subprocess
@@ -950,7 +950,7 @@ async def run_suite(sandbox: Sandbox, *, only: str | Iterable[str] | None = None
                     progress: Callable[[Row], None] | None = None) -> list[Row]:
     """Run the selected attacks one after another against ``sandbox``; one :class:`Row` each.
 
-    ``only``: glob(s) on attack names or SANDBOXES.md numbers (see :func:`select_attacks`).
+    ``only``: glob(s) on attack names or threat-model numbers (docs/sandboxes.md) (see :func:`select_attacks`).
     ``progress`` is called with each row as soon as it is known.
     """
     attacks = select_attacks(only)

@@ -53,7 +53,7 @@ and ``eval``d by a driver loop (no temp path in error messages), so ``cd``, vari
 Trust: this process shares the sandbox with the code it runs. A cell can read the worker's
 memory, write fake frames on the protocol fd or kill the worker. Everything it reports is as
 trustworthy as the sandboxed code itself: the host treats frames as untrusted input (size caps,
-schema checks) and graders must not trust printed or reported text (SANDBOXES.md attack 20).
+schema checks) and graders must not trust printed or reported text (attack 20 of the threat model in docs/sandboxes.md).
 The protection is the sandbox around the worker, not the worker.
 """
 

@@ -1,4 +1,4 @@
-"""The layout rules of DESIGN.md, checked: package mapping and import boundaries."""
+"""The layout rules of docs/design.md (§4, §5), checked: package mapping and import boundaries."""
 
 from __future__ import annotations
 

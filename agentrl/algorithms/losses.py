@@ -6,13 +6,13 @@ Every loss is a pure function with keyword-only arguments:
   (the snapshot the ratio is taken against, detached), ``advantages`` (detached),
   ``loss_mask`` (bool, True only on policy-generated tokens; prompt, tool output and padding are
   False), plus ``entropy`` / ``ref_logprobs`` where a loss needs them;
-* scalars: the method's options with METHODS.md defaults;
+* scalars: the method's options with docs/methods.md defaults;
 * ``aggregate``: ``aggregate(per_token, loss_mask) -> scalar`` (see :mod:`.aggregation`),
   default token-mean over this call;
 * ``token_weights [B, T]`` float or None: detached per-token multipliers applied to the
   per-token policy loss before aggregation (the 80/20 token mask, off-policy IS weights). The
   aggregation denominator stays ``loss_mask``: a zero weight removes gradient, not the token's
-  place in the denominator (METHODS 3d).
+  place in the denominator (docs/methods.md §3d).
 
 A loss returns :class:`LossOutput` ``(loss, metrics, clipped)``; it unpacks as ``loss, metrics``.
 ``clipped [B, T]`` bool says which tokens the loss clipped (their ratio left the clip range in
@@ -134,7 +134,7 @@ def ppo_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor,
 
     ``eps_*`` are epsilons (bounds ``1 - eps_low``, ``1 + eps_high``), not absolute bounds.
     Gradient rule: a token gets no gradient when A > 0 and r > 1+eps_high, when A < 0 and
-    r < 1-eps_low, or when the dual clip is active (A < 0 and r > c). METHODS 1e (eps 0.2/0.28,
+    r < 1-eps_low, or when the dual clip is active (A < 0 and r > c). docs/methods.md §1e (eps 0.2/0.28,
     c 10): token-mean 0.078087.
     """
     _check_dual_clip(clip_ratio_c)
@@ -162,9 +162,9 @@ def cispo_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tenso
     with epsilons (defaults 10 / 0.2: lower bound inert, cap 1.2). ``semantics="trl"``: ``eps_high``
     is the *absolute* cap, ``w = min(r, eps_high)`` (TRL ``epsilon_high``, ScaleRL recommends 5.0)
     and ``eps_low`` is unused; a cap below 1 raises ValueError (a verl epsilon ported by mistake).
-    The paper's exact eps values for M1 are unverified (METHODS 4c).
+    The paper's exact eps values for M1 are unverified (docs/methods.md §4c).
 
-    Only the gradient is meaningful: ``dL/dlogp_t = -w_t A_t / N``. METHODS 4e (cap 1.2, N 4):
+    Only the gradient is meaningful: ``dL/dlogp_t = -w_t A_t / N``. docs/methods.md §4e (cap 1.2, N 4):
     gradient [-0.3, -0.125, 0.275, 0.3].
     """
     if semantics not in ("verl", "trl"):
@@ -227,7 +227,7 @@ def clip_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Te
                   generator: torch.Generator, eps_low: float = 1.0, eps_high: float = 1.0,
                   clip_cov_ratio: float = 2e-4, clip_cov_lb: float = 1.0, clip_cov_ub: float = 5.0,
                   aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> LossOutput:
-    """Clip-Cov (METHODS 2a): ``Cov_t = (A_t - mean A)(logp_t - mean logp)`` over the valid tokens
+    """Clip-Cov (docs/methods.md §2a): ``Cov_t = (A_t - mean A)(logp_t - mean logp)`` over the valid tokens
     of *this call*; candidates are valid tokens not already clipped by PPO with
     ``clip_cov_lb < Cov_t < clip_cov_ub``; ``max(1, floor(clip_cov_ratio * N_valid))`` of them,
     drawn uniformly at random with ``generator`` (all of them if fewer), lose their loss and
@@ -237,7 +237,7 @@ def clip_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Te
     Clip-Cov does the work). Batch-dependent by design: the covariance means, N_valid and the
     random draw are per call (per micro-batch), so splitting a batch changes the result.
     The random subset is drawn as the top-k of uniform keys (same distribution as verl's
-    ``randperm``, different stream). METHODS 2e with ratio 0.5: token-mean 0.0.
+    ``randperm``, different stream). docs/methods.md §2e with ratio 0.5: token-mean 0.0.
     """
     logprobs, proximal_logprobs, advantages = _clean(loss_mask, logprobs, proximal_logprobs, advantages)
     ratio = torch.exp(clamped_log_ratio(logprobs, proximal_logprobs))
@@ -266,14 +266,14 @@ def clip_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Te
 def kl_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor,
                 kl_cov_ratio: float = 2e-4, ppo_kl_coef: float = 1.0,
                 aggregate: Aggregate = token_mean, token_weights: Tensor | None = None) -> LossOutput:
-    """KL-Cov (METHODS 2a): ``L_t = -A r + ppo_kl_coef * |logp - proximal_logp|`` on the
+    """KL-Cov (docs/methods.md §2a): ``L_t = -A r + ppo_kl_coef * |logp - proximal_logp|`` on the
     ``max(1, floor(kl_cov_ratio * N_valid))`` valid tokens with the largest ``Cov_t``, ``-A r``
     elsewhere. No PPO clipping on any token.
 
     Units: ``kl_cov_ratio`` is a fraction (verl); the original repo's ``k_percent`` is a percent
     (0.2 there = 2e-3 here). The ``|.|`` term has zero gradient when the log-ratio is exactly 0
     (first on-policy update). Batch-dependent by design (covariance means, N_valid and top-k per
-    call). METHODS 2e with ratio 0.25, coef 1: token-mean -0.017976.
+    call). docs/methods.md §2e with ratio 0.25, coef 1: token-mean -0.017976.
     """
     logprobs, proximal_logprobs, advantages = _clean(loss_mask, logprobs, proximal_logprobs, advantages)
     log_ratio = logprobs - proximal_logprobs
@@ -327,7 +327,7 @@ def archer_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tens
                 clip_ratio_c: float | None = 10.0, kl_coef_low: float = 0.001, kl_coef_high: float = 0.0,
                 kl_estimator: str = "k3", aggregate: Aggregate = token_mean, token_weights: Tensor | None = None,
                 mini_batch_stats: dict[str, Tensor] | None = None) -> LossOutput:
-    """Archer (METHODS 6a): per response, ``q_i = quantile(H_i over its valid tokens, 0.8)``
+    """Archer (docs/methods.md §6a): per response, ``q_i = quantile(H_i over its valid tokens, 0.8)``
     (linear, as ``nanquantile``); tokens with ``H <= q_i`` are low-entropy ("knowledge"), ``H > q_i``
     high-entropy ("reasoning"). PPO clip per token with ``low_entropy_eps_*`` (0.2/0.2) or
     ``high_entropy_eps_*`` (0.5/0.5), dual clip ``c = 10``. KL to the reference (k3) is
@@ -341,7 +341,7 @@ def archer_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tens
     and neither the micro-batch size nor the number of ranks changes the update (the reference
     code takes both means per micro-batch and scales the micro-batch loss by its share: the
     same at one micro-batch per mini-batch). All four clip values are explicit (the reference
-    code's fallbacks cross over, METHODS 6d). ``clipped``: PPO's clip flags with each token's
+    code's fallbacks cross over, docs/methods.md §6d). ``clipped``: PPO's clip flags with each token's
     own bounds.
     """
     if (kl_coef_low or kl_coef_high) and ref_logprobs is None:

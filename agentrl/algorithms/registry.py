@@ -84,7 +84,7 @@ class Entry:
     """One registered component.
 
     ``obj`` is the function (or class) itself; ``inputs`` names the tensors the composition
-    layer passes to it (DESIGN.md words: ``logprobs``, ``proximal_logprobs``, ``advantages``,
+    layer passes to it (the words of docs/design.md §3: ``logprobs``, ``proximal_logprobs``, ``advantages``,
     ``loss_mask``, ``entropy``, ``ref_logprobs`` ...); ``paper`` is the arXiv id and equation;
     ``source`` the reference code read for it. ``extra`` holds the other keywords of
     :meth:`Registry.register`: ``level`` (shaping), ``needs_group`` (estimators whose baseline

@@ -22,7 +22,7 @@ def overlong_penalty(*, response_lengths: Tensor, max_response_tokens: int, buff
 
     response_lengths ``[B]`` int: response tokens counted against ``max_response_tokens``
     (prompt and padding excluded). Since the rollout caps ``|y| <= L_max`` the result lies in
-    ``[-penalty_factor, 0]``. METHODS 1e (20480/4096): 16384 -> 0, 18432 -> -0.5, 20480 -> -1.
+    ``[-penalty_factor, 0]``. docs/methods.md §1e (20480/4096): 16384 -> 0, 18432 -> -0.5, 20480 -> -1.
     Raises ValueError unless ``0 < buffer_tokens <= max_response_tokens``.
     """
     if not 0 < buffer_tokens <= max_response_tokens:
@@ -40,7 +40,7 @@ def dynamic_sampling_keep(*, metric: Tensor, group_ids: Tensor, valid: Tensor | 
     Uniformity is tested exactly (max == min), not through a float std (numpy's std of equal
     floats can be a tiny non-zero). ``valid [B] bool`` (optional): only these rows count (failed
     episodes do not make a group look mixed); invalid rows are never kept.
-    METHODS 1e: acc [1, 1, 1, 1] dropped, [1, 0, 0, 1] kept.
+    docs/methods.md §1e: acc [1, 1, 1, 1] dropped, [1, 0, 0, 1] kept.
     """
     ids = compact_ids(group_ids)
     n = metric.shape[0]

@@ -24,7 +24,7 @@ __all__ = ["entropy_advantage", "empg"]
     "entropy_advantage",
     summary="A' = A + min(alpha*sg(H), |A|/kappa): entropy bonus that never flips A's sign",
     paper="arXiv 2506.14758 (Reasoning with Exploration: An Entropy Perspective)",
-    source="no reference code; formula as quoted from the paper (METHODS 5a)",
+    source="no reference code; formula as quoted from the paper (docs/methods.md §5a)",
     inputs=("advantages", "entropy", "loss_mask"),
     level="token",
     split_invariant=True,
@@ -38,8 +38,8 @@ def entropy_advantage(*, advantages: Tensor, entropy: Tensor, loss_mask: Tensor,
     Apply after group normalisation. alpha 0.4 / kappa 2 are [recalled / unverified];
     ``entropy_source``: ``"proximal"`` (default; the rollout/proximal policy's entropy, computed
     before the update) or ``"current"`` (training forward pass); which the paper means is
-    unverified (METHODS 5d). Raises ValueError unless alpha > 0 and kappa > 1.
-    METHODS 5e: (A, H) = (1, 0.5) -> 1.2; (1, 3) -> 1.5; (-1, 3) -> -0.5; (-0.2, 0.1) -> -0.16.
+    unverified (docs/methods.md §5d). Raises ValueError unless alpha > 0 and kappa > 1.
+    docs/methods.md §5e: (A, H) = (1, 0.5) -> 1.2; (1, 3) -> 1.5; (-1, 3) -> -0.5; (-0.2, 0.1) -> -0.16.
     """
     if not alpha > 0 or not kappa > 1:
         raise ValueError(f"entropy_advantage needs alpha > 0 and kappa > 1, got alpha={alpha}, kappa={kappa}")
@@ -61,7 +61,7 @@ def entropy_advantage(*, advantages: Tensor, entropy: Tensor, loss_mask: Tensor,
 )
 def empg(*, turn_advantages: Tensor, step_entropy: Tensor, turn_mask: Tensor, k: float = 1.0, k_f: float = 1.0,
          zeta: float = 0.1, eps: float = 1e-8) -> tuple[Tensor, dict[str, Tensor]]:
-    """EMPG on per-step advantages (METHODS 7a):
+    """EMPG on per-step advantages (docs/methods.md §7a):
 
     1. ``Hn = (H - min H) / (max H - min H + eps)`` over *all steps of the batch*;
     2. ``g = exp(-k Hn) / mean_steps(exp(-k Hn))`` (batch mean of g is 1);
@@ -74,7 +74,7 @@ def empg(*, turn_advantages: Tensor, step_entropy: Tensor, turn_mask: Tensor, k:
     step under the rollout/proximal policy), turn_mask ``[B, S]`` bool. Missing steps give 0.
     Batch-dependent by design: min/max, mean g and the final mean are over the steps given.
     Defaults k = k_f = 1, zeta = 0.1 are the pseudocode's [paper-secondary].
-    METHODS 7e: final [1.403917, 0.603360, -1.253662, -0.753614].
+    docs/methods.md §7e: final [1.403917, 0.603360, -1.253662, -0.753614].
     """
     m = turn_mask
     h = step_entropy.detach().to(torch.float64)

@@ -2,7 +2,7 @@
 
 A token mask returns ``(mask [B, T] bool, metrics)``; the composition layer multiplies it into
 the per-token policy loss as ``token_weights`` while the aggregation denominator keeps
-``loss_mask`` (dropped tokens still count, METHODS 3d).
+``loss_mask`` (dropped tokens still count, docs/methods.md §3d).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def forking_tokens_mask(*, entropy: Tensor, loss_mask: Tensor, top_quantile: flo
     mask), a step 1/rho times larger (5x at rho 0.2). With ``"kept"`` the composition layer
     passes ``loss_mask & mask`` to the policy loss and counts the kept tokens over the whole
     mini-batch (:meth:`Algorithm.mini_batch_stats`); the KL and entropy terms keep every policy
-    token. METHODS 3e: H = [0.01 ... 2.5] gives tau 1.08, keeps 2 of 10.
+    token. docs/methods.md §3e: H = [0.01 ... 2.5] gives tau 1.08, keeps 2 of 10.
     """
     if not 0.0 <= top_quantile <= 1.0:
         raise ValueError(f"top_quantile must be in [0, 1], got {top_quantile}")

@@ -135,7 +135,7 @@ def test_phase1_broadcasts_trajectory_advantage_to_policy_tokens():
 
 
 def test_phase1_empg_through_turn_ids_matches_worked_example():
-    # METHODS 7e as tokens: tau1 (A=+1 via rewards) steps with token entropies averaging 0.2, 1.0;
+    # docs/methods.md §7e as tokens: tau1 (A=+1 via rewards) steps with token entropies averaging 0.2, 1.0;
     # tau2 (A=-1) 0.6, 1.4. A Dr.GRPO estimator with rewards [1, -1] in two singleton groups gives
     # exactly A = R. Final per-step values broadcast to every token of the step.
     tid = torch.tensor([[0, 0, -1, 1, 1], [0, -1, 1, 1, -1]])
@@ -149,7 +149,7 @@ def test_phase1_empg_through_turn_ids_matches_worked_example():
 
 
 def test_phase1_gigpo_from_turn_rewards_and_anchors():
-    # METHODS appendix: three one-task rollouts reach the same state s. Rollout 1: turns (s, x, goal)
+    # docs/methods.md §13e: three one-task rollouts reach the same state s. Rollout 1: turns (s, x, goal)
     # -> return at s = 0.95^2 (reward 1 on its 3rd turn); rollout 2: (s) fails; rollout 3: (s, goal).
     # Episode advantages use the per-step rows (code default): R rows [1,1,1, 0, 1,1] -> mean 5/6.
     tid = torch.tensor([[0, 1, 2], [0, -1, -1], [0, 1, -1]])

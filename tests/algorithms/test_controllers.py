@@ -1,4 +1,4 @@
-"""Controllers: METHODS worked examples, documented directions, state round trips."""
+"""Controllers: docs/methods.md worked examples, documented directions, state round trips."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from agentrl.algorithms.losses import ppo_loss
 from .helpers import close, ones_mask, row, t
 
 
-# ---------------------------------------------------------------- BAPO (METHODS 8e)
+# ---------------------------------------------------------------- BAPO (docs/methods.md §8e)
 def test_bapo_worked_example():
     # target 1, start (0.6, 1.2), max (0.8, 2.0), steps 0.05; r = [2, .5, 1, 1.2], A = [+1, +1, -1, -1]
     # pos = min(2, c_high) + 0.5; neg = max(1, c_low) + max(1.2, c_low) = 2.2 for c_low <= 1
@@ -88,7 +88,7 @@ def test_bapo_bounds_only_widen_and_stop_at_first_success(pairs):
         assert float(lo) == pytest.approx(0.8)
 
 
-# ---------------------------------------------------------------- EntroPIC (METHODS 9e)
+# ---------------------------------------------------------------- EntroPIC (docs/methods.md §9e)
 def test_entropic_worked_example():
     # target .1, Kp 1, Ki .01: H .3 -> e .2 -> alpha .2, I .2; H .05 -> e -.05 -> alpha -.05 + .002 = -.048, I .15
     c = EntroPICController()
@@ -139,7 +139,7 @@ def test_entropic_direction(h, target):
     assert -1.0 <= alpha <= 1.0
 
 
-# ---------------------------------------------------------------- Skywork (METHODS 10e)
+# ---------------------------------------------------------------- Skywork (docs/methods.md §10e)
 def test_skywork_worked_example_table():
     # delta 1e-4, target .2, c0 0; e = [.35, .25, .18, .15, .19, .22]
     # coef after: [0, 0, 1e-4, 2e-4, 3e-4, 2e-4]; gate [0, 0, 1, 1, 1, 0]; realised [0,0,1e-4,2e-4,3e-4,0]

@@ -64,7 +64,7 @@ def test_reinforce_pp_baseline_token_weighted_whitening():
     close(out.advantages, [0.0, -1.0 / s, 1.5 / s])
 
 
-# ---------------------------------------------------------------- PSR / NSR / W-REINFORCE (METHODS 12e)
+# ---------------------------------------------------------------- PSR / NSR / W-REINFORCE (docs/methods.md §12e)
 def test_psr_nsr_w_reinforce_worked_example():
     r = t([1.0, 0, 0, 1])
     p = psr(rewards=r)
@@ -82,7 +82,7 @@ def test_psr_nsr_w_reinforce_worked_example():
     close(w_reinforce(rewards=t([0.0, 0.0]), correct=t([True, False]), positive_weight=0.5).advantages, [0.5, -1.0])
 
 
-# ---------------------------------------------------------------- GiGPO (METHODS appendix)
+# ---------------------------------------------------------------- GiGPO (docs/methods.md §13e)
 def test_gigpo_worked_example():
     # R = [1, 0, 1] -> A_E = R - 2/3 = [1/3, -2/3, 1/3] (one step each, so steps == trajectories)
     # all three at the same anchor: G = [0.9025, 0, 0.95], mean 0.6175 -> A_S = [0.285, -0.6175, 0.3325]
@@ -160,7 +160,7 @@ def test_entropy_advantage_worked_example():
 
 
 def test_empg_worked_example():
-    # METHODS 7e: Hn = [0, .6667, .3333, 1]; g = [1.539748, 0.790533, 1.103278, 0.566442]
+    # docs/methods.md §7e: Hn = [0, .6667, .3333, 1]; g = [1.539748, 0.790533, 1.103278, 0.566442]
     # A_mod = [1.591090, 0.790533, -1.066490, -0.566442]; mean 0.187173 -> final below
     out, m = empg(turn_advantages=t([[1.0, 1.0], [-1.0, -1.0]]), step_entropy=t([[0.2, 1.0], [0.6, 1.4]]),
                   turn_mask=torch.ones(2, 2, dtype=B))

@@ -1,7 +1,7 @@
-"""Reference values for the policy losses: METHODS.md worked examples plus hand-derived cases.
+"""Reference values for the policy losses: docs/methods.md worked examples plus hand-derived cases.
 
 Each case carries its derivation. Tolerances are tight (1e-6) unless a value is only quoted to
-fewer digits in METHODS.md.
+fewer digits in docs/methods.md.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .helpers import close, mask, ones_mask, ratio_to_old, row
 E = math.exp
 
 
-# ---------------------------------------------------------------- PPO / DAPO clip-higher (METHODS 1e)
+# ---------------------------------------------------------------- PPO / DAPO clip-higher (docs/methods.md §1e)
 def _dapo():
     logp = row(-0.5, -1.0, -1.5, -0.2, requires_grad=True)
     old = row(-0.8, -1.2, -1.0, -0.9)
@@ -96,7 +96,7 @@ def test_ppo_masked_padding_token_ignored():
     close(logp.grad, [[-1.0, 0.25, 0.0]])
 
 
-# ---------------------------------------------------------------- CISPO (METHODS 4e)
+# ---------------------------------------------------------------- CISPO (docs/methods.md §4e)
 def _cispo_data():
     logp = row(-0.4, -2.0, -1.0, -0.3, requires_grad=True)
     old = ratio_to_old(logp, [1.5, 0.5, 1.1, 2.0])
@@ -136,7 +136,7 @@ def test_cispo_on_policy_is_reinforce():
     close(logp.grad, [[-1.0, 0.5, 0.0]])
 
 
-# ---------------------------------------------------------------- Clip-Cov / KL-Cov (METHODS 2e)
+# ---------------------------------------------------------------- Clip-Cov / KL-Cov (docs/methods.md §2e)
 def _cov_data():
     logp = row(-0.1, -2.5, -3.0, -0.2, requires_grad=True)
     old = row(-0.1, -2.5, -2.8, -0.2)
@@ -228,7 +228,7 @@ def test_kl_cov_single_token_always_selected():
     close(logp.grad, [[1 - E(1.0)]])
 
 
-# ---------------------------------------------------------------- Archer (METHODS 6e)
+# ---------------------------------------------------------------- Archer (docs/methods.md §6e)
 def test_archer_worked_example_quantile_and_clip_ranges():
     # entropies [0.1, 0.3, 0.2, 2.0, 0.05] + pad: sorted [0.05,0.1,0.2,0.3,2.0], pos 0.8*4 = 3.2
     # q = 0.3 + 0.2*(2.0-0.3) = 0.64 -> only H = 2.0 (t4) is high-entropy.
@@ -274,7 +274,7 @@ def test_archer_single_valid_token_is_low_entropy():
     close(m["archer/high_entropy_frac"], 0.0)
 
 
-# ---------------------------------------------------------------- 80/20 forking tokens (METHODS 3e)
+# ---------------------------------------------------------------- 80/20 forking tokens (docs/methods.md §3e)
 def test_forking_tokens_worked_example_through_the_loss():
     # H = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.9, 1.8, 2.5]: quantile(0.8) at position 7.2
     # = 0.9 + 0.2*(1.8-0.9) = 1.08 -> tokens 1.8 and 2.5 selected (2 of 10).
@@ -298,7 +298,7 @@ def test_forking_tokens_worked_example_through_the_loss():
     close(metrics["policy/token_mask_frac"], 0.2)
 
 
-# ---------------------------------------------------------------- ProRL KL term (METHODS 11e)
+# ---------------------------------------------------------------- ProRL KL term (docs/methods.md §11e)
 def test_prorl_kl_contribution_and_reset():
     # k3(logp -1, ref -1.2) = 0.018731; beta 1e-4 -> 1.873e-6 per token (token-mean of equal values).
     # Right after a reset (ref == logp) the contribution is 0.
