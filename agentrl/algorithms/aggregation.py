@@ -49,7 +49,8 @@ def token_mean(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Tensor | flo
 
     per_token [B, T] float; loss_mask [B, T] bool (True on policy tokens); ``num_tokens``: the
     global token count (see module doc), default ``loss_mask.sum()``. Worked value:
-    losses a=[1, 1], b=[0, 0, 0, 0] give 2/6.
+    losses a=[1, 1], b=[0, 0, 0, 0] give 2/6. Paper: DAPO, arXiv 2503.14476 Sec. 3.3, Eq. 12
+    (docs/methods.md §14).
     """
     fallback = loss_mask.sum().to(per_token.dtype)
     return masked_sum(per_token, loss_mask) / _denominator(num_tokens, fallback)
@@ -72,6 +73,7 @@ def seq_mean_token_mean(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Ten
     """``mean_i( sum_t L*mask / sum_t mask )`` over sequences with at least one policy token.
 
     ``num_seqs``: global sequence count (see module doc). Hand-derived: a=[1, 1], b=[0,0,0,0] -> 0.5.
+    Paper: the GRPO objective, arXiv 2402.03300 Eq. 3 (``1/G sum_i 1/|o_i| sum_t``).
     """
     n_tok = loss_mask.sum(dim=-1).to(per_token.dtype)
     seq = masked_sum(per_token, loss_mask, dim=-1) / n_tok.clamp(min=1)
@@ -89,7 +91,8 @@ def seq_mean_token_mean(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Ten
 def seq_mean_token_sum(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Tensor | float | None = None,
                        num_seqs: Tensor | float | None = None) -> Tensor:
     """``mean_i( sum_t L*mask )`` over sequences with at least one policy token (``num_seqs``:
-    the global sequence count, see module doc). Longer sequences weigh more."""
+    the global sequence count, see module doc). Longer sequences weigh more. No paper defines it
+    (a ``loss_agg_mode`` of verl); docs/methods.md §14a is its reference."""
     seq = masked_sum(per_token, loss_mask, dim=-1)
     return seq.sum() / _denominator(num_seqs, _seq_count(loss_mask, per_token.dtype))
 
@@ -106,7 +109,8 @@ def seq_mean_token_sum_norm(per_token: Tensor, loss_mask: Tensor, *, num_tokens:
                             num_seqs: Tensor | float | None = None, norm_length: float | None = None) -> Tensor:
     """``sum(L * mask) / norm_length`` (the module docstring). ``norm_length`` default: T, the padded
     length of this call; set it (e.g. to ``max_response_tokens``) so the constant does not change
-    with padding across micro-batches."""
+    with padding across micro-batches. Paper: Dr. GRPO's constant normaliser, arXiv 2503.20783
+    (section and equation number unverified; docs/methods.md §14f)."""
     const = float(per_token.shape[-1]) if norm_length is None else float(norm_length)
     return masked_sum(per_token, loss_mask) / const
 

@@ -171,6 +171,10 @@ class BAPOController(Controller):
     The loops are evaluated for all grid values at once and the first success picked: no host
     sync, same result. The decision statistic is float64, so an exact tie reads as
     ``x / (x + 1e-8) < 1`` as in the release code (float32 sums could round the 1e-8 away).
+
+    Paper: arXiv 2510.18927, its adaptive clipping procedure (the algorithm box; algorithm and
+    equation numbers unverified); checked against the authors' release (WooooDyy/BAPO).
+    docs/methods.md §8.
     """
 
     name = "bapo"
@@ -302,6 +306,9 @@ class EntroPICController(Controller):
     reference config's -1. Defaults: run_entropic.sh (target 0.1, kp 1, ki 0.01, threshold
     0.95). Direction: entropy above target -> alpha > 0 -> confident positives pushed up harder,
     confident negatives less -> entropy falls.
+
+    Paper: arXiv 2511.15248, its PI control of entropy (method section; equation number
+    unverified); checked against the authors' code (yk7333/EntroPIC). docs/methods.md §9.
     """
 
     name = "entropic"
@@ -392,6 +399,9 @@ class SkyworkEntropyController(Controller):
     target 0.2, delta 1e-4, coef 0 -> [0, 5e-3] (TRL: delta 0.005, max 1.0; the paper's delta is
     unverified). Hand-derived: e = [0.35, 0.25, 0.18, 0.15, 0.19, 0.22] -> realised coefficients
     [0, 0, 1e-4, 2e-4, 3e-4, 0].
+
+    Paper: arXiv 2505.22312, its adaptive entropy control section (equation number unverified);
+    checked against the Skywork-OR1 code and TRL. docs/methods.md §10.
     """
 
     name = "skywork"
@@ -466,6 +476,9 @@ class ProRLController(Controller):
     ``min_steps_between_resets`` after the last reset). ``end_train_step`` returns
     ``reset_reference`` (a bool tensor; the learner reads it once per step). State (checkpointed):
     step, last reset step, number of resets.
+
+    Paper: arXiv 2505.24864, its section on KL regularisation and reference-policy reset (equation
+    number unverified). No official code was available to check against. docs/methods.md §11.
     """
 
     name = "prorl"

@@ -88,7 +88,9 @@ def grpo(*, rewards: Tensor, group_ids: Tensor, valid: Tensor | None = None, nor
     Hand-derived: rewards [1, 0, 0, 1] -> +/-0.8660. ``valid [B] bool`` (optional): rows that
     count; others (failed episodes with no policy tokens) are left out of the group statistics
     and get 0; a group that failures leave with a single valid row is dropped (A = 0: no
-    baseline exists), unlike a group of size 1 by design.
+    baseline exists), unlike a group of size 1 by design. Paper: arXiv 2402.03300 Sec. 4.1.2
+    (outcome supervision, inside the objective Eq. 3); Dr. GRPO arXiv 2503.20783 (section and
+    equation number unverified).
     """
     count, mean, std = _group_moments(rewards, group_ids, _valid_weights(valid))
     single = count <= 1
@@ -112,7 +114,8 @@ def rloo(*, rewards: Tensor, group_ids: Tensor, valid: Tensor | None = None) -> 
     """RLOO: ``A_i = R_i - (sum_g R - R_i) / (n - 1)`` = ``n/(n-1) * (R_i - mean_g R)``.
 
     A group of size 1 has no baseline: ``A = R`` (verl leaves the score unchanged). ``valid``:
-    as in :func:`grpo` (a group that failures leave with one valid row is dropped).
+    as in :func:`grpo` (a group that failures leave with one valid row is dropped). Paper:
+    arXiv 2402.14740, the leave-one-out estimator (section and equation number unverified).
     """
     count, mean, _ = _group_moments(rewards, group_ids, _valid_weights(valid))
     r = rewards.to(torch.float64)
@@ -135,7 +138,8 @@ def reinforce_pp_baseline(*, rewards: Tensor, group_ids: Tensor, token_counts: T
     Because A0 is constant within a row, token-level statistics equal row statistics weighted
     by ``token_counts [B]`` (policy tokens per row; 0 removes a row from the group and batch
     statistics). Batch-dependent by design:
-    the whitening uses the whole batch given.
+    the whitening uses the whole batch given. Paper: arXiv 2501.03262, the REINFORCE++-baseline
+    advantage (section and equation number unverified).
     """
     count, mean, _ = _group_moments(rewards, group_ids, (token_counts > 0).to(torch.float64))
     a0 = rewards.to(torch.float64) - torch.where(count > 1, mean, torch.zeros_like(mean))
@@ -161,7 +165,9 @@ def psr(*, rewards: Tensor, correct: Tensor | None = None, success_threshold: fl
     """PSR: keep correct rows only (``keep``), ``A = 1``; no baseline, no std.
 
     ``correct [B] bool`` if given, else ``rewards > success_threshold`` (0.5 works for both 0/1
-    and -1/+1 rewards). Hand-derived: [1, 0, 0, 1] -> [1, -, -, 1].
+    and -1/+1 rewards). Hand-derived: [1, 0, 0, 1] -> [1, -, -, 1]. Paper: arXiv 2506.01347, the
+    PSR term of its decomposition (section and equation number unverified); checked against the
+    authors' code (RLVR-Decomposed).
     """
     ok = _correct(rewards, correct, success_threshold)
     return EstimatorOutput(torch.where(ok, 1.0, 0.0).float(), keep=ok)
@@ -170,7 +176,11 @@ def psr(*, rewards: Tensor, correct: Tensor | None = None, success_threshold: fl
 @ESTIMATORS.register("nsr", summary="negative sample reinforcement: train only on incorrect samples, A = -1",
                      paper=_PSR_PAPER, source=_PSR_SOURCE, inputs=("rewards", "correct"))
 def nsr(*, rewards: Tensor, correct: Tensor | None = None, success_threshold: float = 0.5) -> EstimatorOutput:
-    """NSR: keep incorrect rows only, ``A = -1``. Hand-derived: [1, 0, 0, 1] -> [-, -1, -1, -]."""
+    """NSR: keep incorrect rows only, ``A = -1``. Hand-derived: [1, 0, 0, 1] -> [-, -1, -1, -].
+
+    Paper: arXiv 2506.01347, the NSR term of its decomposition (section and equation number
+    unverified); checked against the authors' code (RLVR-Decomposed).
+    """
     ok = _correct(rewards, correct, success_threshold)
     return EstimatorOutput(torch.where(ok, 0.0, -1.0).float(), keep=~ok)
 
@@ -182,7 +192,8 @@ def w_reinforce(*, rewards: Tensor, correct: Tensor | None = None, success_thres
     """W-REINFORCE: ``L = lambda * L_PSR + L_NSR``, i.e. ``A = lambda`` for correct rows and -1 for
     incorrect ones, all rows kept (all-correct and all-wrong groups included, unlike DAPO).
     ``positive_weight`` is lambda (code ``positive_advantage_weight``, README 0.1).
-    Hand-derived: [1, 0, 0, 1] -> [0.1, -1, -1, 0.1].
+    Hand-derived: [1, 0, 0, 1] -> [0.1, -1, -1, 0.1]. Paper: arXiv 2506.01347, the W-REINFORCE
+    objective (section and equation number unverified); checked against the authors' code.
     """
     ok = _correct(rewards, correct, success_threshold)
     return EstimatorOutput(torch.where(ok, float(positive_weight), -1.0).float())
@@ -216,6 +227,8 @@ def gigpo(*, rewards: Tensor, group_ids: Tensor, turn_returns: Tensor, turn_mask
     Missing turns (``turn_mask`` False) get 0, and so does a group that failed episodes (no
     turns trained) leave with one trajectory. Hand-derived: R = [1, 0, 1] with returns
     [0.9025, 0, 0.95] from one shared state -> A_E = [1/3, -2/3, 1/3], A_S = [0.285, -0.6175, 0.3325].
+    Paper: arXiv 2505.10978, equation numbers as the verl-agent code comments cite them (the paper
+    text was not read). docs/methods.md §13.
     """
     if mode not in ("mean_norm", "mean_std_norm"):
         raise ValueError(f"gigpo mode must be 'mean_norm' or 'mean_std_norm', got {mode!r}")

@@ -24,7 +24,8 @@ _INPUTS = ("logprobs", "ref_logprobs")
                         inputs=_INPUTS)
 def kl_k1(*, logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """``k1 = logprobs - ref_logprobs`` per token ``[B, T]``: unbiased for KL(pi || ref) under
-    samples from pi, but high variance and negative on some tokens."""
+    samples from pi, but high variance and negative on some tokens. Paper: Schulman 2020,
+    "Approximating KL Divergence", section k1 (the note has no numbered equations; docs/methods.md §15)."""
     return logprobs - ref_logprobs
 
 
@@ -33,7 +34,8 @@ def kl_k1(*, logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
                         inputs=_INPUTS)
 def kl_k2(*, logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
     """``k2 = 0.5 * (logprobs - ref_logprobs)^2`` per token ``[B, T]``: always >= 0, low variance,
-    biased (exact to second order when the policies are close)."""
+    biased (exact to second order when the policies are close). Paper: Schulman 2020, section k2
+    (no numbered equations; docs/methods.md §15)."""
     return 0.5 * (logprobs - ref_logprobs) ** 2
 
 
@@ -43,7 +45,8 @@ def kl_k2(*, logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 def kl_k3(*, logprobs: Tensor, ref_logprobs: Tensor, clamp: float = 10.0) -> Tensor:
     """``k3 = exp(d) - d - 1`` with ``d = clamp(ref_logprobs - logprobs, -20, 20)``, result clamped
     to ``[-clamp, clamp]`` (verl ``low_var_kl``). Hand-derived: logprobs -1.0, ref -1.2 give
-    ``e^-0.2 + 0.2 - 1 = 0.018731``."""
+    ``e^-0.2 + 0.2 - 1 = 0.018731``. Paper: Schulman 2020, section k3 (no numbered equations); the
+    same estimator is the KL term of the GRPO objective, arXiv 2402.03300 Eq. 4 (docs/methods.md §15)."""
     d = torch.clamp(ref_logprobs - logprobs, -20.0, 20.0)
     return torch.clamp(torch.exp(d) - d - 1.0, -clamp, clamp)
 

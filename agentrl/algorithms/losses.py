@@ -135,7 +135,8 @@ def ppo_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tensor,
     ``eps_*`` are epsilons (bounds ``1 - eps_low``, ``1 + eps_high``), not absolute bounds.
     Gradient rule: a token gets no gradient when A > 0 and r > 1+eps_high, when A < 0 and
     r < 1-eps_low, or when the dual clip is active (A < 0 and r > c). docs/methods.md §1e (eps 0.2/0.28,
-    c 10): token-mean 0.078087.
+    c 10): token-mean 0.078087. Papers: PPO arXiv 1707.06347 Eq. 7; DAPO clip-higher arXiv 2503.14476
+    Sec. 3.1, Eq. 10; dual clip arXiv 1912.09729 (equation number unverified).
     """
     _check_dual_clip(clip_ratio_c)
     logprobs, proximal_logprobs, advantages = _clean(loss_mask, logprobs, proximal_logprobs, advantages)
@@ -165,7 +166,9 @@ def cispo_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tenso
     The paper's exact eps values for M1 are unverified (docs/methods.md §4c).
 
     Only the gradient is meaningful: ``dL/dlogp_t = -w_t A_t / N``. docs/methods.md §4e (cap 1.2, N 4):
-    gradient [-0.3, -0.125, 0.275, 0.3].
+    gradient [-0.3, -0.125, 0.275, 0.3]. Paper: arXiv 2506.13585 Sec. 3.1, Eq. 4 with the clipped
+    weight of Eq. 5; checked against the verl and TRL re-implementations (MiniMax's own code was
+    not available).
     """
     if semantics not in ("verl", "trl"):
         raise ValueError(f"cispo semantics must be 'verl' or 'trl', got {semantics!r}")
@@ -238,6 +241,7 @@ def clip_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Te
     random draw are per call (per micro-batch), so splitting a batch changes the result.
     The random subset is drawn as the top-k of uniform keys (same distribution as verl's
     ``randperm``, different stream). docs/methods.md §2e with ratio 0.5: token-mean 0.0.
+    Paper: arXiv 2505.22617 Sec. 4.2, Eqs. 10-12 (covariance, random selection, detached loss).
     """
     logprobs, proximal_logprobs, advantages = _clean(loss_mask, logprobs, proximal_logprobs, advantages)
     ratio = torch.exp(clamped_log_ratio(logprobs, proximal_logprobs))
@@ -274,6 +278,8 @@ def kl_cov_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tens
     (0.2 there = 2e-3 here). The ``|.|`` term has zero gradient when the log-ratio is exactly 0
     (first on-policy update). Batch-dependent by design (covariance means, N_valid and top-k per
     call). docs/methods.md §2e with ratio 0.25, coef 1: token-mean -0.017976.
+    Paper: arXiv 2505.22617 Sec. 4.2, Eqs. 10, 13, 14 (Eq. 14 writes a KL to the rollout policy; the
+    authors' code, like this one, penalises ``|log ratio|`` of the sampled token).
     """
     logprobs, proximal_logprobs, advantages = _clean(loss_mask, logprobs, proximal_logprobs, advantages)
     log_ratio = logprobs - proximal_logprobs
@@ -342,7 +348,9 @@ def archer_loss(*, logprobs: Tensor, proximal_logprobs: Tensor, advantages: Tens
     code takes both means per micro-batch and scales the micro-batch loss by its share: the
     same at one micro-batch per mini-batch). All four clip values are explicit (the reference
     code's fallbacks cross over, docs/methods.md §6d). ``clipped``: PPO's clip flags with each token's
-    own bounds.
+    own bounds. Paper: arXiv 2507.15778, its method section (response-level entropy split, KL on
+    low-entropy tokens, wider clip on high-entropy ones; equation number unverified); checked
+    against the authors' code (wizard-III/ArcherCodeR).
     """
     if (kl_coef_low or kl_coef_high) and ref_logprobs is None:
         raise ValueError("archer: kl_coef_low/kl_coef_high are non-zero but ref_logprobs is None; "

@@ -35,11 +35,15 @@ def entropy_advantage(*, advantages: Tensor, entropy: Tensor, loss_mask: Tensor,
 
     advantages / entropy ``[B, T]`` float, loss_mask ``[B, T]`` bool (A' = A = 0 elsewhere).
     ``psi >= 0`` and ``psi <= |A|/kappa < |A|``, so the sign never flips and A = 0 stays 0.
-    Apply after group normalisation. alpha 0.4 / kappa 2 are [recalled / unverified];
+    Apply after group normalisation. alpha 0.4 / kappa 2 are the paper's GRPO values (Sec. 4: kappa 2
+    throughout, alpha 0.4 with GRPO, 0.1 with PPO);
     ``entropy_source``: ``"proximal"`` (default; the rollout/proximal policy's entropy, computed
-    before the update) or ``"current"`` (training forward pass); which the paper means is
-    unverified (docs/methods.md §5d). Raises ValueError unless alpha > 0 and kappa > 1.
+    before the update) or ``"current"`` (training forward pass: the paper's Eq. 4
+    writes the current policy and places the change in verl's actor update; docs/methods.md §5d).
+    Raises ValueError unless alpha > 0 and kappa > 1.
     docs/methods.md §5e: (A, H) = (1, 0.5) -> 1.2; (1, 3) -> 1.5; (-1, 3) -> -0.5; (-0.2, 0.1) -> -0.16.
+    Paper: arXiv 2506.14758 Sec. 3.2, Eqs. 5-6 (entropy Eq. 4). No official code was available to
+    check against.
     """
     if not alpha > 0 or not kappa > 1:
         raise ValueError(f"entropy_advantage needs alpha > 0 and kappa > 1, got alpha={alpha}, kappa={kappa}")
@@ -75,6 +79,9 @@ def empg(*, turn_advantages: Tensor, step_entropy: Tensor, turn_mask: Tensor, k:
     Batch-dependent by design: min/max, mean g and the final mean are over the steps given.
     Defaults k = k_f = 1, zeta = 0.1 are the pseudocode's [paper-secondary].
     docs/methods.md §7e: final [1.403917, 0.603360, -1.253662, -0.753614].
+    Paper: arXiv 2509.09265, steps 1-5 are its Eqs. 12, 10, 11, 8 and 7, numbered as the project
+    page's pseudocode labels them (the paper body was not read). No official code was available to
+    check against: the reference is that pseudocode.
     """
     m = turn_mask
     h = step_entropy.detach().to(torch.float64)

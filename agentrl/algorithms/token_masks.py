@@ -40,13 +40,16 @@ def forking_tokens_mask(*, entropy: Tensor, loss_mask: Tensor, top_quantile: flo
     is batch-dependent by design.
 
     ``normalize`` sets the policy loss's denominator. ``"all"`` (default): every policy token
-    of the mini-batch, dropped ones included, as in the paper's objective (the DAPO token-level
-    loss with an indicator inside the sum) and in TRL. ``"kept"``: only the kept tokens, as the
-    authors' released training code does (its loss mask is the response mask times the entropy
-    mask), a step 1/rho times larger (5x at rho 0.2). With ``"kept"`` the composition layer
-    passes ``loss_mask & mask`` to the policy loss and counts the kept tokens over the whole
-    mini-batch (:meth:`Algorithm.mini_batch_stats`); the KL and entropy terms keep every policy
-    token. docs/methods.md §3e: H = [0.01 ... 2.5] gives tau 1.08, keeps 2 of 10.
+    of the mini-batch, dropped ones included, as in TRL. ``"kept"``: only the kept tokens, as
+    Eq. 6 of the paper does (Sec. 5.1, revision of 13 Nov 2025: its normaliser is the count of
+    selected tokens; docs/methods.md §3d) and the authors' released training code (its loss mask
+    is the response mask times the entropy mask), a step 1/rho times larger (5x at rho 0.2).
+    With ``"kept"`` the composition layer passes ``loss_mask & mask`` to the policy loss and
+    counts the kept tokens over the whole mini-batch (:meth:`Algorithm.mini_batch_stats`); the KL
+    and entropy terms keep every policy token. docs/methods.md §3e: H = [0.01 ... 2.5] gives tau
+    1.08, keeps 2 of 10.
+    Paper: arXiv 2506.01939 Sec. 5.1, Eq. 6 (token entropy Eq. 1, Sec. 2.1); checked against TRL's
+    re-implementation.
     """
     if not 0.0 <= top_quantile <= 1.0:
         raise ValueError(f"top_quantile must be in [0, 1], got {top_quantile}")
