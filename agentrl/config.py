@@ -186,7 +186,9 @@ class RolloutConfig:
     prefills only the tokens the env appended; docs/engine_cache.md). False: every turn
     re-prefills the whole episode, batch at once (the previous path; an escape hatch)."""
     vllm: dict[str, Any] = field(default_factory=dict)
-    """Extra vllm.LLM arguments (gpu_memory_utilization, tensor_parallel_size, ...)."""
+    """Extra vllm.LLM arguments (gpu_memory_utilization, max_model_len, tensor_parallel_size,
+    ...). ``dtype`` defaults to ``model.dtype`` (vLLM's "auto" would serve a float32 model as
+    float16, and the behavior logprobs would drift from the learner's)."""
     openai_base_url: str | None = None
     """Base URL of an OpenAI-compatible server for engine "openai"."""
     generate_timeout_s: float = 0.0
@@ -347,9 +349,9 @@ RANGES: dict[type, dict[str, str]] = {
     FaultConfig: {"rate": "[0, 1]", "turn": ">= 0"},
     RolloutConfig: {
         "group_size": ">= 1", "tasks_per_step": ">= 1",
-        "temperature": "> 0; use a small value like 1e-3 for near-greedy sampling", "top_p": "(0, 1]", "top_k": ">= 0",
+        "temperature": "> 0; use a small value like 0.05 for near-greedy sampling (engine vllm: >= 0.01)", "top_p": "(0, 1]", "top_k": ">= 0",
         "max_new_tokens": ">= 1", "max_total_tokens": ">= 1",
-        "eval_temperature": "> 0; use a small value like 1e-3 for near-greedy sampling",
+        "eval_temperature": "> 0; use a small value like 0.05 for near-greedy sampling (engine vllm: >= 0.01)",
         "max_staleness": ">= 0", "generate_timeout_s": ">= 0; 0: no limit",
     },
     SFTConfig: {
@@ -663,6 +665,10 @@ def field_problems(obj: Any, where: str = "") -> str | None:
     return None
 
 
+VLLM_MIN_TEMPERATURE = 0.01
+"""vLLM raises a temperature in (0, 0.01) to 0.01 (``vllm.sampling_params._MAX_TEMP``)."""
+
+
 def validate(cfg: TrainConfig, source: str = "config") -> None:
     """Every check that can run before any work; raise ConfigError (one line naming the key).
 
@@ -704,6 +710,17 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
     )
     check(not (cfg.run.mode == "async" and cfg.rollout.engine == "openai"),
           "run.mode: async needs an engine whose weights agentrl updates ('hf' or 'vllm'), not 'openai'")
+    if cfg.rollout.engine == "vllm":
+        t = cfg.rollout.temperature
+        check(not 0 < t < VLLM_MIN_TEMPERATURE,
+              f"rollout.temperature={t:g} with rollout.engine vllm: vLLM samples any temperature in (0, {VLLM_MIN_TEMPERATURE:g}) at "
+              f"{VLLM_MIN_TEMPERATURE:g} while the learner recomputes logprobs at {t:g}, so the ratios would be off; "
+              f"use rollout.temperature >= {VLLM_MIN_TEMPERATURE:g}")
+        limit = cfg.rollout.vllm.get("max_model_len")
+        check(not isinstance(limit, int) or cfg.rollout.max_total_tokens <= limit,
+              f"rollout.max_total_tokens={cfg.rollout.max_total_tokens} is more than rollout.vllm.max_model_len={limit}: vLLM "
+              f"refuses prompts longer than max_model_len, so long episodes would fail; lower rollout.max_total_tokens "
+              f"or raise rollout.vllm.max_model_len to at least {cfg.rollout.max_total_tokens}")
     for i, f in enumerate(cfg.rollout.faults):
         where = f"rollout.faults[{i}]"
         check(f.kind in FAULT_KINDS[f.point], f"{where}: kind {f.kind!r} cannot be injected at point {f.point!r}; "

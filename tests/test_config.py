@@ -452,3 +452,39 @@ def test_a_component_registered_by_run_imports_is_known_and_range_checked_at_loa
     finally:
         LOSSES.unregister("capped_plugin")
         sys.modules.pop("agentrl_user.capped_loss_plugin", None)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["rollout.temperature=0.005"],
+         "rollout.temperature=0.005 with rollout.engine vllm: vLLM samples any temperature in (0, 0.01) at 0.01 while the "
+         "learner recomputes logprobs at 0.005, so the ratios would be off; use rollout.temperature >= 0.01"),
+        (["rollout.max_total_tokens=4096", "rollout.vllm={max_model_len: 2048}"],
+         "rollout.max_total_tokens=4096 is more than rollout.vllm.max_model_len=2048: vLLM refuses prompts longer than "
+         "max_model_len, so long episodes would fail; lower rollout.max_total_tokens or raise rollout.vllm.max_model_len to at least 4096"),
+    ],
+)
+def test_vllm_settings_that_would_skew_logprobs_or_fail_episodes_are_refused_in_one_line(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        load_config(write(tmp_path, BASE), overrides=["rollout.engine=vllm", *overrides])
+    assert "\n" not in str(err.value)
+    # the same values pass with the HF engine (it samples at any temperature > 0 and has no max_model_len)
+    load_config(write(tmp_path, BASE), overrides=overrides)
+    # and the vllm engine accepts temperature 0.01 and a max_model_len that holds the episode
+    load_config(write(tmp_path, BASE), overrides=["rollout.engine=vllm", "rollout.temperature=0.01", "rollout.max_total_tokens=2048",
+                                                  "rollout.vllm={max_model_len: 2048}"])
+
+
+def test_the_vllm_engine_defaults_its_dtype_to_the_learners(monkeypatch):
+    import agentrl.rollout.vllm_engine as vllm_engine
+    from agentrl.rollout.local import make_engine
+
+    seen = []
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", lambda path, **kw: seen.append(kw))
+    cfg = TrainConfig()
+    cfg.rollout.engine, cfg.model.dtype = "vllm", "bfloat16"
+    make_engine(cfg, None, None)
+    cfg.rollout.vllm = {"dtype": "float16", "max_model_len": 512}  # an explicit setting wins
+    make_engine(cfg, None, None)
+    assert [kw.get("dtype") for kw in seen] == ["bfloat16", "float16"] and seen[1]["max_model_len"] == 512

@@ -64,7 +64,7 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature} (use a small value like 1e-3 for near-greedy)")
+            raise ValueError(f"temperature must be > 0, got {self.temperature} (use a small value like 0.05 for near-greedy; vLLM samples any temperature below 0.01 at 0.01)")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0 or self.max_new_tokens < 1:

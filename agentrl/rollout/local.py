@@ -27,7 +27,8 @@ def make_engine(cfg: TrainConfig, model: Any, tokenizer: Any) -> Engine:
     if cfg.rollout.engine == "vllm":
         from .vllm_engine import VLLMEngine
 
-        return VLLMEngine(cfg.model.path, seed=cfg.run.seed, **cfg.rollout.vllm)
+        # dtype: the learner's unless rollout.vllm sets it (vLLM's "auto" serves a float32 config as float16)
+        return VLLMEngine(cfg.model.path, seed=cfg.run.seed, **{"dtype": cfg.model.dtype, **cfg.rollout.vllm})
     if cfg.rollout.engine == "openai":
         from .openai_engine import OpenAIEngine
 
