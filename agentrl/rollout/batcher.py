@@ -5,9 +5,10 @@
 ``agenerate`` (:class:`QueuedEngine`) puts ``(prompt_ids, params, future)`` on an asyncio
 queue; :func:`serve_batches` takes the first request, waits up to ``batch_wait_s`` for more (at
 most ``max_batch_size`` in all), runs the engine's synchronous ``generate(prompts, params)`` for
-them in a worker thread and resolves each future with its Generation. An exception from
-``generate`` fails that batch's requests and nothing else: the batcher goes on with the next
-batch. (HFEngine's continuous-batching scheduler serves the same queue its own way.)
+them in a worker thread and resolves each future with its Generation (or raises, to that
+request alone, an exception ``generate`` returned in its place: a request that failed alone). An
+exception raised by ``generate`` fails that batch's requests and nothing else: the batcher goes
+on with the next batch. (HFEngine's continuous-batching scheduler serves the same queue its own way.)
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ async def serve_batches(
 
     Args:
         queue: ``(prompt_ids, params, future)`` requests.
-        generate: the engine's synchronous batched generation, one result per prompt, in order.
+        generate: the engine's synchronous batched generation, one result per prompt, in order;
+            an exception instance as a result fails that request only.
         executor: the thread to run ``generate`` on (HFEngine's single forward thread);
             None runs it through :func:`asyncio.to_thread`.
         what, logger: how a failed batch is logged (``"<what> failed for a batch of N"``).
@@ -103,7 +105,10 @@ async def serve_batches(
                 gens = await loop.run_in_executor(executor, generate, prompts, params)
             for (_, _, fut), gen in zip(batch, gens):
                 if not fut.done():
-                    fut.set_result(gen)
+                    if isinstance(gen, BaseException):
+                        fut.set_exception(gen)
+                    else:
+                        fut.set_result(gen)
         except Exception as e:  # an engine failure fails these requests, not the batcher
             logger.exception("%s failed for a batch of %d", what, len(batch))
             for _, _, fut in batch:

@@ -31,6 +31,8 @@ FAILURE_KINDS: dict[str, str] = {
     "engine": "the engine raised while generating",
     "engine_timeout": "a generation request took longer than rollout.generate_timeout_s",
     "engine_invalid_output": "the engine returned malformed tokens (ids outside the vocabulary, logprobs missing or not finite)",
+    "engine_aborted": "the engine aborted the request (vLLM finish_reason 'abort'); not a truncated turn",
+    "engine_prompt_too_long": "the prompt left no room for a generated token in the engine's context (vLLM max_model_len)",
     "rollout": "the agent loop failed between generation and the env step (decoding, bookkeeping)",
     "sandbox_error": "a tool call reported sandbox_error: the sandbox itself failed",
     "worker_died": "a Ray worker this episode ran on died",

@@ -1,6 +1,7 @@
 """vLLM generation on GPU (optional extra ``pip install 'agentrl[vllm]'``; imported lazily).
 
-What it relies on (vLLM >= 0.10.2, V1 engine):
+What it relies on (vLLM >= 0.10.2, V1 engine; the calls below were checked against vLLM's
+source for :data:`VLLM_CHECKED`):
 
 - ``vllm.LLM(model=..., logprobs_mode="processed_logprobs")``: sample logprobs are computed
   from the logits the sampler actually used, i.e. after temperature. With ``top_k``/``top_p``
@@ -27,8 +28,17 @@ What it relies on (vLLM >= 0.10.2, V1 engine):
   cached_tokens`` when vLLM exposes ``num_cached_tokens`` (vLLM V1 does); where it is absent
   (None, older versions) both stay 0 (unknown, not "nothing cached"). ``cache_key`` is not
   needed (vLLM matches prefixes by content) and :meth:`Engine.release` is a no-op.
-- Sleep mode (``enable_sleep_mode=True`` in ``rollout.vllm``): :meth:`sleep` / :meth:`wake_up`
-  free and restore GPU memory when the engine shares a GPU with a learner.
+- ``LLM.generate`` raises (``ValueError``) for the whole call when one prompt is longer than
+  ``max_model_len`` (``llm.llm_engine.model_config.max_model_len``). So each request is
+  checked first: a prompt with no room left for one generated token fails alone
+  (:class:`~agentrl.rollout.faults.EpisodeFailure` "engine_prompt_too_long", its episode ends
+  as failed data) and the others are generated; ``max_tokens`` is capped at the room left.
+- ``finish_reason`` is "stop", "length" or "abort" (the engine aborted the request); an
+  aborted request fails its episode ("engine_aborted"), it is not a truncated turn.
+- ``dtype``: ``make_engine`` passes ``model.dtype`` unless ``rollout.vllm`` sets it (vLLM's
+  "auto" serves a float32 config as float16). vLLM samples any temperature in (0, 0.01) at
+  0.01; the config check refuses those temperatures with this engine (the learner would
+  recompute logprobs at the configured one).
 
 Concurrent requests from many episodes are batched like HFEngine's: requests that arrive
 within ``batch_wait_s`` of each other go to vLLM as one ``LLM.generate`` call (vLLM schedules
@@ -44,16 +54,26 @@ import os
 import threading
 import time
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from .batcher import QueuedEngine, serve_batches
 from .engines import Engine, Generation, SamplingParams
+from .faults import EpisodeFailure
 
 log = logging.getLogger(__name__)
 
 EXTENSION = "agentrl.rollout.vllm_engine.WeightLoaderExtension"
+
+VLLM_CHECKED = ">=0.10.2,<0.12"
+"""The vllm range for the ``vllm`` extra. The floor is the first release with every keyword used
+here (``logprobs_mode``, ``worker_extension_cls``); the ``LLM``/``EngineArgs`` keywords, the
+``SamplingParams`` fields, ``RequestOutput``, ``collective_rpc``, ``reset_prefix_cache`` and the
+prompt-length check were read in vLLM's source (0.10-era ``LLM``, a recent ``SamplingParams``);
+the ceiling keeps out releases no one has checked this module against. The fakes in
+tests/rollout/test_vllm_engine.py accept exactly the keywords used."""
 
 
 def import_vllm() -> Any:
@@ -104,13 +124,18 @@ def _logprob_value(entry: Any, token_id: int) -> float:
 
 
 def parse_output(request_output: Any, version: int) -> Generation:
-    """A vLLM ``RequestOutput`` (one completion) as a Generation stamped with ``version``."""
+    """A vLLM ``RequestOutput`` (one completion) as a Generation stamped with ``version``.
+    Raises :class:`EpisodeFailure` ("engine_aborted") for finish reason "abort"."""
     out = request_output.outputs[0]
     ids = [int(t) for t in out.token_ids]
+    if out.finish_reason == "abort":
+        raise EpisodeFailure("engine_aborted", f"vLLM aborted the request after {len(ids)} generated tokens (finish_reason 'abort')")
+    if out.finish_reason not in ("stop", "length"):
+        raise EpisodeFailure("engine_invalid_output", f"vLLM returned finish_reason {out.finish_reason!r}; expected 'stop', 'length' or 'abort'")
     if out.logprobs is None or len(out.logprobs) != len(ids):
         raise RuntimeError(f"vLLM returned {0 if out.logprobs is None else len(out.logprobs)} logprobs for {len(ids)} tokens; was logprobs=0 set?")
     logprobs = [_logprob_value(entry, tok) for entry, tok in zip(out.logprobs, ids)]
-    reason = "stop" if out.finish_reason == "stop" else "length"
+    reason = out.finish_reason
     cached = getattr(request_output, "num_cached_tokens", None)
     prompt = getattr(request_output, "prompt_token_ids", None)
     if isinstance(cached, int) and prompt is not None:
@@ -127,7 +152,7 @@ class VLLMEngine(QueuedEngine, Engine):
         max_batch_size: most requests sent to vLLM in one ``generate`` call.
         batch_wait_s: how long the batcher waits for more requests after the first.
         **llm_kwargs: passed to ``vllm.LLM`` (``gpu_memory_utilization``, ``max_model_len``,
-            ``tensor_parallel_size``, ``dtype``, ``enable_sleep_mode``, ...): ``rollout.vllm``.
+            ``tensor_parallel_size``, ``dtype``, ``enforce_eager``, ...): ``rollout.vllm``.
             ``enable_prefix_caching`` defaults to True here (an episode's turns share their
             history as a prefix); set it False in ``rollout.vllm`` to turn it off.
     """
@@ -144,32 +169,55 @@ class VLLMEngine(QueuedEngine, Engine):
                 raise RuntimeError(f"this vLLM ({getattr(self.vllm, '__version__', '?')}) is too old: agentrl needs vllm>=0.10.2 ({e})") from e
             raise
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
+        engine_len = getattr(getattr(getattr(self.llm, "llm_engine", None), "model_config", None), "max_model_len", None)
+        given = engine_len if engine_len is not None else kwargs.get("max_model_len")
+        self.max_model_len: int | None = int(given) if given is not None else None
         self.version = 0
-        self._lock = threading.Lock()  # one generate / weight load / sleep at a time
+        self._lock = threading.Lock()  # one generate / weight load at a time
         self._queue: asyncio.Queue | None = None
         self._worker: asyncio.Task | None = None
         self._warned_filtering = False
         self.stats = {"batches": 0, "requests": 0, "generated_tokens": 0, "generate_time_s": 0.0, "weight_loads": 0}
 
     # ------------------------------------------------------------------ generation
-    def generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Generation]:
-        """Synchronous batched generation (the batcher's worker; simple callers may use it)."""
+    def generate(self, prompts: list[list[int]], params: list[SamplingParams]) -> list[Generation | EpisodeFailure]:
+        """Synchronous batched generation (the batcher's worker; simple callers may use it).
+        One result per prompt, in order: a Generation, or the EpisodeFailure of a request that
+        failed alone (a prompt with no room left in ``max_model_len``, an aborted request),
+        which the batcher raises to that request only."""
         if not self._warned_filtering and any(p.top_k or p.top_p < 1 for p in params):
             self._warned_filtering = True
             log.warning("vLLM reports logprobs of the top-k/top-p filtered distribution; the learner recomputes the "
-                        "unfiltered one, so the first-update ratio is not exactly 1 (see agentrl/rollout/vllm_engine.py)")
+                        "unfiltered one, so the first-update ratio is not exactly 1 (see docs/distributed.md, VLLMEngine)")
         t0 = time.perf_counter()
-        requests = [{"prompt_token_ids": list(p)} for p in prompts]
-        vparams = [to_vllm_params(self.vllm, p) for p in params]
-        with self._lock:
-            version = self.version
-            outputs = self.llm.generate(requests, sampling_params=vparams, use_tqdm=False)
-        gens = [parse_output(o, version) for o in outputs]
+        limit, params = self.max_model_len, list(params)
+        results: list[Generation | EpisodeFailure | None] = [None] * len(prompts)
+        todo = []
+        for i, (p, sp) in enumerate(zip(prompts, params)):
+            if limit is not None and len(p) >= limit:
+                results[i] = EpisodeFailure("engine_prompt_too_long", f"the prompt has {len(p)} tokens and vLLM's max_model_len is {limit}: no "
+                                            "room for a generated token (lower rollout.max_total_tokens or raise rollout.vllm.max_model_len)")
+            else:
+                todo.append(i)
+                if limit is not None and sp.max_new_tokens > limit - len(p):
+                    params[i] = replace(sp, max_new_tokens=limit - len(p))
+        if todo:
+            requests = [{"prompt_token_ids": list(prompts[i])} for i in todo]
+            vparams = [to_vllm_params(self.vllm, params[i]) for i in todo]
+            with self._lock:
+                version = self.version
+                outputs = self.llm.generate(requests, sampling_params=vparams, use_tqdm=False)
+            for i, o in zip(todo, outputs):
+                try:
+                    results[i] = parse_output(o, version)
+                except EpisodeFailure as e:
+                    results[i] = e
+        gens = [r for r in results if isinstance(r, Generation)]
         self.stats["batches"] += 1
         self.stats["requests"] += len(prompts)
         self.stats["generated_tokens"] += sum(len(g.ids) for g in gens)
         self.stats["generate_time_s"] += time.perf_counter() - t0
-        return gens
+        return results  # type: ignore[return-value]
 
     def _serve(self) -> Coroutine[Any, Any, None]:
         """What serves the request queue of ``agenerate`` (:class:`~agentrl.rollout.batcher.QueuedEngine`)."""
@@ -182,7 +230,7 @@ class VLLMEngine(QueuedEngine, Engine):
         await serve_batches(self._queue, self.generate, max_batch_size=self.max_batch_size, batch_wait_s=self.batch_wait_s,
                             what="vLLM generation", logger=log)
 
-    # ------------------------------------------------------------------ weights, memory
+    # ------------------------------------------------------------------ weights
     def update_weights(self, state_dict: dict[str, torch.Tensor] | None, version: int) -> None:
         """Load the learner's weights (HF names) into vLLM's model as ``version``; between
         batches (under the generation lock)."""
@@ -192,15 +240,6 @@ class VLLMEngine(QueuedEngine, Engine):
                 self.llm.reset_prefix_cache()
                 self.stats["weight_loads"] += 1
             self.version = version
-
-    def sleep(self, level: int = 1) -> None:
-        """Free GPU memory (needs ``enable_sleep_mode=True``); level 1 keeps weights in CPU memory."""
-        with self._lock:
-            self.llm.sleep(level=level)
-
-    def wake_up(self) -> None:
-        with self._lock:
-            self.llm.wake_up()
 
     def close(self) -> None:
         self._stop_serving()

@@ -22,17 +22,50 @@ from agentrl.rollout.engines import SamplingParams
 pytestmark = pytest.mark.timeout(600)
 
 
+# The keywords agentrl passes to vllm.LLM (VLLMEngine) and those docs/distributed.md tells users
+# to set in rollout.vllm: all are vllm.LLM / EngineArgs parameters in VLLM_CHECKED. Any other
+# keyword is a TypeError, as an unknown EngineArgs field is in vLLM.
+LLM_KEYWORDS = {"seed", "logprobs_mode", "worker_extension_cls", "enable_prefix_caching", "gpu_memory_utilization", "max_model_len",
+                "tensor_parallel_size", "dtype", "enforce_eager"}
+# vLLM's Worker methods a worker extension must not shadow.
+WORKER_METHODS = {"update_weights", "sleep", "wake_up", "load_model", "reload_weights"}
+
+
+class FakeSamplingParams:
+    """``vllm.SamplingParams`` with only the fields agentrl sets (all are fields of vLLM's
+    msgspec struct; any other keyword is a TypeError, as there)."""
+
+    def __init__(self, *, n=1, temperature=1.0, top_p=1.0, top_k=0, max_tokens=16, stop_token_ids=None, ignore_eos=False, seed=None,
+                 logprobs=None, detokenize=True, skip_special_tokens=True):
+        self.n, self.temperature, self.top_p, self.top_k, self.max_tokens = n, temperature, top_p, top_k, max_tokens
+        self.stop_token_ids, self.ignore_eos, self.seed, self.logprobs = stop_token_ids, ignore_eos, seed, logprobs
+        self.detokenize, self.skip_special_tokens = detokenize, skip_special_tokens
+
+
 class FakeLLM:
     """Deterministic stand-in: token k of a completion is (last prompt id + k + 1) % 50, its
     logprob -0.1 * (k + 1); stops at a stop id or max_tokens. With enable_prefix_caching it
     reports ``num_cached_tokens`` as the longest prefix shared with an earlier request (vLLM
-    V1's RequestOutput field); with ``report_cached=False`` it leaves the field out."""
+    V1's RequestOutput field); with ``report_cached=False`` it leaves the field out.
+
+    Strict where vLLM is: unknown constructor keywords raise TypeError; ``generate`` raises
+    ValueError for the whole call when one prompt is longer than ``max_model_len`` (default
+    ``default_max_model_len``, what vLLM would derive from the model config, exposed as
+    ``llm_engine.model_config.max_model_len``); a prompt whose last id is in ``abort_ids``
+    comes back with finish reason "abort" after one token."""
 
     report_cached = True
+    default_max_model_len = 1024
+    abort_ids: frozenset = frozenset()
 
-    def __init__(self, **kwargs):
+    def __init__(self, model, **kwargs):
+        unknown = sorted(set(kwargs) - LLM_KEYWORDS)
+        if unknown:
+            raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument {unknown[0]!r}")
+        kwargs = {"model": model, **kwargs}
         self.kwargs, self.calls, self.rpcs, self.resets, self.loaded = kwargs, [], [], 0, None
         self.seen: list[list[int]] = []
+        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=kwargs.get("max_model_len", self.default_max_model_len)))
 
     def _cached(self, prompt):
         if not self.kwargs.get("enable_prefix_caching"):
@@ -45,16 +78,24 @@ class FakeLLM:
             best = max(best, n)
         return best
 
-    def generate(self, requests, sampling_params, use_tqdm=True):
+    def generate(self, requests, /, sampling_params=None, *, use_tqdm=True, lora_request=None):
+        limit = self.llm_engine.model_config.max_model_len
+        for req in requests:
+            if len(req["prompt_token_ids"]) > limit:  # vLLM's input check: the whole call fails
+                raise ValueError(f"The decoder prompt (length {len(req['prompt_token_ids'])}) is longer than the maximum model length of {limit}.")
         self.calls.append((requests, sampling_params))
         outs = []
         for req, sp in zip(requests, sampling_params):
+            # VLLMEngine caps max_tokens at the room left (vLLM would stop there with "length")
+            assert isinstance(sp, FakeSamplingParams) and len(req["prompt_token_ids"]) + sp.max_tokens <= limit
             ids = []
             for k in range(sp.max_tokens):
                 ids.append((req["prompt_token_ids"][-1] + k + 1) % 50)
                 if ids[-1] in sp.stop_token_ids:
                     break
             finish = "stop" if ids[-1] in sp.stop_token_ids else "length"
+            if req["prompt_token_ids"][-1] in self.abort_ids:
+                ids, finish = ids[:1], "abort"
             logprobs = [{t: SimpleNamespace(logprob=-0.1 * (k + 1), rank=1)} for k, t in enumerate(ids)]
             out = SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, logprobs=logprobs, finish_reason=finish)],
                                   prompt_token_ids=list(req["prompt_token_ids"]))
@@ -64,7 +105,7 @@ class FakeLLM:
             outs.append(out)
         return outs
 
-    def collective_rpc(self, method, args=()):
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
         """Like vLLM's: call ``method`` of the worker extension on each (here: one) worker."""
         from agentrl.rollout.vllm_engine import WeightLoaderExtension
 
@@ -83,7 +124,7 @@ class FakeLLM:
 def fake_vllm(monkeypatch):
     module = types.ModuleType("vllm")
     module.LLM = FakeLLM
-    module.SamplingParams = lambda **kw: SimpleNamespace(**kw)
+    module.SamplingParams = FakeSamplingParams
     module.__version__ = "0.0-fake"
     monkeypatch.setitem(sys.modules, "vllm", module)
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
@@ -139,7 +180,7 @@ def test_update_weights_loads_hf_names_and_versions_outputs(fake_vllm):
 def test_old_or_missing_vllm_is_explained(fake_vllm, monkeypatch):
     from agentrl.rollout.vllm_engine import VLLMEngine
 
-    def old_llm(**kwargs):
+    def old_llm(model, **kwargs):
         raise TypeError("__init__() got an unexpected keyword argument 'logprobs_mode'")
 
     monkeypatch.setattr(fake_vllm, "LLM", old_llm)
@@ -170,3 +211,67 @@ def test_prefix_caching_is_on_by_default_and_cached_tokens_are_reported(fake_vll
     monkeypatch.setattr(FakeLLM, "report_cached", False)  # no num_cached_tokens: both stay 0
     (g,) = VLLMEngine("/models/tiny").generate([[1, 2, 3]], [p])
     assert (g.prefill_tokens, g.cached_tokens) == (0, 0)
+
+
+def test_fakes_are_strict_and_the_extension_fits_vllms_worker(fake_vllm):
+    import importlib
+
+    from agentrl.rollout.vllm_engine import EXTENSION, VLLM_CHECKED, VLLMEngine, WeightLoaderExtension
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'gpu_memory_utilisation'"):
+        VLLMEngine("m", gpu_memory_utilisation=0.3)  # a typo in rollout.vllm fails as it would in vLLM
+    with pytest.raises(TypeError):
+        fake_vllm.SamplingParams(max_new_tokens=5)
+    # vLLM resolves worker_extension_cls by its dotted name (module path, then attribute)
+    module, name = EXTENSION.rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name) is WeightLoaderExtension
+    own = {m for m in vars(WeightLoaderExtension) if not m.startswith("__")}
+    assert own == {"agentrl_load_weights"} and not own & WORKER_METHODS
+    assert VLLM_CHECKED.startswith(">=0.10.2")
+
+
+def test_an_over_long_prompt_fails_only_its_request(fake_vllm):
+    from agentrl.rollout.faults import EpisodeFailure
+    from agentrl.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine("m", max_model_len=8, batch_wait_s=0.05)
+    assert engine.max_model_len == 8
+    params = SamplingParams(max_new_tokens=4)
+
+    async def run():
+        return await asyncio.gather(*(engine.agenerate(p, params) for p in ([1, 2, 10], list(range(1, 10)), [1, 2, 3, 4, 5, 30], list(range(8)))),
+                                    return_exceptions=True)
+
+    short, too_long, capped, full = asyncio.run(run())
+    assert len(engine.llm.calls) == 1 and len(engine.llm.calls[0][0]) == 2  # one generate call, without the over-long prompts
+    assert short.ids == [11, 12, 13, 14] and short.finish_reason == "length"
+    assert capped.ids == [31, 32] and capped.finish_reason == "length"  # capped at the 2 tokens left in max_model_len
+    for failed, n in ((too_long, 9), (full, 8)):  # longer than max_model_len, and no room for one token
+        assert isinstance(failed, EpisodeFailure) and failed.kind == "engine_prompt_too_long" and f"has {n} tokens" in str(failed)
+    assert engine.stats["requests"] == 4 and engine.stats["generated_tokens"] == 6
+    engine.close()
+
+
+def test_an_aborted_request_fails_its_episode_and_is_not_a_truncation(fake_vllm, monkeypatch, tiny_model_dir, guess_env_id):
+    from agentrl import envs
+    from agentrl.learner.policy import load_tokenizer
+    from agentrl.models.chat import ChatFormat
+    from agentrl.rollout.agent_loop import AgentLoop, EpisodeSpec
+    from agentrl.rollout.faults import FAILURE_KINDS, EpisodeFailure
+    from agentrl.rollout.vllm_engine import VLLMEngine
+
+    monkeypatch.setattr(FakeLLM, "abort_ids", frozenset({10}))
+    engine = VLLMEngine("m")
+    ok, aborted = engine.generate([[1, 2, 3], [1, 2, 10]], [SamplingParams(max_new_tokens=3)] * 2)
+    assert ok.finish_reason == "length" and len(ok.ids) == 3
+    assert isinstance(aborted, EpisodeFailure) and aborted.kind == "engine_aborted" and "engine_aborted" in FAILURE_KINDS
+    assert "finish_reason 'abort'" in str(aborted)
+
+    monkeypatch.setattr(FakeLLM, "abort_ids", frozenset(range(100_000)))  # every request aborts
+    tok = load_tokenizer(tiny_model_dir())
+    loop = AgentLoop([envs.make(guess_env_id, high=8, max_turns=3)], VLLMEngine("m"), ChatFormat(tok), SamplingParams(max_new_tokens=8),
+                     max_total_tokens=512)
+    (traj,) = asyncio.run(loop.collect([EpisodeSpec({"task_index": 0, "split": "test"}, seed=5)]))
+    loop.close()
+    assert traj.failed and traj.failure_kind == "engine_aborted" and not traj.truncated
+    assert "turns_cut_at_max_tokens" not in traj.metrics
