@@ -56,7 +56,7 @@ def forking_tokens_mask(*, entropy: Tensor, loss_mask: Tensor, top_quantile: flo
     if entropy_source not in ENTROPY_SOURCES:
         raise ValueError(f"entropy_source must be one of {ENTROPY_SOURCES}, got {entropy_source!r}")
     if normalize not in NORMALIZE:
-        raise ValueError(f"normalize must be one of {NORMALIZE} (the paper's all policy tokens, or the released code's kept ones), "
+        raise ValueError(f"normalize must be one of {NORMALIZE} (every policy token, as TRL; or the kept ones, as the paper's Eq. 6 and its code), "
                          f"got {normalize!r}")
     ent = entropy.detach()
     tau = masked_quantile(ent, loss_mask, 1.0 - top_quantile)

@@ -64,9 +64,16 @@ def test_every_method_file_runs_both_phases(path):
             assert key in metrics or key in adv.metrics, (name, key)
     assert all(v.dim() == 0 and not v.requires_grad for v in metrics.values())
     step = algo.end_train_step()
-    assert isinstance(step.metrics, dict)
+    assert all(v.dim() == 0 and not v.requires_grad for v in step.metrics.values())
     state = algo.state_dict()
-    build_algorithm(cfg).load_state_dict(state)
+    restored = build_algorithm(cfg)
+    restored.load_state_dict(state)
+    again = restored.state_dict()
+    assert again["step"] == state["step"] == 1
+    for name, cstate in state["controllers"].items():  # every controller's state comes back exactly
+        assert again["controllers"][name].keys() == cstate.keys()
+        for k, v in cstate.items():
+            assert torch.equal(torch.as_tensor(again["controllers"][name][k]), torch.as_tensor(v)), (name, k)
 
 
 def test_unknown_keys_names_and_options_suggest():

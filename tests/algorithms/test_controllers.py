@@ -14,7 +14,7 @@ from agentrl.algorithms.controllers import (BAPOController, EntroPICController, 
                                             SkyworkEntropyController, StepStats)
 from agentrl.algorithms.losses import ppo_loss
 
-from .helpers import close, ones_mask, row, t
+from .helpers import close, ones_mask, row
 
 
 # ---------------------------------------------------------------- BAPO (docs/methods.md §8e)
@@ -136,7 +136,7 @@ def test_entropic_direction(h, target):
         assert alpha > 0
     elif h < target - 1e-6:
         assert alpha < 0
-    assert -1.0 <= alpha <= 1.0
+    assert alpha == pytest.approx(max(-1.0, min(1.0, h - target)), abs=1e-6)  # kp 1, I 0: clip(e, -1, 1)
 
 
 # ---------------------------------------------------------------- Skywork (docs/methods.md §10e)
