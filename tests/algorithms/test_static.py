@@ -104,3 +104,17 @@ def test_methods_list_command(capsys):
     args = _parser().parse_args(["methods", "list", "--kind", "loses"])
     assert args.func(args) == 2
     assert "Did you mean 'losses'" in capsys.readouterr().out
+
+
+def test_the_learner_and_the_composition_layer_name_no_component():
+    """A method lives in its own file: the learner and algorithm.py never compare a registered
+    component's name (each component describes itself: split_invariant, needs_entropy_grad,
+    LossOutput.clipped, mini_batch_stats, check_config)."""
+    from agentrl.algorithms import REGISTRIES
+
+    names = {e.name for reg in REGISTRIES.values() for e in reg}
+    files = [*(ROOT / "agentrl" / "learner").glob("*.py"), ROOT / "agentrl" / "algorithms" / "algorithm.py"]
+    for path in files:
+        text = path.read_text()
+        found = sorted(n for n in names if re.search(rf"[\"']{re.escape(n)}[\"']", text))
+        assert not found, f"{path.relative_to(ROOT)} names components {found}"
