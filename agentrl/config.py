@@ -291,7 +291,8 @@ class RayConfig:
     cpus_per_learner_rank: float = 1.0
     """CPUs Ray reserves per LearnerRank."""
     gpus_per_learner_rank: float = 0.0
-    """GPUs per LearnerRank (1 with ``run.device: cuda``)."""
+    """GPUs per LearnerRank (1 with ``run.device: cuda``). A fraction only with one rank: two
+    FSDP ranks on one GPU fail in NCCL, so load_config refuses it with ``learner_ranks > 1``."""
     startup_timeout_s: float = 600.0
     """Longest wait for actors to start (imports, model build) before failing with a message."""
     health_check_s: float = 2.0
@@ -734,6 +735,11 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         check(mini % r.learner_ranks == 0,
               f"a mini-batch of {mini} trajectories does not split evenly over ray.learner_ranks={r.learner_ranks}; "
               f"every rank must run the same number of micro-batches (pick learner_ranks dividing {mini})")
+        g = r.gpus_per_learner_rank
+        check(not (r.learner_ranks > 1 and 0 < g < 1),
+              f"ray.gpus_per_learner_rank={g:g} with ray.learner_ranks={r.learner_ranks}: fractional GPUs let Ray put two learner "
+              f"ranks on one GPU, where NCCL fails (both ranks pick the same device); set ray.gpus_per_learner_rank: 1 "
+              f"(one GPU per rank) or ray.learner_ranks: 1")
     try:
         algorithm_config(cfg)
     except ConfigError as e:

@@ -488,3 +488,19 @@ def test_the_vllm_engine_defaults_its_dtype_to_the_learners(monkeypatch):
     cfg.rollout.vllm = {"dtype": "float16", "max_model_len": 512}  # an explicit setting wins
     make_engine(cfg, None, None)
     assert [kw.get("dtype") for kw in seen] == ["bfloat16", "float16"] and seen[1]["max_model_len"] == 512
+
+
+@pytest.mark.parametrize("gpus, ranks, ok", [(0.5, 2, False), (0.25, 4, False), (0.5, 1, True), (1.0, 2, True), (0.0, 2, True)])
+def test_fractional_gpus_with_several_learner_ranks_are_refused(tmp_path, gpus, ranks, ok):
+    """Two FSDP ranks that Ray places on one GPU (fractional ``gpus_per_learner_rank``) both pick
+    that device and NCCL fails; one rank may share a GPU with the engine."""
+    overrides = ["run.backend=ray", f"ray.learner_ranks={ranks}", f"ray.gpus_per_learner_rank={gpus}"]
+    if ok:
+        assert load_config(write(tmp_path, BASE), overrides=overrides).ray.gpus_per_learner_rank == gpus
+        return
+    message = (f"ray.gpus_per_learner_rank={gpus:g} with ray.learner_ranks={ranks}: fractional GPUs let Ray put two learner ranks "
+               "on one GPU, where NCCL fails (both ranks pick the same device); set ray.gpus_per_learner_rank: 1 (one GPU per rank) "
+               "or ray.learner_ranks: 1")
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        load_config(write(tmp_path, BASE), overrides=overrides)
+    assert "\n" not in str(err.value)
