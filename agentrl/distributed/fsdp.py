@@ -7,6 +7,14 @@ around ``forward``, and the chunked LM head reads ``lm_head.weight`` directly). 
 *summed* over ranks (divide factor 1): each rank's loss already uses the global token/sequence
 denominators of the mini-batch (see ``agentrl.learner.learner``).
 
+Mixed precision (``model.dtype: bfloat16``): the ranks keep float32 parameters (the sharded
+master weights the optimizer updates) and FSDP2 computes in bfloat16 with gradients reduced in
+float32 (:func:`mixed_precision`: ``MixedPrecisionPolicy(param_dtype=bfloat16,
+reduce_dtype=float32)``); the all-gather is in bfloat16, so communication and activations cost
+what pure bf16 costs, while small updates are not rounded away in bf16 weights. The frozen
+reference model stays bf16 without a policy (no optimizer, the same values once cast). See
+docs/distributed.md.
+
 Backends: NCCL on GPUs; gloo on CPU (FSDP2 works there with torch 2.13, which is what the CPU
 test ``tests/distributed/test_fsdp.py`` checks against the single-process update).
 """
@@ -48,14 +56,33 @@ def _decoder_layers(lm: Any) -> list[torch.nn.Module]:
     return list(layers)
 
 
-def shard_policy(lm: Any, *, reshard_after_forward: bool = True) -> PolicyForward:
-    """Shard ``lm`` in place over the default process group; returns the FSDP root wrapper."""
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+def mixed_precision(dtype: str) -> Any:
+    """The FSDP2 policy for a run whose ``model.dtype`` is ``dtype``: bfloat16 compute with
+    float32 gradient reduction for ``"bfloat16"`` (the parameters must then be float32), None
+    (compute in the parameters' dtype) for ``"float32"``."""
+    if dtype != "bfloat16":
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+
+def master_dtype(dtype: str) -> str:
+    """The dtype the sharded trainable parameters are built in for ``model.dtype`` ``dtype``:
+    float32 master weights whenever :func:`mixed_precision` computes in a lower precision."""
+    return "float32" if mixed_precision(dtype) is not None else dtype
+
+
+def shard_policy(lm: Any, *, reshard_after_forward: bool = True, mp_policy: Any = None) -> PolicyForward:
+    """Shard ``lm`` in place over the default process group; returns the FSDP root wrapper.
+    ``mp_policy``: a ``MixedPrecisionPolicy`` for every unit (:func:`mixed_precision`), or None."""
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    kwargs = {"reshard_after_forward": reshard_after_forward, "mp_policy": mp_policy if mp_policy is not None else MixedPrecisionPolicy()}
     for layer in _decoder_layers(lm):
-        fully_shard(layer, reshard_after_forward=reshard_after_forward)
+        fully_shard(layer, **kwargs)
     root = PolicyForward(lm)
-    fully_shard(root, reshard_after_forward=reshard_after_forward)
+    fully_shard(root, **kwargs)
     for m in root.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)

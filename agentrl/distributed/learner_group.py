@@ -65,19 +65,22 @@ class LearnerRank:
         torch.manual_seed(cfg.run.seed)
         algorithm = build_algorithm(cfg.algorithm, all_reduce=all_reduce)  # parsed once, in load_config
 
-        def build() -> Any:
-            m = build_policy_model(self.model_config, dtype=cfg.model.dtype, device=device)
+        # FSDP with model.dtype bfloat16: float32 master weights, bf16 compute (fsdp.mixed_precision)
+        train_dtype = fsdp.master_dtype(cfg.model.dtype) if self.sharded else cfg.model.dtype
+
+        def build(dtype: str) -> Any:
+            m = build_policy_model(self.model_config, dtype=dtype, device=device)
             load_weights(m, state)
             if cfg.model.gradient_checkpointing:
                 m.gradient_checkpointing_enable()
             return m.train()
 
         ref = None
-        self.policy = build()
+        self.policy = build(train_dtype)
         if self.sharded:
-            self.policy = fsdp.shard_policy(self.policy)
-            if algorithm.requirements()["ref_logprobs"]:
-                ref = fsdp.shard_policy(build()).eval().requires_grad_(False)
+            self.policy = fsdp.shard_policy(self.policy, mp_policy=fsdp.mixed_precision(cfg.model.dtype))
+            if algorithm.requirements()["ref_logprobs"]:  # frozen: kept in model.dtype, no policy
+                ref = fsdp.shard_policy(build(cfg.model.dtype)).eval().requires_grad_(False)
         self.learner = Learner(
             self.policy, algorithm, cfg.trainer, temperature=cfg.rollout.temperature, async_mode=cfg.run.mode == "async",
             seed=cfg.run.seed, ref_model=ref, dp_rank=self.rank, dp_size=self.world_size, dp_all_reduce=all_reduce,

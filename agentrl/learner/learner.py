@@ -49,6 +49,25 @@ forward/backward on its share ``rows[dp_rank::dp_size]`` of each mini-batch with
 mini-batch's token and sequence counts as denominators; gradients are summed across ranks
 (FSDP's reduce-scatter with divide factor 1), so the update equals the single-process one up to
 float summation order. Metrics are summed across ranks before averaging.
+
+Uneven shares (a short batch: dynamic sampling with a round limit, failed episodes, any batch
+size): every update is shape-uniform across ranks by *padding*, not trimming. A rank whose
+share of a mini-batch has fewer micro-batches than rank 0's (``ceil(ceil(rows / dp_size) /
+micro_batch_size)``, computed by every rank from the whole mini-batch, no communication) runs
+padding micro-batches: one row of the mini-batch with ``loss_mask`` all False, through the same
+forward, ``algorithm.loss`` (whose controllers may all-reduce per micro-batch: BAPO) and
+backward (zero gradient), and through :meth:`Learner._mini_batch_stats` (zero counts). So
+every rank runs the same forwards, backwards and collectives (FSDP all-gathers and
+reduce-scatters, the algorithm's all-reduces, ``begin_mini_batch``/``end_mini_batch``, the
+gradient-norm and metric reductions). Padding is applied after the advantages and outside the
+mini-batch denominators: group baselines, token and sequence counts, controller statistics and
+logged metrics (a padding micro-batch's metrics and per-turn stats are not accumulated; it only
+registers the metric keys) are those of the real rows, so the update equals the single-process
+one on the same rows (tests/distributed/test_fsdp.py, 2 gloo ranks, short batches). Trimming to
+a multiple of ``mini_batches x dp_size`` would drop episodes (and make the update depend on the
+number of ranks); padding costs at most one extra micro-batch forward per mini-batch on the
+ranks with the smaller share. Rows beyond ``mini_batches x (B // mini_batches)`` are left out of
+each epoch on every rank, as on one process (the epoch's random order decides which).
 """
 
 from __future__ import annotations
@@ -330,9 +349,10 @@ class Learner:
                 fill_proximal = defer and epoch == 0 and m == 0
                 # by tokens only on one process: FSDP ranks must run the same number of forwards
                 chunks = self._micro_batches(local_rows, by_tokens=self.group_by_length and self.dp_size == 1)
+                pads = self._padding_chunks(len(row_list), len(chunks))  # uneven shares: see the module docstring
                 if self.req["mini_batch_stats"]:  # counts over the whole mini-batch before its first loss
-                    self.algorithm.begin_mini_batch(self._mini_batch_stats(batch, chunks, adv, proximal))
-                for chunk in chunks:
+                    self.algorithm.begin_mini_batch(self._mini_batch_stats(batch, chunks, adv, proximal, pads=pads, pad_row=row_list[0]))
+                for chunk, pad in [(c, False) for c in chunks] + [([row_list[0]], True)] * pads:
                     idx = torch.tensor(chunk, dtype=torch.long, device=self.device)
                     mb_batch = batch.select(idx)
                     # entropy is always computed: entropy/step/* and policy/entropy are logged for every method
@@ -343,14 +363,21 @@ class Learner:
                         logprobs=logp,
                         proximal_logprobs=proximal[idx] if proximal is not None else logp.detach(),
                         advantages=adv.advantages[idx],
-                        loss_mask=adv.loss_mask[idx],
+                        loss_mask=torch.zeros_like(adv.loss_mask[idx]) if pad else adv.loss_mask[idx],
                         entropy=ent if self.req["entropy_grad"] else ent.detach(),
                         ref_logprobs=ref[idx] if ref is not None else None,
                         behavior_logprobs=mb_batch.behavior_logprobs if self.async_mode and not clip_to_behavior else None,
                         token_mask=adv.token_mask[idx] if adv.token_mask is not None else None,
                     )
-                    out = self.algorithm.loss(mb, num_tokens=num_tokens, num_seqs=num_seqs, micro_batch_fraction=len(idx) / len(rows))
+                    out = self.algorithm.loss(mb, num_tokens=num_tokens, num_seqs=num_seqs,
+                                              micro_batch_fraction=0.0 if pad else len(idx) / len(rows))
                     loss, metrics = out
+                    if pad:  # no loss, but the backward's reduce-scatters must run on this rank too
+                        if trainable:  # a zero gradient through every unit (logp is finite; the loss is not used)
+                            (logp.sum() * 0.0).backward()
+                        for k in metrics:  # the keys only (every rank reduces the same set), no values
+                            sums[k], counts[k] = sums[k], counts[k]
+                        continue
                     if trainable:
                         loss.backward()
                     for k, v in metrics.items():
@@ -435,22 +462,35 @@ class Learner:
         count = packed[1 + n : 1 + 2 * n]
         return {k: total[i] for i, k in enumerate(keys)}, {k: int(count[i]) for i, k in enumerate(keys)}, packed[1 + 2 * n :].view_as(turn_stats)
 
-    def _mini_batch_stats(self, batch: TrainBatch, chunks: list[list[int]], adv: Any, proximal: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def _padding_chunks(self, rows: int, chunks: int) -> int:
+        """How many padding micro-batches this rank runs for a mini-batch of ``rows`` rows split
+        into ``chunks`` micro-batches here: rank 0 holds the largest share (``rows[r::dp_size]``)
+        and FSDP ranks split by ``micro_batch_size`` alone, so every rank reaches rank 0's count.
+        0 on one process."""
+        if self.dp_size == 1:
+            return 0
+        most = -(-(-(-rows // self.dp_size)) // self.cfg.micro_batch_size)  # ceil(ceil(rows / dp) / n)
+        return most - chunks
+
+    def _mini_batch_stats(self, batch: TrainBatch, chunks: list[list[int]], adv: Any, proximal: torch.Tensor | None,
+                          *, pads: int = 0, pad_row: int = 0) -> dict[str, torch.Tensor]:
         """The mini-batch statistics (:meth:`Algorithm.mini_batch_stats`) summed over this rank's
         ``chunks``: from a no-grad forward of the current policy when they need one (same rows,
         same mode as the training forward that follows, so the same values), else from the masks
         alone. One extra forward (no backward) per mini-batch, only for methods that ask
         (``requirements()["mini_batch_stats"]``: Archer with its KL term, EntroPIC, token masks
-        with ``normalize: kept``)."""
+        with ``normalize: kept``). ``pads`` padding micro-batches (row ``pad_row``, loss mask all
+        False: zero counts, but the same forwards and keys on every rank)."""
         totals: dict[str, torch.Tensor] = {}
-        for chunk in chunks:
+        for chunk, pad in [(c, False) for c in chunks] + [([pad_row], True)] * pads:
             idx = torch.tensor(chunk, dtype=torch.long, device=self.device)
             if self.req["stats_forward"]:
                 logp, ent = self._forward(self.model, batch, chunk, entropy=True, grad=False)
             else:
                 logp, ent = torch.zeros_like(batch.behavior_logprobs[idx]), None
             mb = MicroBatch(logprobs=logp, proximal_logprobs=proximal[idx] if proximal is not None else logp,
-                            advantages=adv.advantages[idx], loss_mask=adv.loss_mask[idx], entropy=ent,
+                            advantages=adv.advantages[idx],
+                            loss_mask=torch.zeros_like(adv.loss_mask[idx]) if pad else adv.loss_mask[idx], entropy=ent,
                             token_mask=adv.token_mask[idx] if adv.token_mask is not None else None)
             for k, v in self.algorithm.mini_batch_stats(mb).items():
                 totals[k] = totals[k] + v if k in totals else v

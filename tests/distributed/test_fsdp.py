@@ -117,3 +117,96 @@ def test_two_fsdp_ranks_equal_one_process(ray_cluster, tiny_model_dir):
         assert abs(m1[key] - m2[key]) <= 1e-5 * max(1.0, abs(m1[key])), (key, m1[key], m2[key])
     assert state["optimizer_format"] == "fsdp_full" and state["optimizer"]["state"]
     assert state["ref_model"] is not None and set(state["ref_model"]) >= {"model.embed_tokens.weight"}
+
+
+def test_uneven_shares_pad_and_equal_one_process(ray_cluster, tiny_model_dir):
+    """Short batches (dynamic sampling with a round limit returns fewer episodes than asked):
+    6 rows -> mini-batches of 3 over 2 ranks (rank 0: 2 micro-batches, rank 1: 1 and a padding
+    one), then 3 rows -> mini-batches of 1 (rank 1 holds no row at all: only padding). Without
+    padding the ranks run different numbers of forwards, backwards and BAPO all-reduces and the
+    collectives wait for each other until the process group's timeout (this test's timeout bounds
+    that). With it, the update equals the single-process one on the same rows: the single
+    process's micro-batches of 2 are the unions of the ranks' micro-batches of 1, so BAPO's
+    per-micro-batch bounds see the same rows too."""
+    from agentrl.algorithms import build_algorithm
+    from agentrl.distributed.learner_group import LearnerGroup
+    from agentrl.learner.learner import Learner
+    from agentrl.learner.policy import load_model, load_tokenizer
+
+    path = str(tiny_model_dir("chatml"))
+    tok = load_tokenizer(path)
+    base = load_model(path)
+    batches = [make_batch(base, tok.pad_token_id, base.config.vocab_size, B=6, seed=1),
+               make_batch(base, tok.pad_token_id, base.config.vocab_size, B=3, seed=2)]
+
+    single_model = copy.deepcopy(base)
+    single_cfg = from_dict(TrainConfig, {"model": {"path": path}, "trainer": trainer(2), "algorithm": ALGORITHM})
+    single = Learner(single_model, build_algorithm(ALGORITHM), single_cfg.trainer, seed=0)
+    m1 = [single.update(b) for b in batches]
+
+    mirror = copy.deepcopy(base)
+    cfg = from_dict(TrainConfig, {
+        "run": {"backend": "ray", "device": "cpu", "seed": 0}, "model": {"path": path},
+        "trainer": trainer(1), "algorithm": ALGORITHM,
+        "ray": {"learner_ranks": 2, "cpus_per_learner_rank": 0.5, "startup_timeout_s": 480},
+    })
+    group = LearnerGroup(cfg, mirror)
+    try:
+        m2 = [group.update(b) for b in batches]
+    finally:
+        group.close()
+
+    for (name, p1), p2 in zip(single_model.named_parameters(), mirror.parameters()):
+        torch.testing.assert_close(p2, p1, rtol=1e-5, atol=1e-5, msg=name)
+    assert any(not torch.equal(p, q) for p, q in zip(base.parameters(), mirror.parameters()))
+    # Padding adds no tokens, no sequences and no metric values. (bapo/* are means over each rank's
+    # real micro-batches of the bounds found for their union: with uneven shares a union is
+    # counted once or twice, so they are left out here; the equal weights show the same bounds.)
+    for a, b in zip(m1, m2):
+        assert a.keys() == b.keys()
+        for key in ("loss/total", "loss/policy", "loss/kl", "policy/grad_norm", "advantages/mean", "entropy/step/0",
+                    "entropy/step/1", "policy/clipfrac/turn_0", "policy/skipped_mini_batches"):
+            assert abs(a[key] - b[key]) <= 1e-5 * max(1.0, abs(a[key])), (key, a[key], b[key])
+
+
+def test_bf16_runs_keep_float32_master_weights(tiny_model_dir, tmp_path):
+    """``model.dtype: bfloat16`` with FSDP: the sharded parameters (what AdamW updates) are
+    float32, every unit computes in bfloat16 and reduces gradients in float32
+    (``fsdp.mixed_precision``). One gloo rank in this process; no Ray."""
+    import torch.distributed as dist
+
+    from agentrl.distributed import fsdp
+    from agentrl.distributed.cluster import free_port
+    from agentrl.learner.policy import load_model, load_tokenizer, sequence_logprobs
+
+    assert fsdp.mixed_precision("float32") is None and fsdp.master_dtype("float32") == "float32"
+    policy = fsdp.mixed_precision("bfloat16")
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert fsdp.master_dtype("bfloat16") == "float32"
+
+    path = str(tiny_model_dir("chatml"))
+    tok = load_tokenizer(path)
+    lm = load_model(path, dtype=fsdp.master_dtype("bfloat16"))
+    batch = make_batch(lm, tok.pad_token_id, lm.config.vocab_size, B=2)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        root = fsdp.shard_policy(lm, mp_policy=policy)
+        seen: list[torch.dtype] = []
+        layer = fsdp._decoder_layers(lm)[0]
+        hook = layer.register_forward_pre_hook(lambda m, args: seen.append(next(m.parameters()).dtype))
+        logp, _ = sequence_logprobs(root, batch.input_ids, batch.attention_mask, compute_entropy=False)
+        hook.remove()
+        logp[batch.loss_mask].sum().backward()
+        assert seen == [torch.bfloat16]  # unsharded for the forward in param_dtype
+        for name, p in root.named_parameters():
+            assert p.dtype == torch.float32, name  # the master weights
+            assert p.grad is not None and p.grad.dtype == torch.float32, name
+        units = [m for m in root.modules() if isinstance(m, torch.distributed.fsdp.FSDPModule)]
+        assert len(units) == len(fsdp._decoder_layers(lm)) + 1
+        for m in units:
+            state = m._get_fsdp_state()  # torch internals: the policy each unit applies
+            group = state._fsdp_param_group
+            if group is not None:
+                assert (group.mp_policy.param_dtype, group.mp_policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    finally:
+        dist.destroy_process_group()
