@@ -51,7 +51,7 @@ from .credit import (broadcast_turns, default_turn_ids, discounted_turn_returns,
                      turn_means, turn_token_counts)
 from .kl import kl_estimate
 from .losses import LossOutput
-from .ops import clamped_log_ratio, masked_mean, masked_sum, zero_masked
+from .ops import clamped_log_ratio, masked_mean, masked_sum, reduce_sums, zero_masked
 from .registry import CONTROLLERS, ESTIMATORS, LOSSES, SHAPING, TOKEN_MASKS
 from .sampling import dynamic_sampling_keep, overlong_penalty
 
@@ -414,11 +414,7 @@ class Algorithm:
     def begin_mini_batch(self, stats: dict[str, Tensor]) -> None:
         """Open a mini-batch with the totals of :meth:`mini_batch_stats` over its micro-batches
         on this rank (summed across ranks here, one all-reduce); controllers take theirs."""
-        if self.all_reduce is not None and stats:
-            keys = sorted(stats)
-            summed = self.all_reduce(torch.stack([stats[k].float() for k in keys]))
-            stats = {k: summed[i] for i, k in enumerate(keys)}
-        self._mini_stats = dict(stats)
+        self._mini_stats = reduce_sums(stats, self.all_reduce)
         for c in self.controllers:
             c.begin_mini_batch(self._mini_stats)
 
@@ -463,7 +459,7 @@ class Algorithm:
         for entry, opts in self._shaping_with_source("current"):
             adv, m = entry.obj(advantages=adv, entropy=mb.entropy, loss_mask=mask, **opts)
             metrics.update(m)
-        weights = self._token_weights(mb, metrics)
+        weights, kept = self._token_weights(mb, metrics)
         view = LossView(logprobs=mb.logprobs, proximal_logprobs=mb.proximal_logprobs, advantages=adv, loss_mask=mask,
                         aggregate=agg, entropy=mb.entropy, micro_batch_fraction=micro_batch_fraction,
                         all_reduce=self.all_reduce)
@@ -474,7 +470,7 @@ class Algorithm:
             metrics.update(out.metrics)
         pg_mask, pg_agg = mask, agg
         if self._kept_normalize():  # the policy loss over the kept tokens, mini-batch-wide counts
-            pg_mask = self._kept(mb)
+            pg_mask = kept
             pg_agg = make_aggregate(cfg.aggregation.name, num_tokens=stats["token_mask/kept_tokens"],
                                     num_seqs=stats["token_mask/kept_seqs"], **cfg.aggregation.options)
         tensors = {"logprobs": mb.logprobs, "proximal_logprobs": mb.proximal_logprobs, "advantages": adv,
@@ -512,17 +508,20 @@ class Algorithm:
         if req["ref_logprobs"] and mb.ref_logprobs is None:
             raise ValueError("this algorithm needs MicroBatch.ref_logprobs (kl.coef > 0, prorl or archer KL)")
 
-    def _token_weights(self, mb: MicroBatch, metrics: dict[str, Tensor]) -> Tensor | None:
-        """Detached per-token multipliers of the policy loss: the token mask (current scope, or
-        the batch-scope slice carried by the micro-batch) times the truncated behavior IS weight."""
+    def _token_weights(self, mb: MicroBatch, metrics: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        """``(weights, kept)``: detached per-token multipliers of the policy loss (the token mask,
+        current scope or the batch-scope slice carried by the micro-batch, times the truncated
+        behavior IS weight) and the token mask's kept tokens ``[B, T]`` bool (None without one)."""
         mask = mb.loss_mask
-        weights = None
+        weights = kept = None
         if self._token_mask_source() == "current":
             tm, m = self.token_mask.obj(entropy=mb.entropy, loss_mask=mask, **self.config.token_mask.options)
             metrics.update(m)
-            weights = tm.float()
+            kept = tm & mask
         elif mb.token_mask is not None:
-            weights = mb.token_mask.float()
+            kept = mb.token_mask & mask
+        if kept is not None:
+            weights = kept.float()
         if weights is not None:
             metrics["policy/token_mask_frac"] = _stat(masked_mean(weights, mask))
         if mb.behavior_logprobs is not None:  # sampler vs proximal mismatch (k3 of KL(behavior || proximal))
@@ -533,7 +532,7 @@ class Algorithm:
                 isw = zero_masked(torch.exp(lr).clamp(max=cap).detach(), mask)
                 metrics["policy/behavior_is_mean"] = _stat(masked_mean(isw, mask))
                 weights = isw if weights is None else weights * isw
-        return weights
+        return weights, kept
 
     def _regularisers(self, mb: MicroBatch, agg: Callable[[Tensor, Tensor], Tensor],
                       metrics: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -562,11 +561,7 @@ class Algorithm:
     # ------------------------------------------------------------------ step end, state
     def end_train_step(self) -> StepResult:
         """Feed the step's measurements to the controllers; call once after each optimizer step."""
-        acc = self._acc
-        if self.all_reduce is not None and acc:
-            keys = sorted(acc)
-            summed = self.all_reduce(torch.stack([acc[k] for k in keys]))
-            acc = {k: summed[i] for i, k in enumerate(keys)}
+        acc = reduce_sums(self._acc, self.all_reduce)
         mean = {k: v[0] / v[1].clamp(min=1) for k, v in acc.items()}
         stats = StepStats(step=self._step, rollout_nll=self._rollout_nll, rollout_entropy=self._rollout_entropy,
                           entropy=mean.get("entropy"), kl_ref=mean.get("kl_ref"))

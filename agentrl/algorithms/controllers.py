@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .ops import clamped_log_ratio, first_true_index, masked_mean, masked_sum
+from .ops import clamped_log_ratio, first_true_index, masked_mean, masked_sum, reduce_sums
 from .registry import CONTROLLERS
 
 __all__ = ["BAPO_MAX_GRID", "LossView", "StepStats", "ControllerOutput", "Controller", "BAPOController", "EntroPICController",
@@ -353,10 +353,7 @@ class EntroPICController(Controller):
     def micro_batch(self, view: LossView) -> ControllerOutput:
         own = self._mini is None
         if own:  # called on its own: this micro-batch is the whole mini-batch
-            stats = self.mini_batch_stats(view)
-            keys = sorted(stats)
-            summed = view.reduce(torch.stack([stats[k] for k in keys]))
-            self.begin_mini_batch({k: summed[i] for i, k in enumerate(keys)})
+            self.begin_mini_batch(reduce_sums(self.mini_batch_stats(view), view.all_reduce))
         alpha, h, n_hp = self._mini  # type: ignore[misc]
         if own:
             self._mini = None

@@ -10,11 +10,13 @@ Mask polarity everywhere: ``mask`` is a bool tensor, True on the entries that co
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "reduce_sums",
     "masked_sum",
     "masked_mean",
     "masked_var",
@@ -40,6 +42,16 @@ def masked_sum(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None
     """Sum of ``x`` over ``mask == True``; masked-out values never leak (see :func:`zero_masked`)."""
     z = zero_masked(x, mask)
     return z.sum() if dim is None else z.sum(dim=dim, keepdim=keepdim)
+
+
+def reduce_sums(sums: dict[str, Tensor], all_reduce: Callable[[Tensor], Tensor] | None) -> dict[str, Tensor]:
+    """``sums`` (0-dim tensors, or equal-shaped ones) summed across data-parallel ranks in one
+    all-reduce (keys sorted, so every rank packs alike); unchanged without ``all_reduce``."""
+    if all_reduce is None or not sums:
+        return dict(sums)
+    keys = sorted(sums)
+    summed = all_reduce(torch.stack([sums[k].float() for k in keys]))
+    return {k: summed[i] for i, k in enumerate(keys)}
 
 
 def masked_mean(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None, keepdim: bool = False) -> Tensor:
