@@ -121,6 +121,10 @@ class LearnerRank:
             state["optimizer_format"] = "fsdp_full"  # keyed by parameter name, any number of ranks
             if self.learner.ref_model is not None:
                 state["ref_model"] = fsdp.full_state_dict(self.learner.ref_model)
+            if fsdp.mixed_precision(self.cfg.model.dtype) is not None:
+                # the float32 masters: the checkpointed model is in model.dtype (bf16), and
+                # resuming from it would round every weight to bf16 once per resume
+                state["master_weights"] = fsdp.full_state_dict(self.policy)
         return state if self.rank == 0 else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -136,9 +140,12 @@ class LearnerRank:
             return
         from . import fsdp
 
-        ref = state.get("ref_model")
+        ref, masters = state.get("ref_model"), state.get("master_weights")
         rest = {**state, "optimizer": self.learner.optimizer.state_dict(), "ref_model": None}
+        rest.pop("master_weights", None)
         self.learner.load_state_dict(rest)
+        if masters is not None and fsdp.mixed_precision(self.cfg.model.dtype) is not None:
+            fsdp.load_full_state_dict(self.policy, masters)
         fsdp.load_full_optimizer_state(self.policy, self.learner.optimizer, state["optimizer"])
         if ref is not None and self.learner.ref_model is not None:
             fsdp.load_full_state_dict(self.learner.ref_model, ref)
