@@ -717,6 +717,11 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
               f"rollout.temperature={t:g} with rollout.engine vllm: vLLM samples any temperature in (0, {VLLM_MIN_TEMPERATURE:g}) at "
               f"{VLLM_MIN_TEMPERATURE:g} while the learner recomputes logprobs at {t:g}, so the ratios would be off; "
               f"use rollout.temperature >= {VLLM_MIN_TEMPERATURE:g}")
+        t = cfg.rollout.eval_temperature
+        check(not 0 < t < VLLM_MIN_TEMPERATURE,
+              f"rollout.eval_temperature={t:g} with rollout.engine vllm: vLLM samples any temperature in (0, "
+              f"{VLLM_MIN_TEMPERATURE:g}) at {VLLM_MIN_TEMPERATURE:g}, so the evaluation would not run at the setting it "
+              f"reports; use rollout.eval_temperature >= {VLLM_MIN_TEMPERATURE:g}")
         limit = cfg.rollout.vllm.get("max_model_len")
         check(not isinstance(limit, int) or cfg.rollout.max_total_tokens <= limit,
               f"rollout.max_total_tokens={cfg.rollout.max_total_tokens} is more than rollout.vllm.max_model_len={limit}: vLLM "
@@ -732,9 +737,8 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         r = cfg.ray
         check(r.env_workers <= cfg.env.num_envs,
               f"ray.env_workers={r.env_workers} is more than env.num_envs={cfg.env.num_envs}; every EnvWorker needs at least one env instance")
-        check(mini % r.learner_ranks == 0,
-              f"a mini-batch of {mini} trajectories does not split evenly over ray.learner_ranks={r.learner_ranks}; "
-              f"every rank must run the same number of micro-batches (pick learner_ranks dividing {mini})")
+        # a mini-batch need not split evenly over the ranks: the learner pads the smaller shares
+        # with zero-loss micro-batches (agentrl.learner.learner, "Uneven shares")
         g = r.gpus_per_learner_rank
         check(not (r.learner_ranks > 1 and 0 < g < 1),
               f"ray.gpus_per_learner_rank={g:g} with ray.learner_ranks={r.learner_ranks}: fractional GPUs let Ray put two learner "

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU smoke check of agentrl's GPU paths (docs/distributed.md), as ONE command from the repo root:
 #
-#     OUT=/tmp/gpu_smoke timeout 1500 bash benchmarks/gpu_smoke.sh
+#     OUT=/tmp/gpu_smoke timeout 600 bash benchmarks/gpu_smoke.sh
+#
+# (about 70 s of steps on an H200 without vllm and ray; each step has its own timeout)
 #
 # Steps (each under its own timeout; a step whose packages are missing is skipped and says so):
 #   setup             venv (--system-site-packages: the machine's CUDA torch is reused), then
@@ -18,9 +20,12 @@
 #   train_local_cuda  the smoke config (tiny model, GuessNumber) with run.device=cuda, local backend
 #   train_ray_vllm    the same with run.backend=ray and rollout.engine=vllm (GenerationWorker on
 #                     the GPU, one learner rank on the GPU; with one GPU they share it)
+#   fsdp_one_rank     one FSDP2 rank over NCCL (no Ray): a sharded float32 update equals the unsharded
+#                     one; bf16 mixed precision (fp32 masters) against fp32 -> $OUT/fsdp_one_rank_cuda.json
 #   fsdp              2 FSDP2 learner ranks == one process (tests/distributed/test_fsdp.py): NCCL on
 #                     2 GPUs when there are 2+, else the gloo/CPU version of the same test
-# Results: $OUT/summary.json (status, seconds and note per step), $OUT/gpu_smoke.log (all output),
+# Results: $OUT/summary.json (status, seconds and note per step, rewritten after every step;
+# "could_not_check" lists the skipped steps and why), $OUT/gpu_smoke.log (all output),
 # plus the JSON/metrics files named above (at most 8 files in all). Exit status 0 when no step
 # failed (skipped steps do not fail it).
 set -u -o pipefail
@@ -36,9 +41,33 @@ STEPS=$WORK/steps.tsv
 exec > >(tee -a "$OUT/gpu_smoke.log") 2>&1
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 RAY_DEDUP_LOGS=0
 
+# summary.json is rewritten after every step, so an outer timeout shorter than the steps' sum
+# still leaves the steps that finished (and "complete": false)
+write_summary() {  # [final]
+    python3 - "$STEPS" "$OUT/summary.json" "${1:-}" <<'EOF'
+import json, sys
+steps = [dict(zip(("step", "status", "seconds", "note"), line.rstrip("\n").split("\t"))) for line in open(sys.argv[1]) if line.strip()]
+final = sys.argv[3] == "final"
+summary = {
+    "complete": final,
+    "steps": steps,
+    "failed": [s["step"] for s in steps if s["status"] == "failed"],
+    # what this run could not check, and why (a skipped step's note says what was missing)
+    "could_not_check": [f"{s['step']}: {s['note']}" for s in steps if s["status"] == "skipped"],
+}
+json.dump(summary, open(sys.argv[2], "w"), indent=2)
+if final:
+    for s in steps:
+        print(f"{s['step']:20s} {s['status']:8s} {s['seconds']:>5s}s  {s['note']}")
+    for line in summary["could_not_check"]:
+        print("could not check:", line)
+EOF
+}
+
 record() {  # name status seconds note
     printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$STEPS"
     echo "=== $1: $2 ($3 s) $4"
+    write_summary
 }
 
 run_step() {  # name timeout_s command... ; $NOTE, if set, is added to the step's note
@@ -175,6 +204,16 @@ else
 fi
 
 # ----------------------------------------------------------------------------- FSDP2
+# one rank over NCCL in one process (no Ray): sharded fp32 update == unsharded, bf16 mixed
+# precision vs fp32 -> $OUT/fsdp_one_rank_cuda.json
+if [ "$NGPU" -lt 1 ]; then
+    record fsdp_one_rank skipped 0 "no CUDA device"
+elif [ $PYTEST_OK -ne 1 ]; then
+    record fsdp_one_rank skipped 0 "pytest plugins missing"
+else
+    AGENTRL_RESULTS_DIR=$OUT AGENTRL_TEST_DEVICE=cuda run_step fsdp_one_rank 300 \
+        python -m pytest -q -p no:cacheprovider tests/distributed/test_fsdp.py -k one_rank -rs
+fi
 if ! has ray || [ $PYTEST_OK -ne 1 ]; then
     record fsdp skipped 0 "needs ray and the pytest plugins"
 elif [ "$NGPU" -ge 2 ]; then
@@ -185,13 +224,7 @@ else
 fi
 
 # ----------------------------------------------------------------------------- summary
-python - "$STEPS" "$OUT/summary.json" <<'EOF'
-import json, sys
-steps = [dict(zip(("step", "status", "seconds", "note"), line.rstrip("\n").split("\t"))) for line in open(sys.argv[1]) if line.strip()]
-json.dump({"steps": steps, "failed": [s["step"] for s in steps if s["status"] == "failed"]}, open(sys.argv[2], "w"), indent=2)
-for s in steps:
-    print(f"{s['step']:18s} {s['status']:8s} {s['seconds']:>5s}s  {s['note']}")
-EOF
+write_summary final
 status=0
 grep -q $'\tfailed\t' "$STEPS" && status=1
 rm -rf "$WORK"

@@ -460,6 +460,9 @@ def test_a_component_registered_by_run_imports_is_known_and_range_checked_at_loa
         (["rollout.temperature=0.005"],
          "rollout.temperature=0.005 with rollout.engine vllm: vLLM samples any temperature in (0, 0.01) at 0.01 while the "
          "learner recomputes logprobs at 0.005, so the ratios would be off; use rollout.temperature >= 0.01"),
+        (["rollout.eval_temperature=0.001"],
+         "rollout.eval_temperature=0.001 with rollout.engine vllm: vLLM samples any temperature in (0, 0.01) at 0.01, so "
+         "the evaluation would not run at the setting it reports; use rollout.eval_temperature >= 0.01"),
         (["rollout.max_total_tokens=4096", "rollout.vllm={max_model_len: 2048}"],
          "rollout.max_total_tokens=4096 is more than rollout.vllm.max_model_len=2048: vLLM refuses prompts longer than "
          "max_model_len, so long episodes would fail; lower rollout.max_total_tokens or raise rollout.vllm.max_model_len to at least 4096"),
