@@ -19,6 +19,8 @@ def add_parser(subparsers: Any) -> None:
                                     "aggregations, kl)")
     lst.add_argument("--options", action="store_true", help="also print each component's options and defaults")
     lst.add_argument("--json", action="store_true", help="machine-readable output")
+    lst.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE_OR_FILE",
+                     help="module or .py file that registers components (as run.imports); repeatable")
     lst.set_defaults(func=run_list)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
@@ -40,9 +42,12 @@ def collect(kind: str | None = None) -> dict[str, list[dict[str, Any]]]:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from agentrl.config import ConfigError, import_modules
+
     try:
+        import_modules(args.imports, source="--import")
         data = collect(args.kind)
-    except ValueError as exc:
+    except (ValueError, ConfigError) as exc:
         print(f"error: {exc}")
         return 2
     if args.json:

@@ -286,7 +286,8 @@ class BAPOController(Controller):
 @CONTROLLERS.register(
     "entropic",
     summary="EntroPIC: PI control of entropy by reweighting high-probability positive/negative tokens",
-    paper="arXiv 2511.15248 (EntroPIC)",
+    paper="arXiv 2511.15248 (EntroPIC: entropy stabilization with proportional-integral control), the PI controller "
+          "of its method section (equation number unverified)",
     source="yk7333/EntroPIC dp_actor.update_policy, core_algos.compute_policy_loss_entropic",
 )
 class EntroPICController(Controller):
@@ -294,7 +295,8 @@ class EntroPICController(Controller):
 
     ``H`` = token-mean current-policy entropy over the whole mini-batch (detached; all its
     micro-batches and data-parallel ranks, from :meth:`mini_batch_stats`); ``e = H -
-    target_entropy`` (positive = too high); ``alpha = clip(kp * e + ki * I, -1, 1)``; then
+    target_entropy`` (positive = too high); ``alpha = clip(kp * e + ki * I, -alpha_limit,
+    alpha_limit)`` (``alpha_limit`` 1, as the reference code's clip to [-1, 1]); then
     ``I += e`` (never reset, no anti-windup; checkpointed). Extra loss
     ``alpha * sum_{hp}(-r * |A|) / N_hp`` over the high-probability tokens ``hp = loss_mask &
     (logprobs > log(high_prob_threshold))`` (current policy), ``N_hp`` their count over the whole

@@ -275,12 +275,17 @@ def _resolve(data: dict[str, Any], where: str) -> dict[str, Any]:
     return to_dict(cfg)
 
 
-def _method_algorithm(study: Study, method: str) -> dict[str, Any]:
+def _method_algorithm(study: Study, method: str) -> tuple[dict[str, Any], list[str]]:
+    """A method file's ``algorithm`` section and its ``run.imports`` (a method defined in the
+    user's own file registers its components there): the two things compare takes from it."""
     path = study.methods_dir / f"{method}.yaml"
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict) or not isinstance(data.get("algorithm"), dict):
-        raise ConfigError(f"{path}: a method file needs an 'algorithm:' section (the only section compare takes from it)")
-    return copy.deepcopy(data["algorithm"])
+        raise ConfigError(f"{path}: a method file needs an 'algorithm:' section (compare takes it and run.imports from the file)")
+    imports = (data.get("run") or {}).get("imports") or []
+    if not isinstance(imports, list) or not all(isinstance(i, str) for i in imports):
+        raise ConfigError(f"{path}: run.imports must be a list of module names or .py paths, got {imports!r}")
+    return copy.deepcopy(data["algorithm"]), list(imports)
 
 
 def _level_combos(study: Study, method: str, env: str) -> list[tuple[tuple[str, str], ...]]:
@@ -321,7 +326,9 @@ def expand_runs(study: Study, out: Path) -> list[RunSpec]:
                 for levels in _level_combos(study, method, env):
                     key = "/".join([env, *(lvl for _, lvl in levels), method, f"seed{seed}"])
                     data = copy.deepcopy(common)
-                    data["algorithm"] = _method_algorithm(study, method)
+                    data["algorithm"], imports = _method_algorithm(study, method)
+                    known = data["run"].get("imports") or []
+                    data["run"]["imports"] = [*known, *(i for i in imports if i not in known)]
                     for axis, lvl in levels:  # after the method's algorithm: a level may set algorithm.* keys
                         data = _apply(data, study.axes[axis][lvl].overrides, f"{study.source}: axes.{axis}.{lvl}")
                     data["run"].update(name=key.replace("/", "-"), output_dir=str(out / "runs" / key))

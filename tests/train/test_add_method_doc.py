@@ -78,3 +78,41 @@ def test_the_page_adds_a_method_in_one_file_and_one_yaml(tmp_path, monkeypatch, 
     finally:
         LOSSES.unregister("capped_reinforce")
         sys.modules.pop("agentrl_user.capped_reinforce", None)
+
+
+def test_the_page_lists_the_method_and_compares_it(tmp_path, monkeypatch, capsys):
+    """The page's other two claims: ``agentrl methods list --import <file>`` lists the loss, and a
+    study with ``methods_dir: my_methods`` takes the method file's algorithm and run.imports
+    (its runs build and pass every pre-training check; nothing trains here)."""
+    from agentrl.algorithms import LOSSES
+    from agentrl.cli import main
+    from agentrl.eval.study import check_runs, expand_runs, load_study
+
+    files, _ = doc_blocks()
+    root = tmp_path / "checkout"
+    root.mkdir()
+    (root / "configs").symlink_to(ROOT / "configs")
+    for rel, body in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(body)
+    monkeypatch.chdir(root)
+    text = DOC.read_text()
+    assert "agentrl methods list --import\nmy_methods/capped_reinforce.py --kind losses" in text
+    assert "methods_dir: my_methods" in text and "methods: [capped_reinforce]" in text
+    try:
+        assert main(["methods", "list", "--import", "my_methods/capped_reinforce.py", "--kind", "losses"]) == 0
+        out = capsys.readouterr().out
+        assert re.search(r"^  capped_reinforce +\S", out, re.MULTILINE), out
+        LOSSES.unregister("capped_reinforce")  # the study must import it again, from the method file
+        sys.modules.pop("agentrl_user.capped_reinforce", None)
+        (root / "study.yaml").write_text("study: mine\nbase: configs/quickstart.yaml\nmethods_dir: my_methods\n"
+                                         "methods: [capped_reinforce]\nseeds: [0]\n")
+        runs = expand_runs(load_study(root / "study.yaml"), tmp_path / "results")
+        rl = [r for r in runs if r.kind == "rl"]
+        assert len(rl) == 1 and "my_methods/capped_reinforce.py" in rl[0].config["run"]["imports"]
+        assert rl[0].config["algorithm"]["loss"]["name"] == "capped_reinforce"
+        check_runs(runs)  # imports the file and checks the algorithm section against the registry
+        assert "capped_reinforce" in LOSSES
+    finally:
+        LOSSES.unregister("capped_reinforce")
+        sys.modules.pop("agentrl_user.capped_reinforce", None)
