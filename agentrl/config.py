@@ -553,15 +553,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 f"override {item!r}: the value {raw!r} is not valid YAML ({why}{where}); values are parsed as YAML, "
                 f"e.g. env.kwargs={{high: 16}} or run.name=my-run (quote a string holding ':', '{{' or '[')"
             ) from None
-        node = data
+        node: Any = data
         parts = key.split(".")
-        for part in parts[:-1]:
-            if node.get(part) is None:
-                node[part] = {}
-            if not isinstance(node[part], dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-            node = node[part]
-        node[parts[-1]] = value
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):  # a list item by index: algorithm.shaping.0.k_f=1
+                if not (part.isdigit() and int(part) < len(node)):
+                    raise ConfigError(f"override {item!r}: {'.'.join(parts[:i])} is a list of {len(node)} item(s), "
+                                      f"so {part!r} must be an index 0..{len(node) - 1} (or set the whole list)")
+                part = int(part)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i])} is a value ({node!r}), not a section")
+            if last:
+                node[part] = value
+            else:
+                if isinstance(node, dict) and node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
     return data
 
 

@@ -35,6 +35,17 @@ def write(tmp_path, text):
     return p
 
 
+def test_overrides_reach_list_items_by_index(tmp_path):
+    path = write(tmp_path, BASE)
+    shaped = ["algorithm={estimator: grpo, loss: ppo, shaping: [{name: empg, k: 1.0}, {name: entropy_advantage}]}"]
+    cfg = load_config(path, overrides=[*shaped, "algorithm.shaping.1.alpha=0.25", "algorithm.shaping.0.k=2"])
+    assert [s.options for s in cfg.algorithm.shaping] == [{"k": 2}, {"alpha": 0.25}]
+    with pytest.raises(ConfigError, match=re.escape("algorithm.shaping is a list of 2 item(s), so '2' must be an index 0..1")):
+        load_config(path, overrides=[*shaped, "algorithm.shaping.2.k=0.5"])
+    with pytest.raises(ConfigError, match=re.escape("algorithm.shaping[0]: unknown option 'kk' for shaping 'empg'. Did you mean 'k'?")):
+        load_config(path, overrides=[*shaped, "algorithm.shaping.0.kk=1"])
+
+
 def test_load_and_override(tmp_path):
     cfg = load_config(write(tmp_path, BASE), overrides=["trainer.total_steps=7", "env.kwargs.high=32", "rollout.temperature=0.5"])
     assert isinstance(cfg, TrainConfig)
@@ -75,6 +86,8 @@ def test_load_and_override(tmp_path):
         ("algorithm.loss={name: ppo, clip_ratio_c: 0.5}", "algorithm.loss.clip_ratio_c must be > 1 or null, got 0.5"),
         ("algorithm.kl={coef: -0.1}", "algorithm.kl.coef must be >= 0, got -0.1"),
         ("algorithm.loss={name: ppx}", "algorithm.loss: unknown loss 'ppx'. Did you mean 'ppo'?"),
+        ("algorithm.aggregation={name: seq-mean}", "unknown aggregation 'seq-mean'. Did you mean one of 'seq-mean-token-sum', 'seq-mean-token-mean', 'seq-mean-token-sum-norm'?"),
+        ("run.name.x=1", "override 'run.name.x=1': run.name is a value ('"),
         ("algorithm.controllers=[{name: bapo, ratio_upper_start: 0.28}]", "algorithm.controllers[0] (bapo): bapo bounds are absolute ratios"),
     ],
 )

@@ -53,6 +53,11 @@ class UnknownNameError(ValueError):
 
 def suggest(name: str, known: list[str] | tuple[str, ...]) -> str:
     """`` did you mean 'x'?`` for the closest known name, or an empty string."""
+    longer = sorted((k for k in known if str(k).startswith(str(name)) and k != name), key=len)
+    if len(longer) == 1:  # a prefix ('seq-mean'): its completions, before any fuzzy match
+        return f" Did you mean {longer[0]!r}?"
+    if longer:
+        return f" Did you mean one of {', '.join(map(repr, longer))}?"
     close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""
 
