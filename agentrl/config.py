@@ -9,6 +9,7 @@ dotted key, what was received and what is accepted.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -602,15 +603,51 @@ def read_config_data(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    resolve_config_paths(data, path.parent)
     base = data.pop("base", None)
     if base is None:
         return data
     if not isinstance(base, str) or not base:
         raise ConfigError(f"{path}: base must be the path of another config file (relative to this one), got {base!r}")
     merged = read_config_data(path.parent / base, (*_seen, path.resolve()))
+    _forget_other_env(merged, data)
     for section, value in data.items():
         merged[section] = value if section in WHOLE_SECTIONS else _deep_merge(merged.get(section), value)
     return merged
+
+
+ENV_OPTION_KEYS = ("kwargs", "eval_kwargs")
+"""The keys of the env section that are options of one env class: a layer (a file over its
+base, or the overrides over the file) that switches ``env.id`` starts them afresh, so a config
+for a new env can extend the quickstart without inheriting ShellQuest's ``env.kwargs``. The
+other env keys (``num_envs``, splits, timeouts) are the same for every env and are kept."""
+
+
+def _forget_other_env(below: dict[str, Any], layer: dict[str, Any]) -> None:
+    """Drop ``below``'s env options when ``layer`` names a different ``env.id`` (in place)."""
+    new_env, old_env = layer.get("env"), below.get("env")
+    if not isinstance(new_env, dict) or not isinstance(old_env, dict) or "id" not in new_env:
+        return
+    if new_env["id"] != old_env.get("id", EnvConfig.id):
+        for key in ENV_OPTION_KEYS:
+            old_env.pop(key, None)
+
+
+def resolve_config_paths(data: dict[str, Any], folder: Path) -> None:
+    """Make the paths a config file *reads* relative to that file's folder (in place): its
+    ``base:`` (read by :func:`read_config_data`) and the ``.py`` entries of ``run.imports``
+    (made absolute here, so a base's imports stay relative to the base). Dotted module names,
+    absolute paths and ``~`` paths are kept. Folders a run *writes* (``run.output_dir``, a
+    ``model.path`` that ``model.init`` creates) stay relative to the working directory, as in
+    other trainers. Overrides on the command line are relative to the working directory."""
+    run = data.get("run")
+    if not isinstance(run, dict) or not isinstance(run.get("imports"), list):
+        return
+    run["imports"] = [
+        str((folder / name).resolve()) if isinstance(name, str) and name.endswith(".py")
+        and not Path(name).expanduser().is_absolute() and not name.startswith("~") else name
+        for name in run["imports"]
+    ]
 
 
 def _deep_merge(base: Any, update: Any) -> Any:
@@ -626,7 +663,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainCo
     data = read_config_data(path)
     for item in overrides or []:
         check_override_key(TrainConfig, item)
-    data = apply_overrides(data, overrides or [])
+    applied = apply_overrides(copy.deepcopy(data), overrides or [])
+    if (applied.get("env") or {}).get("id", EnvConfig.id) != (data.get("env") or {}).get("id", EnvConfig.id):
+        # the overrides switch env.id: the file's env options belong to the old env (ENV_OPTION_KEYS);
+        # the overrides that set env.kwargs.* for the new env apply to an empty mapping
+        data["env"] = {k: v for k, v in (data.get("env") or {}).items() if k not in ENV_OPTION_KEYS}
+        applied = apply_overrides(data, overrides or [])
+    data = applied
     try:
         cfg = from_dict(TrainConfig, data, defer_parse=True)  # the algorithm section: parsed by validate, last
     except ConfigError as e:

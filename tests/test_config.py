@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agentrl.config import (CHOICES, FAULT_KINDS, RANGES, ConfigError, FaultConfig, ModelConfig, ModelInitConfig, TrainConfig,
-                            apply_overrides, field_problems, from_dict, load_config, to_dict)
+                            apply_overrides, field_problems, from_dict, load_config, read_config_data, to_dict)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -520,3 +520,43 @@ def test_fractional_gpus_with_several_learner_ranks_are_refused(tmp_path, gpus, 
     with pytest.raises(ConfigError, match=re.escape(message)) as err:
         load_config(write(tmp_path, BASE), overrides=overrides)
     assert "\n" not in str(err.value)
+
+
+def test_a_config_for_another_env_extends_a_base_without_its_env_options(tmp_path):
+    """Switching env.id (in a file over its base, or by an override) starts env.kwargs and
+    env.eval_kwargs afresh; the generic env keys and every other section are inherited."""
+    (tmp_path / "base.yaml").write_text("env: {id: agentrl/ShellQuest-v0, kwargs: {vocab: small, horizon: 4}, "
+                                        "eval_kwargs: {horizon: 8}, num_envs: 6}\ntrainer: {lr: 0.002}\n")
+    (tmp_path / "mine.yaml").write_text("base: base.yaml\nenv: {id: agentrl/GuessNumber-v0, kwargs: {high: 8}}\n")
+    data = read_config_data(tmp_path / "mine.yaml")
+    assert data["env"] == {"id": "agentrl/GuessNumber-v0", "kwargs": {"high": 8}, "num_envs": 6}
+    assert data["trainer"] == {"lr": 0.002}
+    # the same env id merges as before
+    (tmp_path / "same.yaml").write_text("base: base.yaml\nenv: {id: agentrl/ShellQuest-v0, kwargs: {horizon: 10}}\n")
+    assert read_config_data(tmp_path / "same.yaml")["env"]["kwargs"] == {"vocab": "small", "horizon": 10}
+    # by override: the file's options go, the override's own options apply, in any order
+    cfg = load_config(tmp_path / "base.yaml", overrides=["env.kwargs.high=5", "env.id=agentrl/GuessNumber-v0", "model.path=m"])
+    assert (cfg.env.id, cfg.env.kwargs, cfg.env.eval_kwargs, cfg.env.num_envs) == ("agentrl/GuessNumber-v0", {"high": 5}, None, 6)
+    cfg = load_config(tmp_path / "base.yaml", overrides=["env.kwargs.horizon=5", "model.path=m"])
+    assert cfg.env.kwargs == {"vocab": "small", "horizon": 5}
+
+
+def test_run_imports_in_a_file_resolve_relative_to_that_file(tmp_path, monkeypatch):
+    """A .py entry of run.imports is found next to the config that names it (a base's next to
+    the base), whatever the working directory; dotted names and absolute paths are kept;
+    an override on the command line is relative to the working directory."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "b").mkdir()
+    absolute = tmp_path / "abs_x.py"
+    for f in (tmp_path / "a" / "base_env.py", tmp_path / "a" / "b" / "kv.py", absolute, tmp_path / "elsewhere" / "cli.py"):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("X = 1\n")  # validate imports every entry: they must exist where they resolve
+    (tmp_path / "a" / "base.yaml").write_text(f"run: {{imports: [base_env.py, json, {absolute}]}}\nmodel: {{path: m}}\n")
+    (tmp_path / "a" / "b" / "mine.yaml").write_text("base: ../base.yaml\nrun: {imports: [../base_env.py, kv.py]}\n")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = load_config(tmp_path / "a" / "base.yaml")
+    assert cfg.run.imports == [str((tmp_path / "a" / "base_env.py").resolve()), "json", str(absolute)]
+    cfg = load_config(tmp_path / "a" / "b" / "mine.yaml")
+    assert cfg.run.imports == [str((tmp_path / "a" / "base_env.py").resolve()), str((tmp_path / "a" / "b" / "kv.py").resolve())]
+    cfg = load_config(tmp_path / "a" / "b" / "mine.yaml", overrides=["run.imports=[cli.py]"])
+    assert cfg.run.imports == ["cli.py"]

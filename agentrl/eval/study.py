@@ -57,6 +57,8 @@ from agentrl.config import (
     TrainConfig,
     apply_overrides,
     from_dict,
+    read_config_data,
+    resolve_config_paths,
     to_dict,
     validate,
 )
@@ -280,6 +282,8 @@ def _method_algorithm(study: Study, method: str) -> tuple[dict[str, Any], list[s
     user's own file registers its components there): the two things compare takes from it."""
     path = study.methods_dir / f"{method}.yaml"
     data = yaml.safe_load(path.read_text()) or {}
+    if isinstance(data, dict):
+        resolve_config_paths(data, path.parent)  # its .py imports: next to the method file
     if not isinstance(data, dict) or not isinstance(data.get("algorithm"), dict):
         raise ConfigError(f"{path}: a method file needs an 'algorithm:' section (compare takes it and run.imports from the file)")
     imports = (data.get("run") or {}).get("imports") or []
@@ -301,7 +305,7 @@ def expand_runs(study: Study, out: Path) -> list[RunSpec]:
     paths), ordered env variant, seed, method: each shared SFT run comes right before the
     method runs that start from it. Raises ConfigError naming the run whose config is invalid."""
     out = Path(out).resolve()
-    base = yaml.safe_load(study.base.read_text()) or {}
+    base = read_config_data(study.base)  # its base: chain and its .py imports resolved next to each file
     base_algorithm = base.pop("algorithm", {}) or {}
     runs: list[RunSpec] = []
     for env, env_over in study.envs.items():

@@ -109,7 +109,7 @@ def test_the_page_lists_the_method_and_compares_it(tmp_path, monkeypatch, capsys
                                          "methods: [capped_reinforce]\nseeds: [0]\n")
         runs = expand_runs(load_study(root / "study.yaml"), tmp_path / "results")
         rl = [r for r in runs if r.kind == "rl"]
-        assert len(rl) == 1 and "my_methods/capped_reinforce.py" in rl[0].config["run"]["imports"]
+        assert len(rl) == 1 and str((root / "my_methods" / "capped_reinforce.py").resolve()) in rl[0].config["run"]["imports"]
         assert rl[0].config["algorithm"]["loss"]["name"] == "capped_reinforce"
         check_runs(runs)  # imports the file and checks the algorithm section against the registry
         assert "capped_reinforce" in LOSSES
