@@ -115,6 +115,119 @@ def check_config(cfg: TrainConfig) -> Any:
     return algo_cfg
 
 
+# ----------------------------------------------------------------------------- resuming with a changed config
+RESUME_SAFE_KEYS: dict[str, str] = {
+    "run.name": "a label in logs, plots and reports",
+    "run.output_dir": "where the run folder is now (it may have been moved)",
+    "run.resume": "true whenever a run resumes",
+    "logging.progress": "the progress bar",
+    "logging.tensorboard": "extra copies of the metrics",
+    "logging.wandb": "extra copies of the metrics",
+    "logging.log_trajectories": "how many transcripts go to samples.jsonl",
+    "trainer.checkpoint_every": "how often checkpoints are written (saving reads the RNG state, never advances it)",
+    "trainer.keep_checkpoints": "how many checkpoints stay on disk",
+}
+"""Config keys that may differ between a run folder's config.yaml and a resumed run without
+notice: none of them can change what is trained or measured. ``run.num_threads`` is not one:
+on CPU the thread count can change float rounding. ``trainer.total_steps`` may grow (the run
+goes on; recorded in config_changes.jsonl) unless ``trainer.lr_schedule`` is "cosine", whose
+learning rate depends on it. Every other difference stops the run unless it is forced."""
+
+CONFIG_CHANGES = "config_changes.jsonl"
+"""In a run folder: one line per resume that changed the config, ``{train_step, changes:
+[{key, old, new}], forced, time}``; the config before it is kept as config.until_step_<N>.yaml."""
+
+_ABSENT = object()
+
+
+def config_differences(old: Any, new: Any, where: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old, new)`` for every leaf that differs between two config dicts (lists of
+    the same length are compared item by item: ``algorithm.shaping.0.k_f``); a key missing on
+    one side has the value ``_ABSENT`` there (shown as "(not set)", recorded as null)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(old) + [k for k in new if k not in old]
+        return [d for k in keys for d in config_differences(old.get(k, _ABSENT), new.get(k, _ABSENT), f"{where}.{k}" if where else str(k))]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in config_differences(a, b, f"{where}.{i}")]
+    return [] if old == new else [(where, old, new)]
+
+
+def _show(v: Any) -> str:
+    if v is _ABSENT:
+        return "(not set)"  # a key of a mapping (env.kwargs, a component's options): its default applies
+    return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def _saved_config(path: Path) -> dict[str, Any]:
+    """A run folder's config.yaml resolved by the current code (so a field added since then
+    reads as its default, not as a difference); the file as written when that fails."""
+    from agentrl.config import from_dict
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        return to_dict(from_dict(TrainConfig, raw))
+    except Exception:
+        return raw
+
+
+def check_resume(cfg: TrainConfig, *, force_resume: bool = False) -> dict[str, Any] | None:
+    """Compare ``cfg`` with the config.yaml of the run it is about to resume (``run.resume``
+    and a checkpoint in ``run.output_dir``). Differences in :data:`RESUME_SAFE_KEYS` are
+    ignored; a larger ``trainer.total_steps`` is allowed; any other difference raises
+    ConfigError naming each (``key: old -> new``) unless ``force_resume``. Returns the change
+    to record (``{train_step, changes, forced, time}``), or None when there is nothing to record."""
+    from agentrl.config import ConfigError
+    from agentrl.learner.checkpoint import PREFIX, latest_checkpoint
+
+    out = Path(cfg.run.output_dir)
+    ckpt = latest_checkpoint(out) if cfg.run.resume else None
+    saved = out / "config.yaml"
+    if ckpt is None or not saved.is_file():
+        return None
+    step = int(ckpt.name[len(PREFIX):])
+    diffs = [d for d in config_differences(_saved_config(saved), to_dict(cfg)) if d[0] not in RESUME_SAFE_KEYS]
+    if not diffs:
+        return None
+
+    def extends(key: str, old: Any, new: Any) -> bool:
+        return key == "trainer.total_steps" and isinstance(old, int) and new > old and cfg.trainer.lr_schedule != "cosine"
+
+    refused = [d for d in diffs if not extends(*d)]
+    if refused and not force_resume:
+        shown = "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in refused)
+        raise ConfigError(
+            f"run folder {str(out)!r} holds a run at train_step {step} with other settings: {shown}. Resuming would train and "
+            f"evaluate one run under two settings; pass a new run.output_dir (e.g. run.output_dir={out}-2) to start a new run, or "
+            f"--force-resume (Python: train(cfg, force_resume=True)) to continue this one with the new settings, recorded in {CONFIG_CHANGES}"
+            + (" (trainer.total_steps may only grow, and not with lr_schedule cosine)" if any(k == "trainer.total_steps" for k, _, _ in refused) else "")
+        )
+    return {"train_step": step, "changes": [{"key": k, "old": None if a is _ABSENT else a, "new": None if b is _ABSENT else b} for k, a, b in diffs],
+            "forced": bool(refused), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def record_config_change(out: Path, change: dict[str, Any]) -> None:
+    """Append ``change`` to ``<out>/config_changes.jsonl`` and keep the config it replaces as
+    ``config.until_step_<N>.yaml`` (the first one kept, when a step is changed twice)."""
+    kept = out / f"config.until_step_{change['train_step']:06d}.yaml"
+    if not kept.exists():
+        kept.write_text((out / "config.yaml").read_text())
+    with (out / CONFIG_CHANGES).open("a") as f:
+        f.write(json.dumps(change) + "\n")
+
+
+def _evaluate(rollout: Any, cfg: TrainConfig, label: str, step: int, config_version: int) -> dict[str, float]:
+    """:func:`evaluate` plus ``eval/<label>/train_step`` and ``eval/<label>/config_version``:
+    which weights were measured, under which settings (the number of forced config changes
+    before it), so evaluations of one run folder are never mixed up."""
+    out = evaluate(rollout, cfg, label)
+    return {**out, f"eval/{label}/train_step": float(step), f"eval/{label}/config_version": float(config_version)}
+
+
+def read_config_changes(out: Path) -> list[dict[str, Any]]:
+    path = Path(out) / CONFIG_CHANGES
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def evaluate(rollout: Any, cfg: TrainConfig, label: str) -> dict[str, float]:
     """Success on the held-out split with fixed tasks and seeds (same before and after)."""
     from agentrl.rollout.local import summarize
@@ -134,16 +247,21 @@ def evaluate(rollout: Any, cfg: TrainConfig, label: str) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- the loop
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, force_resume: bool = False) -> dict[str, Any]:
     """Run the experiment described by ``cfg``; returns the summary (also in summary.json).
+
+    Resuming a run folder whose config.yaml differs from ``cfg`` stops before any work with
+    the differences (:func:`check_resume`) unless they are harmless or ``force_resume``; a
+    forced change is recorded in the run folder and marks the 'before RL' evaluation as
+    measured under other settings (docs/evaluation.md, "Resuming with a changed config").
 
     The rollout (sandboxes, engine), the async collector, the learner (Ray actors) and the
     metrics writers are closed however the run ends, an exception included."""
     with contextlib.ExitStack() as closing:
-        return _train(cfg, closing)
+        return _train(cfg, closing, force_resume)
 
 
-def _train(cfg: TrainConfig, closing: contextlib.ExitStack) -> dict[str, Any]:
+def _train(cfg: TrainConfig, closing: contextlib.ExitStack, force_resume: bool = False) -> dict[str, Any]:
     from agentrl.algorithms import build_algorithm
     from agentrl.learner.checkpoint import latest_checkpoint, load_state, save_checkpoint, set_rng_state
     from agentrl.learner.policy import load_model, load_tokenizer
@@ -156,6 +274,9 @@ def _train(cfg: TrainConfig, closing: contextlib.ExitStack) -> dict[str, Any]:
 
     algo_cfg = check_config(cfg)
     out = Path(cfg.run.output_dir)
+    change = check_resume(cfg, force_resume=force_resume)  # before config.yaml is rewritten
+    if change is not None:
+        record_config_change(out, change)
     write_run_info(cfg, out)
     seed_everything(cfg.run.seed, cfg.run.num_threads)
     ensure_model(cfg)
@@ -200,11 +321,20 @@ def _train(cfg: TrainConfig, closing: contextlib.ExitStack) -> dict[str, Any]:
         tasks.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         summary.update(state.get("summary", {}))
+        summary.update(run=cfg.run.name, output_dir=str(out))  # where the folder is now, not where it was
         step = int(state["step"])
-        log.info("resumed from %s at train_step %d", ckpt, step)
+        log.info("resumed from %s at train_step %d%s", ckpt, step, "" if change is None else " with config changes: " + "; ".join(
+            f"{c['key']}: {_show(c['old'])} -> {_show(c['new'])}" for c in change["changes"]) + (" (forced)" if change["forced"] else ""))
+    changes = read_config_changes(out) if ckpt is not None else []
+    version = sum(bool(c.get("forced")) for c in changes)  # forced config changes so far: the settings' version
+    if changes:
+        summary["config_changes"] = changes
+    if _config_version(summary, "after_rl") != version:
+        summary.pop("after_rl", None)  # measured under earlier settings: evaluate again
     rollout.sync_weights(model, step)
-    if ckpt is None:
-        summary["before_rl"] = evaluate(rollout, cfg, "before_rl")
+    # at train_step 0 the weights are still those 'before RL': measure them again under new settings
+    if ckpt is None or (step == 0 and _config_version(summary, "before_rl") != version):
+        summary["before_rl"] = _evaluate(rollout, cfg, "before_rl", 0, version)
         logger.log(0, summary["before_rl"])
         save_checkpoint(out, 0, model=model, tokenizer=tokenizer, state=_state(learner, tasks, summary), keep=cfg.trainer.keep_checkpoints)
     logger.truncate_after(step)
@@ -237,7 +367,7 @@ def _train(cfg: TrainConfig, closing: contextlib.ExitStack) -> dict[str, Any]:
             "throughput/learner_tokens_per_s": float(batch.attention_mask.sum()) * cfg.trainer.ppo_epochs / max(t2 - t1, 1e-9),
         })
         if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < cfg.trainer.total_steps:
-            metrics.update(evaluate(rollout, cfg, f"step_{step}"))
+            metrics.update(_evaluate(rollout, cfg, f"step_{step}", step, version))
         logger.log(step, metrics)
         _save_samples(out, step, trajs, cfg.logging.log_trajectories)
         if step % cfg.trainer.checkpoint_every == 0 or step == cfg.trainer.total_steps:
@@ -255,7 +385,7 @@ def _train(cfg: TrainConfig, closing: contextlib.ExitStack) -> dict[str, Any]:
         summary["after_rl"] = {k.replace("eval/before_rl/", "eval/after_rl/"): v for k, v in summary["before_rl"].items()}
         summary["after_rl_step"] = 0
     if "after_rl" not in summary or summary.get("after_rl_step") != step:
-        summary["after_rl"] = evaluate(rollout, cfg, "after_rl")
+        summary["after_rl"] = _evaluate(rollout, cfg, "after_rl", step, version)
         summary["after_rl_step"] = step
         logger.log(step, summary["after_rl"])
         save_checkpoint(out, step, model=model, tokenizer=tokenizer, state=_state(learner, tasks, summary), keep=cfg.trainer.keep_checkpoints)
@@ -265,6 +395,8 @@ def _train(cfg: TrainConfig, closing: contextlib.ExitStack) -> dict[str, Any]:
         logger.log(step, {f"rollout/close_failed/{k}": float(v) for k, v in close_failures.items()})
     summary["train_steps"] = step
     summary["env"] = env_short
+    # False after a forced config change: 'before RL' was measured under other settings
+    summary["before_rl_comparable"] = _config_version(summary, "before_rl") == _config_version(summary, "after_rl")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     try:
         from agentrl.plots import plot_training
@@ -338,6 +470,13 @@ def make_rollout(cfg: TrainConfig, model: Any, tokenizer: Any) -> Any:
     from agentrl.rollout.local import LocalRollout
 
     return LocalRollout(cfg, model, tokenizer)
+
+
+def _config_version(summary: dict[str, Any], label: str) -> int | None:
+    """The settings version an evaluation in the summary was measured under (0 for runs from
+    before versions were recorded); None without that evaluation."""
+    ev = summary.get(label)
+    return None if ev is None else int(ev.get(f"eval/{label}/config_version", 0))
 
 
 def _state(learner: Any, sampler: Any, summary: dict[str, Any]) -> dict[str, Any]:

@@ -12,16 +12,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config, overrides=args.overrides)
-        from agentrl.train import check_config, train
+        from agentrl.train import check_config, check_resume, train
 
         check_config(cfg)
+        check_resume(cfg, force_resume=args.force_resume)  # a changed config stops here, before any work
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from agentrl.rollout.expert import ExpertFailures
 
     try:
-        summary = train(cfg)
+        summary = train(cfg, force_resume=args.force_resume)
     except ExpertFailures as e:  # the env is broken, not the run: say so in one line
         print(f"error: {e.stage}: {e}", file=sys.stderr)
         return 1
@@ -39,12 +40,19 @@ def _print_summary(summary: dict) -> None:
     table.add_column("success")
     table.add_column("mean return")
     table.add_column("episodes")
+    comparable = summary.get("before_rl_comparable", True)
     for label in ("before_rl", "after_rl"):
         ev = summary.get(label) or {}
         key = f"eval/{label}"
         if ev:
-            table.add_row(label.replace("_", " "), f"{ev[key + '/success']:.3f}", f"{ev[key + '/reward_mean']:.3f}", f"{int(ev[key + '/episodes'])}")
+            name = label.replace("_", " ") + ("" if comparable or label == "after_rl" else " (earlier settings)")
+            table.add_row(name, f"{ev[key + '/success']:.3f}", f"{ev[key + '/reward_mean']:.3f}", f"{int(ev[key + '/episodes'])}")
     console.print(table)
+    if not comparable:
+        forced = [c for c in summary.get("config_changes", []) if c.get("forced")]
+        console.print(f"before rl was measured under the settings in force before the forced config change(s) at train_step "
+                      f"{', '.join(str(c['train_step']) for c in forced)} ({', '.join(dict.fromkeys(d['key'] for c in forced for d in c['changes']))}): "
+                      "it is not comparable with after rl; see config_changes.jsonl in the run folder", soft_wrap=True)
     out = summary.get("output_dir")
     written = run_folder_contents(out) if out else []
     console.print(f"run folder: {out}" + (f"  ({', '.join(written)})" if written else ""), soft_wrap=True)
@@ -99,11 +107,31 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """Options anywhere among the positionals: ``agentrl train C.yaml --force-resume k=v`` (plain
+    argparse gives the overrides after the option no positional and reports them as unrecognized)."""
+
+    _mixing = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._mixing:  # parse_known_intermixed_args calls back here for its two passes
+            return super().parse_known_args(args, namespace)
+        self._mixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train an agent: agentrl train CONFIG.yaml [section.key=value ...]")
+    p.__class__ = _IntermixedParser
     p.add_argument("config")
     # default=[]: argparse otherwise lists a nargs="*" positional as required when config is missing
     p.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. trainer.total_steps=5")
+    p.add_argument("--force-resume", action="store_true",
+                   help="resume the run in run.output_dir although its saved config.yaml differs from this config in more than a "
+                        "larger trainer.total_steps; the change is recorded in config_changes.jsonl (docs/evaluation.md)")
     p.set_defaults(func=cmd_train)
 
     m = subparsers.add_parser("model", help="create models")
