@@ -236,7 +236,13 @@ def evaluate(rollout: Any, cfg: TrainConfig, label: str) -> dict[str, float]:
     n = rollout.num_tasks(cfg.env.eval_split)
     specs = eval_specs(n, cfg.trainer.eval_episodes, split=cfg.env.eval_split, seed=cfg.run.seed)
     t0 = time.perf_counter()
-    trajs = rollout.evaluate(specs)
+    from agentrl.eval.evaluate import EpisodeProgress
+
+    bar = EpisodeProgress(len(specs), f"eval {label}", enabled=cfg.logging.progress, leave=None)
+    try:
+        trajs = rollout.evaluate(specs, on_done=bar)
+    finally:
+        bar.close()
     out = summarize(trajs, prefix=f"eval/{label}")
     out[f"eval/{label}/time_s"] = time.perf_counter() - t0
     failed = sum(t.failed for t in trajs)

@@ -221,8 +221,8 @@ class RayRollout:
         """Play every spec on the EnvWorkers; trajectories in spec order."""
         return self._run(specs, evaluation=False, on_done=on_done)
 
-    def evaluate(self, specs: list[EpisodeSpec]) -> list[Trajectory]:
-        return self._run(specs, evaluation=True, on_done=None)
+    def evaluate(self, specs: list[EpisodeSpec], on_done: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
+        return self._run(specs, evaluation=True, on_done=on_done)
 
     def _run(self, specs: list[EpisodeSpec], *, evaluation: bool, on_done: Callable[[Trajectory], None] | None) -> list[Trajectory]:
         ray = self._ray

@@ -29,7 +29,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
             env_options=_env_options(args.env_option) if args.env_option else None, max_new_tokens=args.max_new_tokens,
             max_total_tokens=args.max_total_tokens, tools_in_prompt=args.tools_in_prompt, num_envs=args.num_envs, seed=args.seed, imports=args.imports or [],
         )
-        result = evaluate_policy(settings)
+        episodes_dir = None
+        if args.save_episodes:
+            if not args.json or args.json == "-":
+                raise ValueError(f"--save-episodes {args.save_episodes} writes next to the --json file, got --json {args.json!r}; "
+                                 "pass --json PATH (the episodes go to <PATH without .json>_episodes/samples.jsonl)")
+            episodes_dir = episodes_folder(args.json)
+        result = evaluate_policy(settings, progress=args.progress, save_episodes=args.save_episodes, episodes_dir=episodes_dir)
     except (ValueError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -42,18 +48,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
             with open(args.json, "w") as f:
                 f.write(text + "\n")
             print(f"wrote {args.json}")
+    if args.save_episodes:
+        print(f"wrote the first {args.save_episodes} episodes of each env to {result['episodes_file']}")
     return 0
 
 
+def episodes_folder(json_path: str) -> str:
+    """Where ``--save-episodes`` writes samples.jsonl for ``--json json_path``:
+    ``eval.json`` -> ``eval_episodes/``."""
+    from pathlib import Path
+
+    p = Path(json_path)
+    return str(p.with_name((p.stem if p.suffix == ".json" else p.name) + "_episodes"))
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from agentrl.config import ConfigError
 
     from .compare import compare
 
     try:
+        if len(args.study) > 1 or Path(args.study[0]).is_dir():
+            return _compare_folders(args)
+        only = {"--target-success": args.target_success, "--final-window": args.final_window, "--smooth": args.smooth}
+        given = [k for k, v in only.items() if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} apply to run folders; {args.study[0]!r} is a study file: set target_success, final_window, smooth in it")
+        args.study = args.study[0]
         if args.report_only:
-            from pathlib import Path
-
             from .compare import default_out
             from .report import write_report
             from .study import expand_runs, load_study
@@ -70,6 +94,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if result["failed"]:
         print(f"{len(result['failed'])} run(s) failed: " + "; ".join(f"{k}: {v}" for k, v in result["failed"].items()), file=sys.stderr)
         return 1
+    return 0
+
+
+def _compare_folders(args: argparse.Namespace) -> int:
+    """``agentrl compare RUN_A RUN_B ...``: the report from finished run folders; trains nothing."""
+    from pathlib import Path
+
+    from agentrl.config import ConfigError
+
+    from .compare import compare_runs
+
+    studies = [s for s in args.study if Path(s).is_file() and s.endswith((".yaml", ".yml"))]
+    if studies:
+        raise ConfigError(f"got a study file ({studies[0]!r}) among run folders {args.study}; pass either one study .yaml file or run folders only")
+    if args.smoke or args.jobs != 1:
+        raise ConfigError("--smoke and --jobs apply to a study file; with run folders nothing trains (the report is built from the finished runs)")
+    result = compare_runs(args.study, out=args.out, target_success=0.5 if args.target_success is None else args.target_success,
+                          final_window=1 if args.final_window is None else args.final_window, smooth=1 if args.smooth is None else args.smooth)
+    print(f"report: {result['report']}  (and report.html, runs.csv, metrics_long.csv, plots/ next to it)")
     return 0
 
 
@@ -94,12 +137,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--seed", type=int, default=0, help="selects the held-out tasks and sampling seeds (same as training's eval for the run's seed)")
     e.add_argument("--import", dest="imports", action="append", help="module or .py file that registers envs")
     e.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON ('-' for stdout)")
+    e.add_argument("--save-episodes", type=int, default=0, metavar="N",
+                   help="also write the first N episodes of each env (transcripts, rewards, success; the format of a training run's samples.jsonl) "
+                        "to <--json PATH without .json>_episodes/samples.jsonl (needs --json PATH)")
+    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bar on stderr: episodes done / total, successes so far (default on; redrawn every 30 s when stderr is not a terminal)")
     e.set_defaults(func=cmd_eval)
 
-    c = subparsers.add_parser("compare", help="run a study (methods x seeds x env variants), resumable, and write a report")
-    c.add_argument("study", help="study file, e.g. configs/studies/long_horizon_entropy.yaml")
+    c = subparsers.add_parser("compare", help="run a study (methods x seeds x env variants), resumable, and write a report; or report on finished run folders")
+    c.add_argument("study", nargs="+", metavar="STUDY_OR_RUNS",
+                   help="a study file, e.g. configs/studies/long_horizon_entropy.yaml; or finished run folders of `agentrl train` "
+                        "(RUN_A RUN_B ...: the same report from those runs, labelled by run.name, into --out, default runs/compare/<A>_vs_<B>)")
     c.add_argument("--smoke", action="store_true", help="the study's small smoke: variant (CI)")
     c.add_argument("--out", default=None, help="results folder (default runs/studies/<study>[-smoke])")
     c.add_argument("--jobs", type=int, default=1, help="runs trained at once in worker processes (each uses run.num_threads threads)")
     c.add_argument("--report-only", action="store_true", help="rebuild the report from the runs already finished; train nothing")
+    c.add_argument("--target-success", type=float, default=None, help="run folders only: success for 'train_steps to target' (default 0.5)")
+    c.add_argument("--final-window", type=int, default=None, help="run folders only: final entropy / clip fraction over the last N train_steps (default 1)")
+    c.add_argument("--smooth", type=int, default=None, help="run folders only: moving-average window of the plotted curves (default 1)")
     c.set_defaults(func=cmd_compare)

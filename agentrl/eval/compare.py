@@ -236,3 +236,66 @@ def compare(study_path: str | Path, *, smoke: bool = False, out: str | Path | No
     if failed:
         log.error("%d run(s) failed: %s", len(failed), "; ".join(f"{k}: {v}" for k, v in failed.items()))
     return {"out": str(out), "report": report, "runs": [r.key for r in runs], "failed": failed}
+
+
+# ----------------------------------------------------------------------------- finished run folders
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
+"""What a finished ``agentrl train`` run folder holds (summary.json is written last)."""
+
+
+def check_run_folder(path: str | Path) -> None:
+    """Raise ConfigError unless ``path`` is a finished run folder, naming what is missing."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"run folder {str(path)!r} does not exist; pass the run.output_dir of finished `agentrl train` runs (e.g. runs/quickstart)")
+    if not p.is_dir():
+        raise ConfigError(f"{str(path)!r} is a file, not a run folder; pass run folders of `agentrl train`, or a single study .yaml file")
+    missing = [name for name in RUN_FILES if not (p / name).is_file()]
+    if missing:
+        why = ("training has not finished (summary.json is written at the end; resume it with `agentrl train` to finish it)"
+               if missing == ["summary.json"] else "it is not an `agentrl train` run folder")
+        raise ConfigError(f"{str(path)!r} is not a finished run: it has no {', '.join(missing)}; {why}")
+
+
+def _labels(folders: list[Path], configs: list[dict[str, Any]]) -> list[str]:
+    """run.name when every run's differs, else the folder name when those differ, else the path as given."""
+    for labels in ([str((c.get("run") or {}).get("name") or "") for c in configs], [f.name for f in folders], [str(f) for f in folders]):
+        if all(labels) and len(set(labels)) == len(labels):
+            return labels
+    return [f"{i}:{f}" for i, f in enumerate(folders)]
+
+
+def compare_runs(folders: list[str | Path], *, out: str | Path | None = None, target_success: float = 0.5, final_window: int = 1,
+                 smooth: int = 1) -> dict[str, Any]:
+    """The report of a study (:func:`agentrl.eval.report.write_report`) from finished run
+    folders instead of a study file: each run is its own method variant, labelled by its
+    run.name (or folder name), grouped by env id; nothing trains. Writes ``<out>/report/``
+    (default ``runs/compare/<label>_vs_<label>...``). Returns ``{"out", "report", "runs",
+    "failed"}`` like :func:`compare`. Raises ConfigError for a folder that is not a finished run."""
+    from .report import write_report
+
+    if not folders:
+        raise ConfigError("no run folders given; pass two or more run folders of `agentrl train` (or one study .yaml file)")
+    if not 0.0 <= target_success <= 1.0:
+        raise ConfigError(f"--target-success must be a success rate in [0, 1], got {target_success}")
+    if final_window < 1 or smooth < 1:
+        raise ConfigError(f"--final-window and --smooth count train_steps and must be >= 1, got {final_window} and {smooth}")
+    for f in folders:
+        check_run_folder(f)
+    paths = [Path(f).resolve() for f in folders]
+    if len(set(paths)) < len(paths):
+        raise ConfigError(f"a run folder is given twice: {[str(f) for f in folders]}; pass each run once")
+    configs = [yaml.safe_load((p / "config.yaml").read_text()) or {} for p in paths]
+    labels = _labels([Path(f) for f in folders], configs)
+    runs = []
+    for path, cfg, label in zip(paths, configs, labels):
+        cfg = {**cfg, "run": {**(cfg.get("run") or {}), "output_dir": str(path)}}  # where the folder is now
+        env = str((cfg.get("env") or {}).get("id") or "env").rsplit("/", 1)[-1]  # names files: no "/"
+        runs.append(RunSpec(label, "rl", env, int((cfg.get("run") or {}).get("seed", 0)), label, (), cfg))
+    name = "_vs_".join(labels)
+    name = name if len(name) <= 80 else f"{labels[0]}_and_{len(labels) - 1}_more"
+    out = Path(out) if out is not None else Path("runs") / "compare" / name.replace("/", "-").replace(" ", "_")
+    study = Study(name=" vs ".join(labels), base=Path(), methods=labels, methods_dir=Path(), seeds=sorted({r.seed for r in runs}), envs={r.env: {} for r in runs},
+                  target_success=target_success, final_window=final_window, smooth=smooth)
+    log.info("comparing %d finished runs into %s", len(runs), out)
+    return {"out": str(out), "report": write_report(study, runs, out), "runs": labels, "failed": {}}

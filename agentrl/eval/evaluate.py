@@ -180,9 +180,63 @@ def episode_specs(num_tasks: int, s: EvalSettings) -> list[Any]:
     return [dataclasses.replace(spec, sample_index=j) for spec in eval_specs(num_tasks, s.episodes, split=s.split or "test", seed=s.seed) for j in range(s.samples or 1)]
 
 
-def evaluate_policy(settings: EvalSettings) -> dict[str, Any]:
+class EpisodeProgress:
+    """Progress of one evaluation: episodes done / total and successes so far, as a tqdm bar on
+    stderr redrawn every :func:`agentrl.metrics.progress_interval` seconds (0.1 on a terminal;
+    30 when stderr is a file or a pipe, so a log gets a line every 30 s plus the final one).
+    Call it with each finished Trajectory (the ``on_done`` of ``collect``/``evaluate``).
+    ``enabled=False`` counts without drawing (training's ``logging.progress: false``).
+    ``leave=None``: keep the finished bar only when stderr is not a terminal (a log keeps the
+    final count; on a terminal the line is cleared, below training's own bar)."""
+
+    def __init__(self, total: int, desc: str, *, enabled: bool = True, leave: bool | None = True) -> None:
+        self.total, self.done, self.successes, self.failed = total, 0, 0, 0
+        self.bar = None
+        if enabled:
+            import sys
+
+            from tqdm.auto import tqdm
+
+            from agentrl.metrics import progress_interval
+
+            leave = (not sys.stderr.isatty()) if leave is None else leave
+            self.bar = tqdm(total=total, desc=desc, unit="episode", mininterval=progress_interval(), leave=leave)
+
+    def __call__(self, traj: Any) -> None:
+        self.done += 1
+        self.failed += bool(traj.failed)
+        self.successes += bool(traj.success) and not traj.failed
+        if self.bar is not None:
+            failed = f" ({self.failed} failed)" if self.failed else ""
+            self.bar.set_postfix_str(f"success {self.successes}/{self.done}{failed}", refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def checkpoint_step(model_path: str) -> int | None:
+    """The train_step of a run's checkpoint model folder (``.../checkpoints/step_N/model``),
+    else None."""
+    from agentrl.learner.checkpoint import PREFIX
+
+    p = Path(model_path)
+    name = p.parent.name if p.name == "model" else ""
+    return int(name[len(PREFIX):]) if name.startswith(PREFIX) and name[len(PREFIX):].isdigit() else None
+
+
+def evaluate_policy(settings: EvalSettings, *, progress: bool = True, save_episodes: int = 0, episodes_dir: str | Path | None = None) -> dict[str, Any]:
     """Play the policy on every env of ``settings``; returns a JSON-ready dict with the
-    settings used and per-env metrics. Raises ValueError/FileNotFoundError for bad input."""
+    settings used and per-env metrics. Raises ValueError/FileNotFoundError for bad input.
+    ``progress``: an :class:`EpisodeProgress` bar per env. ``save_episodes`` > 0: the first
+    that many episodes of each env (in --env order) go to ``episodes_dir/samples.jsonl``
+    (replaced), written by training's own samples.jsonl writer; ``train_step`` is the
+    checkpoint's step for a run checkpoint, else null."""
+    if save_episodes < 0:
+        raise ValueError(f"--save-episodes must be >= 0 (episodes per env to save), got {save_episodes}")
+    if save_episodes and episodes_dir is None:
+        raise ValueError(f"--save-episodes {save_episodes} needs a folder for samples.jsonl; pass --json PATH (the episodes go to <PATH without .json>_episodes/samples.jsonl)")
     if settings.engine != "openai":  # a served model's name may be a path on the server
         check_policy_path(settings.policy, env_given=bool(settings.envs))  # before importing torch
     import agentrl.envs as envs
@@ -204,6 +258,10 @@ def evaluate_policy(settings: EvalSettings) -> dict[str, Any]:
     engine = _engine(s, model_path, tokenizer)
     params = SamplingParams(temperature=float(s.temperature or 1.0), max_new_tokens=int(s.max_new_tokens or 128))
     result: dict[str, Any] = {"policy": settings.policy, "model": model_path, "settings": {k: v for k, v in dataclasses.asdict(s).items() if k != "policy"}, "envs": {}}
+    if save_episodes:
+        samples = Path(episodes_dir) / "samples.jsonl"  # type: ignore[arg-type]
+        samples.parent.mkdir(parents=True, exist_ok=True)
+        samples.unlink(missing_ok=True)  # _save_samples appends: a new evaluation replaces the file
     try:
         for env_id in s.envs:
             instances = [envs.make(env_id, **(s.env_options or {})) for _ in range(max(1, min(s.num_envs, s.episodes * (s.samples or 1))))]
@@ -211,13 +269,22 @@ def evaluate_policy(settings: EvalSettings) -> dict[str, Any]:
             try:
                 specs = episode_specs(instances[0].unwrapped.num_tasks(s.split or "test"), s)
                 t0 = time.perf_counter()
-                trajs = run_sync(loop.collect(specs))
+                bar = EpisodeProgress(len(specs), f"eval {env_id}", enabled=progress)
+                try:
+                    trajs = run_sync(loop.collect(specs, on_done=bar))
+                finally:
+                    bar.close()
                 metrics = env_metrics(trajs, samples=s.samples or 1, ks=s.ks)
                 metrics["wall_time_s"] = time.perf_counter() - t0
             finally:
                 loop.close()
             log.info("%s: success %.3f over %d episodes", env_id, metrics["success"], len(trajs))
             result["envs"][env_id] = metrics
+            if save_episodes:
+                from agentrl.train import _save_samples  # the samples.jsonl writer of training
+
+                _save_samples(samples.parent, checkpoint_step(model_path), trajs, save_episodes)  # type: ignore[arg-type]
+                result["episodes_file"] = str(samples)
     finally:
         engine.close()
     return result

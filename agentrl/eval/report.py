@@ -166,8 +166,10 @@ def write_report(study: Study, runs: list[RunSpec], out: Path) -> Path:
     plots = report_plots.write_plots(results, fits, report / "plots", smooth=study.smooth) if results else {}
     envs = list(dict.fromkeys(r.spec.env for r in results))
     title = f"agentrl compare: {study.identity}"
+    source = (f"Study file `{study.source}`, base config `{study.base}`" if study.source is not None  # else: agentrl compare RUN_A RUN_B
+              else "Run folders " + ", ".join(f"`{r.config['run']['output_dir']}` ({r.key})" for r in runs))
     intro = [
-        f"Study file `{study.source}`, base config `{study.base}`; written {time.strftime('%Y-%m-%d %H:%M')}.",
+        f"{source}; written {time.strftime('%Y-%m-%d %H:%M')}.",
         f"{len(results)} finished method runs ({len({r.spec.variant for r in results})} method variants x {len(envs)} env variants x seeds {study.seeds})"
         + (f"; {len(missing)} not finished: {', '.join(missing)}" if missing else "") + ".",
     ]

@@ -173,10 +173,10 @@ class LocalRollout:
         others wait for an instance in call order. Failures come back as failed Trajectories."""
         return await self.loops.play(spec)
 
-    def evaluate(self, specs: list[EpisodeSpec]) -> list[Trajectory]:
+    def evaluate(self, specs: list[EpisodeSpec], on_done: Any = None) -> list[Trajectory]:
         from agentrl.sandboxes import run_sync
 
-        return run_sync(self.loops.collect(specs, evaluation=True))
+        return run_sync(self.loops.collect(specs, evaluation=True, on_done=on_done))
 
     def sync_weights(self, model: Any, version: int) -> None:
         """An HF engine sharing the module (sync mode): only the version changes. An engine
