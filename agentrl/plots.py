@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -30,9 +31,22 @@ def run_name(run_dir: str | Path) -> str:
     return run_dir.resolve().name
 
 
+EXPERT_SUCCESS_KEY = "sft/expert_success"
+"""metrics.jsonl key (train_step 0) a run with SFT writes: the fraction of its expert
+demonstrations (train split, env.kwargs) that succeeded, the success SFT imitates."""
+
+
+def expert_success(rows: list[dict[str, Any]]) -> float | None:
+    """The expert's success recorded in metrics rows (the last one), None when not recorded
+    (SFT disabled, or a run from before it was recorded)."""
+    vals = [float(r[EXPERT_SUCCESS_KEY]) for r in rows if isinstance(r.get(EXPERT_SUCCESS_KEY), (int, float))]
+    return vals[-1] if vals else None
+
+
 def plot_training(run_dir: str | Path) -> list[Path]:
     """Write ``training.png`` (reward, success, entropy, clip fraction over train_steps) and
-    ``entropy_by_turn.png`` into the run folder; returns the paths written."""
+    ``entropy_by_turn.png`` into the run folder; returns the paths written. The success panel
+    shows the expert's success on the SFT demonstrations as a dotted line when recorded."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,7 +54,9 @@ def plot_training(run_dir: str | Path) -> list[Path]:
     from matplotlib.ticker import MaxNLocator
 
     run_dir = Path(run_dir)
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if "rollout/reward_mean" in r]
+    all_rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = [r for r in all_rows if "rollout/reward_mean" in r]
+    expert = expert_success(all_rows)
     if not rows:
         return []
     steps = [r["train_step"] for r in rows]
@@ -59,6 +75,9 @@ def plot_training(run_dir: str | Path) -> list[Path]:
         ax.set_ylabel(label)
         ax.set_title(key)
         ax.grid(alpha=0.3)
+        if key == "rollout/success" and expert is not None:  # same split and env options as rollout/success
+            ax.axhline(expert, color="black", ls=":", lw=1.2, label=f"expert on the SFT demonstrations ({expert:.2f})")
+            ax.legend(fontsize=8)
     fig.suptitle(run_name(run_dir))
     fig.tight_layout()
     out = [run_dir / "training.png"]

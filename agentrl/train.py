@@ -312,9 +312,10 @@ def _train(cfg: TrainConfig, closing: contextlib.ExitStack, force_resume: bool =
                                max_failed_frac=cfg.sft.max_failed_frac)
         data = experts.trajectories
         losses = sft(model, data, pad_token_id=tokenizer.pad_token_id, epochs=cfg.sft.epochs, steps=cfg.sft.steps, warmup_steps=cfg.sft.warmup_steps, lr=cfg.sft.lr, batch_size=cfg.sft.batch_size, max_tokens=cfg.sft.max_tokens, seed=cfg.run.seed, progress=cfg.logging.progress)
+        expert_success = sum(t.success for t in data) / len(data)  # what SFT imitates: the plots' reference line
         summary["sft"] = {"episodes": len(data), "failed_episodes": len(experts.failures), "failed_by_kind": experts.failure_counts(),
-                          "losses": losses, "time_s": time.perf_counter() - t0}
-        logger.log(0, {"sft/expert_episodes": float(len(data)), "sft/failed_episodes": float(len(experts.failures)),
+                          "expert_success": expert_success, "losses": losses, "time_s": time.perf_counter() - t0}
+        logger.log(0, {"sft/expert_episodes": float(len(data)), "sft/failed_episodes": float(len(experts.failures)), "sft/expert_success": expert_success,
                        **{f"sft/failed/{k}": float(v) for k, v in experts.failure_counts().items()}})
     learner = make_learner(cfg, model, algo_cfg)
     closing.callback(learner.close)

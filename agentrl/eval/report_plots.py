@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .results import ENTROPY_KEY, TRAIN_KEY, RunResult, group_results
+from .study import SFT_CHECKPOINT
 
 STEP_LABEL = "train_step (optimizer steps)"
 
@@ -102,6 +103,21 @@ def controller_targets(runs: list[RunResult]) -> list[tuple[str, float, str]]:
     return found
 
 
+def run_expert_success(run: RunResult) -> float | None:
+    """The expert's success on the SFT demonstrations of ``run``'s warm start
+    (``sft/expert_success``): in the run's own metrics, or in those of the shared warm start
+    its model comes from (``<warm start>/checkpoints/step_000000/model``); None when neither has it."""
+    from agentrl.metrics import read_metrics
+    from agentrl.plots import expert_success
+
+    found = expert_success(run.all_rows)
+    model = Path(str((run.spec.config.get("model") or {}).get("path", "")))
+    if found is None and run.spec.needs and model.as_posix().endswith(SFT_CHECKPOINT):
+        warm = model.parents[len(Path(SFT_CHECKPOINT).parts) - 1] / "metrics.jsonl"
+        found = expert_success(read_metrics(warm)) if warm.is_file() else None
+    return found
+
+
 def _finish(fig: Any, handles: list[Any], title: str, path: Path) -> Path:
     """Suptitle and one legend for the whole figure above the panels; save and close."""
     plt = _plt()
@@ -116,10 +132,13 @@ def _finish(fig: Any, handles: list[Any], title: str, path: Path) -> Path:
 
 
 def curve_panels(groups: dict[str, list[RunResult]], series: list[tuple[str, Callable[[dict[str, Any]], float | None]]], *, title: str, ylabel: str,
-                 path: Path, smooth: int = 1, ylim: tuple[float, float | None] | None = None, targets: bool = False) -> Path:
+                 path: Path, smooth: int = 1, ylim: tuple[float, float | None] | None = None, targets: bool = False,
+                 expert: bool = False) -> Path:
     """One panel per method variant: each of ``series`` (label, row -> value) as mean over
     seeds with a min..max band; with one series, the reference method's mean dashed grey in
-    every other panel; ``targets``: controllers' target entropies as dotted lines."""
+    every other panel; ``targets``: controllers' target entropies as dotted lines; ``expert``:
+    the expert's success on the SFT demonstrations (mean over the seeds that recorded it) as
+    a dash-dot line."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -128,7 +147,7 @@ def curve_panels(groups: dict[str, list[RunResult]], series: list[tuple[str, Cal
     ref = _reference(groups)
     colors = _colors(len(names))
     series_colors = ["tab:blue", "tab:orange", "tab:green"]
-    any_target = False
+    any_target = any_expert = False
     for i, (name, ax) in enumerate(zip(names, axes.flat)):
         if len(series) == 1 and name != ref:
             steps, mean, _, _ = seed_band(groups[ref], series[0][1], smooth)
@@ -146,6 +165,10 @@ def curve_panels(groups: dict[str, list[RunResult]], series: list[tuple[str, Cal
             ax.axhline(value, color="black", ls=":", lw=1.2)
             ax.annotate(f"{ctrl} target {value:g}" + ("" if measure == "entropy" else f" (on {measure})"), (0.02, value), xycoords=("axes fraction", "data"),
                         fontsize=7, va="bottom")
+        found = [v for v in (run_expert_success(r) for r in groups[name]) if v is not None] if expert else []
+        if found:
+            any_expert = True
+            ax.axhline(float(np.mean(found)), color="black", ls="-.", lw=1.2)
         ax.set_title(f"{name} (n={len(groups[name])})", fontsize=10)
         if ylim:
             ax.set_ylim(*ylim)
@@ -161,6 +184,8 @@ def curve_panels(groups: dict[str, list[RunResult]], series: list[tuple[str, Cal
         handles.append(Patch(color="0.5", alpha=0.3, label="band: min to max over seeds"))
     if any_target:
         handles.append(Line2D([], [], color="black", ls=":", lw=1.2, label="the controller's target"))
+    if any_expert:
+        handles.append(Line2D([], [], color="black", ls="-.", lw=1.2, label="expert on the SFT demonstrations"))
     return _finish(fig, handles, title + (f" ({smooth}-step moving average)" if smooth > 1 else ""), path)
 
 
@@ -249,7 +274,7 @@ def write_plots(results: list[RunResult], fits: list[dict[str, Any]], folder: Pa
         plots = [
             (f"{env}: training success over train_steps", curve_panels(
                 groups, [("success", _clip(TRAIN_KEY))], title=f"{env}: training success rate per train_step", ylabel="success rate (fraction)",
-                path=folder / f"success_{env}.png", smooth=smooth, ylim=(-0.03, 1.03))),
+                path=folder / f"success_{env}.png", smooth=smooth, ylim=(-0.03, 1.03), expert=True)),
             (f"{env}: token entropy over train_steps", curve_panels(
                 groups, [("entropy", _clip(ENTROPY_KEY))], title=f"{env}: mean token entropy of the batch per train_step", ylabel="token entropy (nats)",
                 path=folder / f"entropy_{env}.png", smooth=smooth, targets=True)),
