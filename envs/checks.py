@@ -5,7 +5,8 @@
 3. truncation at ``max_turns`` (with actions that never end the task);
 4. ``close()`` twice is fine;
 5. random strings as actions never raise;
-6. the expert reaches full reward on a sample of tasks of every split.
+6. the expert reaches full reward on a sample of tasks of every split;
+7. no task id is in two splits (a union split such as "all" aside); a prompt in two splits is noted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import random
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,6 +158,86 @@ def check_expert(env_id: str, n_tasks: int = 3, splits: Iterable[str] | None = N
     return f"expert solved {len(lines)} tasks ({', '.join(lines)})"
 
 
+#: Splits that are the union of the others by design (CodeRepair's "all"): not compared.
+UNION_SPLITS = ("all",)
+
+
+def _spread(n: int) -> Iterator[int]:
+    """Every index of ``range(n)`` once: the first five (where a held-out split built with the
+    train seeds repeats train), then ever finer halvings (n/2, n/4, 3n/4, ...), so a sample cut
+    short by time covers the whole split evenly."""
+    seen: set[int] = set()
+    head = range(min(5, n))
+    seen.update(head)
+    yield from head
+    k = 1
+    while len(seen) < n and 2 ** (k - 1) < n:
+        for j in range(1, 2**k, 2):
+            i = j * n // 2**k
+            if i not in seen:
+                seen.add(i)
+                yield i
+        k += 1
+    for i in range(n):  # nothing left after the halvings; a guard, not a second pass
+        if i not in seen:
+            yield i
+
+
+def _few(items: list[str], shown: int = 5) -> str:
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def check_split_overlap(env_id: str, budget_s: float = 20.0, min_tasks: int = 5, **kwargs: Any) -> str:
+    """No task id in two splits; fails naming the shared ids. Prompts that name one task of
+    their split (not GuessNumber's, which every task shares) and recur in another split are
+    reported as a note. Every task is compared when that fits in ``budget_s``; past it, at
+    least ``min_tasks`` per split, spread over the split (the detail says how many)."""
+    env = make(env_id, **kwargs)
+    core: ToolEnv = env.unwrapped  # type: ignore[assignment]
+    try:
+        splits = [s for s in core.splits if s not in UNION_SPLITS]
+        if len(splits) < 2:
+            return f"one split ({', '.join(splits) or 'none'}): nothing to compare"
+        totals = {s: core.num_tasks(s) for s in splits}
+        orders = {s: _spread(totals[s]) for s in splits}
+        ids: dict[str, dict[str, int]] = {s: {} for s in splits}
+        prompts: dict[str, dict[str, list[str]]] = {s: {} for s in splits}
+        t0, open_splits = time.perf_counter(), list(splits)
+        while open_splits:
+            for split in list(open_splits):
+                index = next(orders[split], None)
+                if index is None or (len(ids[split]) >= min_tasks and time.perf_counter() - t0 > budget_s):
+                    open_splits.remove(split)
+                    continue
+                task = core.get_task(split, index)
+                ids[split].setdefault(task.task_id, index)
+                prompts[split].setdefault(task.prompt, []).append(task.task_id)
+    finally:
+        env.close()
+    problems, notes = [], []
+    for i, a in enumerate(splits):
+        for b in splits[i + 1:]:
+            shared = sorted(set(ids[a]) & set(ids[b]))
+            if shared:
+                problems.append(f"{a} and {b} share {len(shared)} task id(s): {_few(shared)}")
+            same = [f"{prompts[a][p][0]} = {prompts[b][p][0]}" for p in prompts[a].keys() & prompts[b].keys()
+                    if len(prompts[a][p]) == 1 and len(prompts[b][p]) == 1 and prompts[a][p] != prompts[b][p]]
+            if same:
+                notes.append(f"{a} and {b} give {len(same)} task(s) the same prompt: {_few(sorted(same))}")
+    seen = ", ".join(f"{s} {len(ids[s])}" + ("" if len(ids[s]) == totals[s] else f" of {totals[s]}") for s in splits)
+    if problems:
+        raise AssertionError(
+            "; ".join(problems) + f" (tasks compared: {seen}). A held-out task must not also be a train task: "
+            "give each split its own seeds or items, and the split in the task id when ids repeat per split"
+        )
+    skipped = [s for s in core.splits if s in UNION_SPLITS]
+    union = f"; {', '.join(skipped)} (union of the others) not compared" if skipped else ""
+    # Same prompt, different id: the same task when the prompt is all of it (a question), not
+    # when the task lives in its data (a file tree); a note to look at, not a failure.
+    note = f". Note: {'; '.join(notes)}; the same task unless their data differs" if notes else ""
+    return f"no task id shared between splits (tasks compared: {seen}{union}){note}"
+
+
 CHECKS: dict[str, Callable[..., str]] = {
     "gymnasium": check_gymnasium,
     "determinism": check_determinism,
@@ -164,6 +245,7 @@ CHECKS: dict[str, Callable[..., str]] = {
     "close_twice": check_close_twice,
     "random_actions": check_random_actions,
     "expert": check_expert,
+    "split_overlap": check_split_overlap,
 }
 
 

@@ -80,6 +80,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from .checks import CHECKS, run_checks
 
@@ -103,15 +104,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     env.close()
     results = run_checks(args.env_id, only=args.only, n_tasks=args.tasks, **options)
     table = Table(title=f"agentrl envs check {args.env_id}")
-    for col in ("check", "result", "time (s)", "detail"):
-        table.add_column(col)
+    for col in ("check", "result", "time (s)"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("detail", overflow="fold")  # whole, wrapped to the terminal: never cut
     for r in results:
-        table.add_row(r.name, "[green]pass" if r.passed else "[red]FAIL", f"{r.wall_time_s:.2f}", r.detail.splitlines()[0][:100] if r.detail else "")
+        # a failure's first line here, its traceback after the table; Text: no markup in details
+        detail = r.detail if r.passed else (r.detail.splitlines() or [""])[0]
+        table.add_row(r.name, "[green]pass" if r.passed else "[red]FAIL", f"{r.wall_time_s:.2f}", Text(detail))
     console = Console()
     console.print(table)
     for r in results:
         if not r.passed:
-            console.print(f"[red]{r.name}[/red]:\n{r.detail}")
+            console.print(f"[red]{r.name}[/red]:")
+            console.print(Text(r.detail))
     return 0 if all(r.passed for r in results) else 1
 
 
@@ -191,7 +196,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     ls = sub.add_parser("list", help="registered env ids with descriptions")
     _add_import_option(ls)
     ls.set_defaults(func=cmd_list)
-    ck = sub.add_parser("check", help="run every env check (gymnasium checker, determinism, expert, ...)")
+    ck = sub.add_parser("check", help="run every env check (gymnasium checker, determinism, expert, split overlap, ...)")
     ck.add_argument("env_id")
     ck.add_argument("--tasks", type=int, default=3, help="expert tasks per split (default 3)")
     ck.add_argument("--only", nargs="*", help="run only these checks")

@@ -22,7 +22,7 @@ def test_doc_env_passes_every_check(guess_env_id):
     results = run_checks(guess_env_id, n_tasks=5)
     failed = [f"{r.name}: {r.detail}" for r in results if not r.passed]
     assert not failed, failed
-    assert [r.name for r in results] == ["gymnasium", "determinism", "truncation", "close_twice", "random_actions", "expert"]
+    assert [r.name for r in results] == ["gymnasium", "determinism", "truncation", "close_twice", "random_actions", "expert", "split_overlap"]
 
 
 def test_expert_binary_search_turn_count(guess_env_id):
