@@ -310,7 +310,21 @@ class LoggingConfig:
     """Also write TensorBoard events: None (default) when tensorboard is installed (an info line
     says so when it is not), true to ask for them (a warning when it is not installed), false never."""
     wandb: bool = False
-    """Also log to Weights & Biases when installed and configured."""
+    """Also log to Weights & Biases: one W&B run per training run, with the resolved config and
+    each metrics row at step train_step (docs/logging.md). Needs the extra: ``pip install
+    'agentrl[wandb]'``; the config check fails when wandb cannot be imported."""
+    wandb_project: str = "agentrl"
+    """W&B project of the runs (1 to 128 characters, none of ``/ \\ # ? % :``)."""
+    wandb_entity: str | None = None
+    """W&B user or team owning the project; None: the logged-in account's default entity."""
+    wandb_name: str | None = None
+    """Display name of the W&B run; None: run.name."""
+    wandb_tags: list[str] = field(default_factory=list)
+    """Tags of the W&B run, each 1 to 64 characters (e.g. the method and the env)."""
+    wandb_mode: str | None = None
+    """"online" (stream to the W&B server), "offline" (write to the run folder's wandb/, or to
+    $WANDB_DIR when set; upload later with ``wandb sync``) or "disabled" (log nothing); None: W&B's own choice (the
+    WANDB_MODE variable, else what ``wandb online``/``wandb offline`` set, else online)."""
     progress: bool = True
     """Show a progress bar."""
     log_trajectories: int = 2
@@ -399,6 +413,7 @@ CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
     FaultConfig: {"point": tuple(FAULT_KINDS), "kind": tuple(dict.fromkeys(k for kinds in FAULT_KINDS.values() for k in kinds))},
     RolloutConfig: {"engine": ("hf", "vllm", "openai"), "async_order": ("completion", "fifo")},
     TrainerConfig: {"lr_schedule": ("constant", "cosine")},
+    LoggingConfig: {"wandb_mode": ("online", "offline", "disabled")},
 }
 """The values a string field takes (agentrl.models.chat.TEMPLATE_NAMES, agentrl.models.tiny.ARCHS;
 tests/test_config.py keeps them equal); checked like :data:`RANGES`."""
@@ -795,10 +810,38 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
               f"ray.gpus_per_learner_rank={g:g} with ray.learner_ranks={r.learner_ranks}: fractional GPUs let Ray put two learner "
               f"ranks on one GPU, where NCCL fails (both ranks pick the same device); set ray.gpus_per_learner_rank: 1 "
               f"(one GPU per rank) or ray.learner_ranks: 1")
+    problem = wandb_problem(cfg.logging)
+    check(problem is None, problem or "")
     try:
         algorithm_config(cfg)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+
+
+WANDB_PROJECT_BAD_CHARS = "/\\#?%:"
+"""Characters W&B refuses in a project name (``wandb.Settings.validate_project``)."""
+
+
+def wandb_problem(lc: LoggingConfig) -> str | None:
+    """The first W&B setting of ``lc`` that W&B would refuse at ``wandb.init`` (mid-run, after
+    the model is loaded), or ``logging.wandb: true`` without wandb installed; None when fine."""
+    p = lc.wandb_project
+    if not 1 <= len(p) <= 128 or any(c in p for c in WANDB_PROJECT_BAD_CHARS):
+        return (f"logging.wandb_project must be 1 to 128 characters without any of {' '.join(WANDB_PROJECT_BAD_CHARS)}, got {p!r}; "
+                f"pick a plain name such as 'agentrl'")
+    for key, value in (("wandb_entity", lc.wandb_entity), ("wandb_name", lc.wandb_name)):
+        if value is not None and not value.strip():
+            return f"logging.{key} must be a non-empty string or null (null: {'your default entity' if key == 'wandb_entity' else 'run.name'}), got {value!r}"
+    for i, tag in enumerate(lc.wandb_tags):
+        if not 1 <= len(tag) <= 64:
+            return f"logging.wandb_tags[{i}] must be 1 to 64 characters (W&B's limit), got {len(tag)}: {tag!r}; shorten or drop it"
+    if lc.wandb:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            return ("logging.wandb is true but the wandb package is not installed; install it with "
+                    "`pip install 'agentrl[wandb]'` (or `pip install -e '.[wandb]'` in a checkout), or set logging.wandb=false")
+    return None
 
 
 def _parse_algorithm(raw: Any, done: dict[str, Any] | None = None) -> Any:

@@ -300,7 +300,7 @@ def _train(cfg: TrainConfig, closing: contextlib.ExitStack, force_resume: bool =
     if feed is not None:
         closing.callback(feed.close)  # runs first: stops the producer before the rollout closes
     tasks = feed or sampler  # what checkpoints record as the data position
-    logger = MetricsLogger(out, tensorboard=cfg.logging.tensorboard, wandb=cfg.logging.wandb, run_name=cfg.run.name, config=to_dict(cfg))
+    logger = MetricsLogger.for_run(out, cfg)
     closing.callback(logger.close)
     summary: dict[str, Any] = {"run": cfg.run.name, "output_dir": str(out)}
 

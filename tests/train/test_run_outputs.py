@@ -46,6 +46,7 @@ def test_missing_tensorboard_by_default_is_an_info_line_not_a_warning(tmp_path, 
 
     assert LoggingConfig().tensorboard is None
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    monkeypatch.setattr("agentrl.metrics._said_no_tensorboard", False)  # said once per process: as in a fresh one
     with caplog.at_level(logging.INFO, logger="agentrl.metrics"):
         MetricsLogger(tmp_path).close()
     levels = [(r.levelno, r.getMessage()) for r in caplog.records]
