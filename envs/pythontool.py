@@ -21,6 +21,11 @@ Tasks and split: task index ``i`` of a split is item ``i // len(tasks)`` of gene
 (generator, config, seed): reasoning-gym draws item ``j`` from ``random.Random(seed + j)``,
 with ``seed = data_seed`` for ``train`` and ``data_seed + 10_000_000`` for ``test``, so the two
 splits never share an item seed (``train_size``/``test_size`` items each, default 1000/200).
+Distinct seeds can still draw the same question from a small space (``prime_factorization``
+draws one number in [2, 1000]: 6 of its 25 default test items were train questions), so the
+test split skips every generator item whose question is also one of that generator's train
+questions: test item ``k`` is the k-th such survivor, still a pure function of the options.
+A generator whose space is too small to leave ``test_size`` unseen questions raises ValueError.
 
 Difficulty: ``level=k`` sets every attribute of the generator's reasoning-gym curriculum to
 level k (``curriculum.set_global_level``; clamped to each attribute's last level), e.g. more
@@ -52,6 +57,11 @@ DEFAULT_TASKS = (
 )
 TEST_SEED_OFFSET = 10_000_000
 _MANAGED_FIELDS = ("seed", "size")
+
+
+def _test_scan_limit(need: int) -> int:
+    """How many test items are looked at to find ``need`` that are not train questions."""
+    return 4 * need + 100
 
 
 @functools.cache
@@ -139,14 +149,35 @@ class PythonToolEnv(ToolEnv):
         self.timeout_s = float(timeout_s)
         self._sizes = {"train": train_size, "test": test_size}
         seeds = {"train": data_seed, "test": data_seed + TEST_SEED_OFFSET}
+        per_task = {split: math.ceil(self._sizes[split] / len(self.tasks)) for split in self.splits}
+        # the test datasets' (virtual, lazily generated) size leaves room to skip train questions
+        scan = {"train": per_task["train"], "test": _test_scan_limit(per_task["test"])}
         self._datasets = {
-            (split, name): build_dataset(
-                name, seed=seeds[split], size=math.ceil(self._sizes[split] / len(self.tasks)),
-                level=level, overrides=task_config.get(name),
-            )
+            (split, name): build_dataset(name, seed=seeds[split], size=scan[split], level=level, overrides=task_config.get(name))
             for split in self.splits for name in self.tasks
         }
+        self._per_task = per_task
+        self._test_items: dict[str, list[int]] = {}
         self._session = None
+
+    def _test_item(self, name: str, item_index: int) -> int:
+        """The test dataset index of test item ``item_index`` of generator ``name``: items whose
+        question is one of the generator's train questions are skipped (computed once per
+        generator, on first use: ~0.1 ms per item)."""
+        if name not in self._test_items:
+            train = self._datasets[("train", name)]
+            seen = {train[j]["question"] for j in range(self._per_task["train"])}
+            test, need = self._datasets[("test", name)], self._per_task["test"]
+            kept = [j for j in range(len(test)) if test[j]["question"] not in seen][:need]
+            if len(kept) < need:
+                raise ValueError(
+                    f"PythonToolEnv: task {name!r} has too few questions for disjoint splits: only {len(kept)} of "
+                    f"its first {len(test)} test items are not train questions, and the test split needs {need} "
+                    f"(test_size={self._sizes['test']} over {len(self.tasks)} task(s)). Lower train_size or "
+                    "test_size, or widen the generator with level/task_config."
+                )
+            self._test_items[name] = kept
+        return self._test_items[name][item_index]
 
     # ----------------------------------------------------------------- tasks
     def num_tasks(self, split: str) -> int:
@@ -156,7 +187,7 @@ class PythonToolEnv(ToolEnv):
         name = self.tasks[index % len(self.tasks)]
         item_index = index // len(self.tasks)
         dataset = self._datasets[(split, name)]
-        entry = dataset[item_index]
+        entry = dataset[self._test_item(name, item_index) if split == "test" else item_index]
         level = "" if self.level is None else f"@L{self.level}"
         prompt = (
             f"{entry['question']}\n\nUse the python tool to work it out, then give your final answer "

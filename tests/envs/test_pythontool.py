@@ -46,6 +46,27 @@ def test_splits_use_disjoint_item_seeds(env):
     assert len(train_q) == 50 and not train_q & test_q
 
 
+def test_no_test_question_is_a_train_question():
+    """Distinct item seeds are not enough: prime_factorization draws one number in [2, 1000], and
+    6 of its 25 default test items asked a train question before the test split skipped them."""
+    e = make()
+    train = {e.get_task("train", i).prompt for i in range(e.num_tasks("train"))}
+    test = [e.get_task("test", i) for i in range(e.num_tasks("test"))]
+    assert not train & {t.prompt for t in test}
+    factor = [t for t in test if t.data["name"] == "prime_factorization"]
+    assert len(factor) == 25 and [t.task_id for t in factor[:2]] == ["prime_factorization/test/0", "prime_factorization/test/1"]
+    assert len({t.prompt for t in factor}) >= 24  # survivors, not one item repeated
+    assert make().get_task("test", 4).prompt == test[4].prompt  # still a pure function of the options
+    (check,) = run_checks(ID, only=["split_overlap"])  # the check every env passes: no id shared, no prompt noted
+    assert check.passed and "Note" not in check.detail, check.detail
+
+
+def test_a_generator_too_small_for_disjoint_splits_is_refused():
+    e = make(tasks=["prime_factorization"], task_config={"prime_factorization": {"min_value": 2, "max_value": 20}}, train_size=60, test_size=5)
+    with pytest.raises(ValueError, match=r"task 'prime_factorization' has too few questions for disjoint splits: only 0 of .* needs 5"):
+        e.get_task("test", 0)
+
+
 def test_level_and_task_config_change_the_generator():
     easy = build_dataset("basic_arithmetic", seed=0, size=4, level=0).config
     hard = build_dataset("basic_arithmetic", seed=0, size=4, level=3).config
