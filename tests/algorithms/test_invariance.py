@@ -29,6 +29,8 @@ import torch
 import yaml
 
 from agentrl.algorithms import build_algorithm
+from agentrl.algorithms.config import AlgorithmConfig
+from agentrl.algorithms.registry import REGISTRIES
 from agentrl.learner.learner import grouping_blocker
 
 from .helpers import close
@@ -51,6 +53,8 @@ VARIANTS = {
     "skywork_entropy_measure": {"controllers": [{"name": "skywork", "coef_init": 0.004, "measure": "entropy"}]},
     "forking_current_kept": {"token_mask": {"name": "forking_tokens", "entropy_source": "current", "normalize": "kept"}},
     "bapo_kl": {"controllers": ["bapo"], "kl": {"coef": 0.05}},
+    "kl_k1": {"kl": {"coef": 0.05, "estimator": "k1"}},
+    "kl_k2": {"kl": {"coef": 0.05, "estimator": "k2"}},
 }
 CASES = {**METHOD_CONFIGS, **VARIANTS}
 BATCH_DEPENDENT = {"clip_cov", "kl_cov", "bapo", "bapo_kl", "forking_tokens", "forking_current_kept"}
@@ -221,9 +225,24 @@ def _compare(config, d, splits, state):
                 close(s[k], ref_states[0][k], atol=1e-6, rtol=1e-5)
 
 
-def test_every_shipped_method_is_covered():
-    assert len(METHOD_CONFIGS) >= 20
-    assert BATCH_DEPENDENT <= set(CASES)
+def _components(config) -> set[tuple[str, str]]:
+    """The (registry, name) pairs a case's update runs through (a KL estimator only at coef > 0)."""
+    c = AlgorithmConfig.from_dict(config)
+    used = {("estimators", c.estimator.name), ("losses", c.loss.name), ("aggregations", c.aggregation.name)}
+    used |= {("shaping", s.name) for s in c.shaping} | {("controllers", s.name) for s in c.controllers}
+    if c.token_mask is not None:
+        used.add(("token_masks", c.token_mask.name))
+    if c.kl.coef > 0:
+        used.add(("kl", c.kl.estimator))
+    return used
+
+
+def test_every_shipped_method_and_every_registered_component_is_covered():
+    assert set(METHOD_CONFIGS) == {p.stem for p in (ROOT / "configs" / "methods").glob("*.yaml")} and len(METHOD_CONFIGS) >= 20
+    assert BATCH_DEPENDENT <= set(CASES) and set(COPIES_OVERRIDES) <= BATCH_DEPENDENT
+    covered = set().union(*(_components(c) for c in CASES.values()))
+    registered = {(r, e.name) for r, reg in REGISTRIES.items() for e in reg}
+    assert registered - covered == set(), "registered components no invariance case runs: add a VARIANTS entry"
 
 
 @pytest.mark.parametrize("name", sorted(n for n in CASES if n not in BATCH_DEPENDENT))
