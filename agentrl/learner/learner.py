@@ -238,7 +238,8 @@ class Learner:
         """``(logprobs, entropy)`` ``[len(rows), T]`` of batch rows ``rows``. Right-padded rows are
         cut to their longest real length and run without a padding mask (exact on real tokens;
         see :func:`sequence_logprobs`), then zero-padded back to the batch width T. Other
-        layouts run at full width with the mask."""
+        layouts run at full width with the mask. Values are computed at the policy tokens
+        (``batch.loss_mask``) only and are 0 elsewhere."""
         T = batch.input_ids.shape[1]
         index = torch.tensor(rows, dtype=torch.long, device=batch.input_ids.device)
         if self._right_padded:
@@ -246,10 +247,13 @@ class Learner:
             ids, mask = batch.input_ids[index, :width], None
         else:
             width, ids, mask = T, batch.input_ids[index], batch.attention_mask[index]
+        # the LM head only where a loss or metric reads the values: the policy tokens (prompt,
+        # tool output and padding positions come back 0; every consumer masks them)
+        positions = batch.loss_mask[index, :width]
         with torch.set_grad_enabled(grad):
             logp, ent = sequence_logprobs(
                 model, ids, mask, temperature=self.temperature,
-                chunk_size=self.cfg.logits_chunk_size, compute_entropy=entropy,
+                chunk_size=self.cfg.logits_chunk_size, compute_entropy=entropy, positions=positions,
             )
             if width < T:
                 logp = F.pad(logp, (0, T - width))

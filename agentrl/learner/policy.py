@@ -54,6 +54,7 @@ def sequence_logprobs(
     temperature: float = 1.0,
     chunk_size: int | None = None,
     compute_entropy: bool = True,
+    positions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token ``(logprobs, entropy)`` ``[B, T]`` float32 for right-padded sequences.
 
@@ -63,19 +64,37 @@ def sequence_logprobs(
     ``attention_mask`` None: no padding mask, the causal mask alone (HF's fast path; position
     ids 0..T-1). For right-padded rows that gives the masked values on every real token (a real
     token only attends to earlier positions, all real), so the learner passes None for them.
+    ``positions`` ``[B, T]`` bool (True: this token's values are wanted, e.g. the loss mask):
+    the LM head, softmax and entropy run only there, and every other position is 0 (the
+    decoder still runs on every token: later tokens attend to them). Values at the wanted
+    positions are those of the full computation; gradients flow only through them. None: all.
     Memory: hidden states ``[B, T, D]`` plus chunks of ``[chunk_size, V]``, never ``[B*T, V]``.
     A :class:`PolicyForward` is called as a module (FSDP2 needs its hooks to run).
     """
     if isinstance(model, PolicyForward):
-        return model(input_ids, attention_mask, temperature=temperature, chunk_size=chunk_size, compute_entropy=compute_entropy)
+        return model(input_ids, attention_mask, temperature=temperature, chunk_size=chunk_size,
+                     compute_entropy=compute_entropy, positions=positions)
     base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
     mask = None if attention_mask is None else attention_mask.long()
     hidden = base(input_ids=input_ids, attention_mask=mask).last_hidden_state
     head = model.get_output_embeddings()
-    logp, ent = logprobs_and_entropy_from_hidden(
-        hidden[:, :-1], head.weight, input_ids[:, 1:], bias=getattr(head, "bias", None),
-        temperature=temperature, chunk_size=chunk_size, compute_entropy=compute_entropy,
-    )
+    targets = input_ids[:, 1:]
+    if positions is not None:
+        if positions.shape != input_ids.shape or positions.dtype != torch.bool:
+            raise ValueError(f"positions must be a bool tensor of input_ids' shape {tuple(input_ids.shape)}, "
+                             f"got {positions.dtype} {tuple(positions.shape)}")
+        wanted = positions[:, 1:]
+        lp, en = logprobs_and_entropy_from_hidden(
+            hidden[:, :-1][wanted], head.weight, targets[wanted], bias=getattr(head, "bias", None),
+            temperature=temperature, chunk_size=chunk_size, compute_entropy=compute_entropy,
+        )
+        logp = lp.new_zeros(targets.shape).masked_scatter(wanted, lp)
+        ent = en.new_zeros(targets.shape).masked_scatter(wanted, en) if en is not None else None
+    else:
+        logp, ent = logprobs_and_entropy_from_hidden(
+            hidden[:, :-1], head.weight, targets, bias=getattr(head, "bias", None),
+            temperature=temperature, chunk_size=chunk_size, compute_entropy=compute_entropy,
+        )
     zeros = logp.new_zeros((input_ids.shape[0], 1))
     logp = torch.cat([zeros, logp], dim=1)
     ent = torch.cat([zeros, ent], dim=1) if ent is not None else None
@@ -96,5 +115,7 @@ class PolicyForward(torch.nn.Module):
         self.lm = lm
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *, temperature: float = 1.0,
-                chunk_size: int | None = None, compute_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return sequence_logprobs(self.lm, input_ids, attention_mask, temperature=temperature, chunk_size=chunk_size, compute_entropy=compute_entropy)
+                chunk_size: int | None = None, compute_entropy: bool = True,
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return sequence_logprobs(self.lm, input_ids, attention_mask, temperature=temperature, chunk_size=chunk_size,
+                                 compute_entropy=compute_entropy, positions=positions)
