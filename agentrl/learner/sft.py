@@ -67,8 +67,10 @@ def sft(
     running = 0.0
     for i, rows in enumerate(batches, 1):
         batch = collate([data[j] for j in rows], pad_token_id=pad_token_id).to(device)
-        logp, _ = sequence_logprobs(model, batch.input_ids, batch.attention_mask, compute_entropy=False)
         mask = batch.loss_mask
+        # collate right-pads: the causal mask alone is exact on real tokens (no padding mask, HF's
+        # fast path), and the LM head runs only on the imitated (assistant) tokens
+        logp, _ = sequence_logprobs(model, batch.input_ids, None, compute_entropy=False, positions=mask)
         loss = -(logp * mask).sum() / mask.sum().clamp(min=1)
         opt.zero_grad(set_to_none=True)
         loss.backward()

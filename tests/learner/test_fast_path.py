@@ -18,6 +18,7 @@ from agentrl.algorithms.algorithm import MicroBatch, RolloutBatch
 from agentrl.config import TrainConfig, from_dict
 from agentrl.learner.learner import Learner, grouping_blocker
 from agentrl.learner.policy import load_model, load_tokenizer, sequence_logprobs
+from agentrl.learner.sft import sft
 from agentrl.types import Trajectory, collate
 
 METHODS = {
@@ -33,6 +34,16 @@ def make_batch(model, pad_token_id: int, *, B: int = 8, seed: int = 0, long_row:
     """B multi-turn episodes in groups of 2 with mixed lengths (one 3x longer than the rest;
     some end on a generated token, as truncated episodes do),
     behavior logprobs from ``model`` shifted a little (so ratios are not all 1)."""
+    trajs = make_trajectories(model, B=B, seed=seed, long_row=long_row)
+    batch = collate(trajs, pad_token_id=pad_token_id)
+    with torch.no_grad():
+        logp, _ = sequence_logprobs(model, batch.input_ids, batch.attention_mask, compute_entropy=False)
+    noise = 0.05 * torch.randn(logp.shape, generator=torch.Generator().manual_seed(seed))
+    batch.behavior_logprobs = torch.where(batch.loss_mask, logp + noise, torch.zeros(()))
+    return batch
+
+
+def make_trajectories(model, *, B: int = 8, seed: int = 0, long_row: int | None = 3) -> list[Trajectory]:
     rng = random.Random(seed)
     vocab = model.config.vocab_size
     trajs = []
@@ -47,12 +58,7 @@ def make_batch(model, pad_token_id: int, *, B: int = 8, seed: int = 0, long_row:
                 t.append([rng.randrange(3, vocab) for _ in range(rng.randint(1, 4))], generated=False)
         t.turn_rewards = [0.0, float(rng.random() < 0.5)]
         trajs.append(t)
-    batch = collate(trajs, pad_token_id=pad_token_id)
-    with torch.no_grad():
-        logp, _ = sequence_logprobs(model, batch.input_ids, batch.attention_mask, compute_entropy=False)
-    noise = 0.05 * torch.randn(logp.shape, generator=torch.Generator().manual_seed(seed))
-    batch.behavior_logprobs = torch.where(batch.loss_mask, logp + noise, torch.zeros(()))
-    return batch
+    return trajs
 
 
 # Adam's first steps are sign-like (lr * g / (|g| + eps)): where a gradient entry is ~1e-8, float
@@ -250,6 +256,32 @@ def test_the_head_on_wanted_positions_only_gives_their_full_values_and_gradients
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()) + 1e-8)
     with pytest.raises(ValueError, match=r"positions must be a bool tensor of input_ids' shape .*got torch.int64"):
         sequence_logprobs(base, batch.input_ids, None, positions=wanted.long())
+
+
+def test_sft_on_the_fast_path_equals_the_masked_full_width_step(tiny):
+    """SFT runs without a padding mask and with the LM head on assistant tokens only: its steps
+    give the masked, all-positions path's losses and weights."""
+    _, base, _ = tiny
+    trajs = make_trajectories(base, B=6, seed=3)
+    fast = copy.deepcopy(base)
+    losses = sft(fast, trajs, pad_token_id=0, steps=3, batch_size=4, lr=1e-3, progress=False)
+    old = copy.deepcopy(base)
+    opt = torch.optim.AdamW(old.parameters(), lr=1e-3, weight_decay=0.0)
+    rng = random.Random(0)  # sft's own draws: steps > 0 samples batch_size rows per step
+    old_losses = []
+    for rows in [rng.sample(range(len(trajs)), 4) for _ in range(3)]:
+        batch = collate([trajs[j] for j in rows], pad_token_id=0)
+        logp, _ = sequence_logprobs(old, batch.input_ids, batch.attention_mask, compute_entropy=False)
+        loss = -(logp * batch.loss_mask).sum() / batch.loss_mask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(old.parameters(), 1.0)
+        opt.step()
+        old_losses.append(float(loss))
+    assert losses == pytest.approx(old_losses, rel=1e-5)  # 3 steps: one loss per step
+    for p, q in zip(fast.parameters(), old.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=WEIGHT_ATOL)
+    assert any(not torch.equal(p, q) for p, q in zip(base.parameters(), fast.parameters()))
 
 
 def test_micro_batches_by_tokens_are_at_most_half_padding(tiny):
