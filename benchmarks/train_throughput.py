@@ -170,7 +170,9 @@ def make_agentrl(spec: dict[str, Any]) -> Any:
         metrics = learner.update(batch)
         w2, c2 = _clock()
         engine.update_weights(None, step + 1)  # shared module: only the version moves (train.py's sync_weights)
+        floor_c = learner_floor_cpu_s(model, batch, spec["micro_batch"])  # outside both frameworks' timed spans
         return {
+            "learner_floor_cpu_s": floor_c,
             "step": step, "warmup": step < spec["warmup"],
             "rollout_wall_s": w1 - w0, "rollout_cpu_s": c1 - c0, "learner_wall_s": w2 - w1, "learner_cpu_s": c2 - c1,
             "step_wall_s": w2 - w0, "step_cpu_s": c2 - c0,
@@ -181,6 +183,29 @@ def make_agentrl(spec: dict[str, Any]) -> Any:
         }
 
     return step_fn
+
+
+def learner_floor_cpu_s(model: Any, batch: Any, micro: int) -> float:
+    """CPU seconds of the model's own training compute on ``batch``: forward and backward of the
+    decoder on each micro-batch of ``micro`` rows (rows taken longest first, each micro-batch cut
+    to its longest row: no padding beyond that), the LM head and log-softmax only at the trained
+    (completion) tokens, no optimizer step, no loss bookkeeping. Neither framework can train the
+    batch exactly in less; gradients are cleared after."""
+    import torch
+
+    lengths = batch.attention_mask.sum(1).tolist()
+    order = sorted(range(len(lengths)), key=lambda r: -lengths[r])
+    c0 = time.process_time()
+    for s in range(0, len(order), micro):
+        rows = torch.tensor(order[s:s + micro])
+        width = int(max(lengths[r] for r in rows.tolist()))
+        ids, keep = batch.input_ids[rows, :width], batch.loss_mask[rows, :width][:, 1:]
+        hidden = model.model(input_ids=ids).last_hidden_state[:, :-1][keep]
+        logits = model.lm_head(hidden).float()
+        torch.log_softmax(logits, -1).gather(-1, ids[:, 1:][keep].unsqueeze(-1)).sum().backward()
+    floor = time.process_time() - c0
+    model.zero_grad(set_to_none=True)
+    return floor
 
 
 # ----------------------------------------------------------------------------- TRL worker
@@ -302,7 +327,8 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, float]:
     s = {k: sum(r[k] for r in timed) for k in ("rollout_wall_s", "rollout_cpu_s", "learner_wall_s", "learner_cpu_s", "step_wall_s",
                                                "step_cpu_s", "rollout_tokens", "learner_tokens", "padded_tokens")}
     parts = {f"{k[:-2]}_mean_s": sum(r[k] for r in timed) / n for k in ("collate_cpu_s", "update_cpu_s", "trl_scoring_cpu_s",
-                                                                        "trl_forward_backward_cpu_s", "trl_other_cpu_s") if k in timed[0]}
+                                                                        "trl_forward_backward_cpu_s", "trl_other_cpu_s",
+                                                                        "learner_floor_cpu_s") if k in timed[0]}
     return {
         **parts,
         "timed_steps": n,
@@ -382,6 +408,10 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"median of per-step paired ratios: rollout tokens/s {r['rollout_tokens_per_s_cpu_paired_median']:.2f} (cpu) "
           f"{r['rollout_tokens_per_s_wall_paired_median']:.2f} (wall), learner tokens/s {r['learner_tokens_per_s_cpu_paired_median']:.2f} (cpu) "
           f"{r['learner_tokens_per_s_wall_paired_median']:.2f} (wall), train_step wall {r['step_wall_s_paired_median']:.2f}")
+    print(f"learner floor (the model's forward+backward on the trained batch, no padding beyond each micro-batch's longest row, "
+          f"LM head on completion tokens): {a['learner_floor_cpu_mean_s']:.2f} CPU s per step; agentrl at "
+          f"{r['agentrl_learner_over_floor_cpu']:.2f}x it, TRL at {r['trl_learner_over_floor_cpu']:.2f}x; an exact learner can be at "
+          f"most {r['max_learner_speedup_vs_trl_at_floor']:.2f}x TRL here")
     goal = "met" if r["learner_tokens_per_s_cpu"] >= 1.0 else "NOT met"
     print(f"ratio = agentrl / TRL for tokens/s, TRL / agentrl for seconds (> 1: agentrl faster). "
           f"Goal (learner tokens/s >= TRL's, on CPU time): {goal}")
@@ -456,6 +486,11 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {k: a[k] / t[k] for k in ("rollout_tokens_per_s_cpu", "rollout_tokens_per_s_wall", "learner_tokens_per_s_cpu", "learner_tokens_per_s_wall")}
     ratios.update({k: t[k] / a[k] for k in ("step_wall_s_mean", "step_cpu_s_mean", "rollout_wall_s_mean", "learner_wall_s_mean")})
     ratios.update(paired_ratios(rows["agentrl"], rows["trl"]))
+    # the floor: the model's own forward+backward on agentrl's trained batch (same tokens as TRL's)
+    floor = a["learner_floor_cpu_mean_s"]
+    ratios.update({"agentrl_learner_over_floor_cpu": a["learner_cpu_s_mean"] / floor,
+                   "trl_learner_over_floor_cpu": t["learner_cpu_s_mean"] / floor,
+                   "max_learner_speedup_vs_trl_at_floor": t["learner_cpu_s_mean"] / floor})
     from agentrl.train import environment_info
 
     env = environment_info(("torch", "transformers", "trl", "accelerate"))

@@ -41,4 +41,10 @@ def test_train_throughput_quick(tmp_path):
         assert len(steps) == (cfg["warmup"] + cfg["steps"]) * cfg["repeats"]
     for k, v in res["ratios"].items():
         assert math.isfinite(v) and v > 0, (k, v)
+    # the floor is measured on every step's trained batch, and the ratios are read against it
+    assert all(r["learner_floor_cpu_s"] > 0 for r in res["steps"]["agentrl"])
+    a, t, r = res["agentrl"], res["trl"], res["ratios"]
+    assert r["agentrl_learner_over_floor_cpu"] == pytest.approx(a["learner_cpu_s_mean"] / a["learner_floor_cpu_mean_s"])
+    assert r["max_learner_speedup_vs_trl_at_floor"] == pytest.approx(t["learner_cpu_s_mean"] / a["learner_floor_cpu_mean_s"])
+    assert "learner floor" in run.stdout
     assert len(res["machine"]["loadavg_before"]) == 3 and res["versions"]["trl"]
