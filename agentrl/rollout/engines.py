@@ -544,9 +544,15 @@ class HFEngine(QueuedEngine, Engine):
             ``2 * layers * kv_heads * head_dim * dtype bytes`` per token); past it the least
             recently used are evicted. 0: no cap.
 
+    Requests admitted together with the same uncached prompt (the G samples of a GRPO group,
+    the first turn of a group's episodes) are prefilled once: the copies take the first one's
+    KV and logits and sample with their own generators; their prompt counts as
+    ``cached_tokens`` (and ``shared_prefill_tokens``), as vLLM counts a prefix another request
+    computed.
+
     ``stats`` counts batches (decode steps with the cache), requests, generated_tokens,
-    generate_time_s, prefill_tokens, cached_tokens, cache_evictions, cache_misses,
-    cache_invalidations.
+    generate_time_s, prefill_tokens, cached_tokens, shared_prefill_tokens, cache_evictions,
+    cache_misses, cache_invalidations.
     """
 
     def __init__(
@@ -586,8 +592,8 @@ class HFEngine(QueuedEngine, Engine):
         self._waiting: list[tuple[list[int], SamplingParams, Any]] = []
         self._update_pending = 0
         self.stats = {"batches": 0, "requests": 0, "generated_tokens": 0, "generate_time_s": 0.0, "prefill_tokens": 0,
-                      "cached_tokens": 0, "cache_evictions": 0, "cache_misses": 0, "cache_invalidations": 0,
-                      "decode_forwards": 0}
+                      "cached_tokens": 0, "shared_prefill_tokens": 0, "cache_evictions": 0, "cache_misses": 0,
+                      "cache_invalidations": 0, "decode_forwards": 0}
 
     def _generator(self, params: SamplingParams) -> torch.Generator:
         self._requests += 1
@@ -769,26 +775,43 @@ class HFEngine(QueuedEngine, Engine):
         rows to the running batch."""
         rows: list[_Row] = []
         kept: dict[int, _Cached | None] = {}
+        # identical uncached prompts admitted together (a group's samples of one task: GRPO's G
+        # copies of a prompt, every episode's first turn) are prefilled once; the copies join
+        # with the first one's KV and logits, and count their prompt as cached (as vLLM counts a
+        # prefix shared with another request)
+        first_of: dict[tuple[int, ...], _Row] = {}
+        copies: dict[int, list[_Row]] = {}
         for prompt, params, fut in admit:
             cached, miss = self._take_cache(prompt, params.cache_key)
             if miss:
                 self.stats["cache_misses"] += 1
             start = len(cached.ids) if cached is not None else 0
+            original = first_of.get(tuple(prompt)) if cached is None else None
+            if original is not None:
+                start = len(prompt)
             row = _Row(prompt, params, self._generator(params), fut, len(prompt), prefill_tokens=len(prompt) - start,
                        cached_tokens=start, cache_miss=miss, version=self.version)
-            rows.append(row)
+            if original is not None:
+                copies[id(original)].append(row)
+                self.stats["shared_prefill_tokens"] += len(prompt)
+            else:
+                rows.append(row)
+                if cached is None:
+                    first_of[tuple(prompt)] = row
+                copies[id(row)] = []
             kept[id(row)] = cached
             self.stats["requests"] += 1
             self.stats["prefill_tokens"] += row.prefill_tokens
             self.stats["cached_tokens"] += row.cached_tokens
         for chunk in _prefill_chunks(rows):
-            self._prefill_chunk(chunk, [kept[id(r)] for r in chunk])
+            self._prefill_chunk(chunk, [kept[id(r)] for r in chunk], [copies[id(r)] for r in chunk])
 
-    def _prefill_chunk(self, rows: list[_Row], caches: list[_Cached | None]) -> None:
+    def _prefill_chunk(self, rows: list[_Row], caches: list[_Cached | None], copies: list[list[_Row]] | None = None) -> None:
         """One forward for ``rows``: each row's cached KV (``caches``) right-aligned at column C
         (the longest cached part), its suffix left-padded after it, a mask over the real columns
         and each token at its own position; the rows then join the batch with their real
-        columns only."""
+        columns only, each followed by its ``copies`` (requests with the same uncached prompt:
+        the same KV columns and logits, their own generators)."""
         device = next(self.model.parameters()).device
         n = len(rows)
         C = max(r.cached_tokens for r in rows)
@@ -818,9 +841,11 @@ class HFEngine(QueuedEngine, Engine):
             kv = _to_kv(getattr(out, "cache", None) or getattr(out, "past_key_values", None))
         logits = out.logits[:, -1].float()
         for j, r in enumerate(rows):
-            r.next_logits = logits[j]
             c, s = r.cached_tokens, r.prefill_tokens
-            self._batch.add(r, kv, j, ([(C - c, C)] if c else []) + [(C + S - s, C + S)])
+            spans = ([(C - c, C)] if c else []) + [(C + S - s, C + S)]
+            for row in [r] + (copies[j] if copies else []):
+                row.next_logits = logits[j]
+                self._batch.add(row, kv, j, spans)
 
     def _sample_and_retire(self) -> list[tuple[Any, Generation]]:
         """Sample one token per row (as :func:`sample_batch` does); finished rows leave the

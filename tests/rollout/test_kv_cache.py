@@ -150,6 +150,41 @@ def test_a_late_request_joins_the_running_batch_and_leaves_when_done(setup):
         torch.testing.assert_close(torch.tensor(gen.logprobs), torch.tensor(ref.logprobs), atol=1e-5, rtol=0)
 
 
+def test_copies_of_one_prompt_admitted_together_are_prefilled_once(setup):
+    """A GRPO group: G requests with one prompt (own seeds) and another prompt, admitted in one
+    step: the prompt runs through prefill once, the copies count it as cached, and every
+    request's ids and logprobs are those of the path without a cache (which prefills each)."""
+    model, tok = setup
+    p, q = [3, 4, 5, 6, 7, 8, 9], [10, 11, 12]
+    prompts = [p, p, q, p, p]
+    params = [SamplingParams(temperature=1.0, max_new_tokens=12, seed=s) for s in range(5)]
+    engine = HFEngine(model, pad_token_id=tok.pad_token_id, seed=1)
+    gens = asyncio.run(engine.agenerate_many(prompts, params))
+    ref = HFEngine(model, pad_token_id=tok.pad_token_id, seed=1, kv_cache=False).generate(prompts, params)
+    for g, r in zip(gens, ref):
+        assert g.ids == r.ids
+        torch.testing.assert_close(torch.tensor(g.logprobs), torch.tensor(r.logprobs), atol=1e-5, rtol=0)
+    assert len({tuple(g.ids) for g in gens[:2] + gens[3:]}) > 1  # the copies sampled apart
+    assert [(g.prefill_tokens, g.cached_tokens) for g in gens] == [(7, 0), (0, 7), (3, 0), (0, 7), (0, 7)]
+    assert (engine.stats["prefill_tokens"], engine.stats["shared_prefill_tokens"], engine.stats["cached_tokens"]) == (10, 21, 21)
+
+
+def test_a_group_of_episodes_of_one_task_matches_the_uncached_path(setup, guess_env_id):
+    """Four episodes of one task (a group): their first turns share one prefill, and the
+    multi-turn episodes are the uncached path's."""
+    model, tok = setup
+    results = []
+    for kw in ({"kv_cache": False}, {}):
+        engine = HFEngine(model, pad_token_id=tok.pad_token_id, seed=1, **kw)
+        loop = AgentLoop([envs.make(guess_env_id, max_turns=4) for _ in range(4)], engine, ChatFormat(tok),
+                         SamplingParams(temperature=0.7, top_k=50, top_p=0.95, max_new_tokens=24), max_total_tokens=100_000)
+        results.append((engine, asyncio.run(loop.collect([EpisodeSpec({"task_index": 0}, sample_index=i, seed=i) for i in range(4)]))))
+        loop.close()
+    (_, off), (engine, on) = results
+    assert_same(on, off)
+    assert engine.stats["shared_prefill_tokens"] > 0 and engine.stats["cache_misses"] == 0 and engine.cached_keys == []
+
+
 def test_many_episodes_through_a_small_batch_match_the_uncached_path(setup, guess_env_id):
     """Ten episodes through a 3-row batch: rows join dead slots, longer rows move the write
     column (gaps for the others), the buffers are rebuilt, and suffixes of different cache
