@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,6 +133,29 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return logits
 
 
+def _sample_tokens(logits: torch.Tensor, params: Sequence[SamplingParams], generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One token per row of tempered ``logits`` [N, V] (CPU) by inverse-CDF sampling: row i
+    draws one uniform from its own seeded ``generators[i]`` and takes the first token whose
+    cumulative probability (after its params' top-k / top-p filtering) reaches it. One
+    batched softmax and cumsum for all rows (rows filtered alike are filtered together);
+    per row only the draw, so a row's token depends on its own generator and logits only,
+    never on the batch it shared. Returns ``[N]`` long."""
+    n = logits.shape[0]
+    filtered = logits
+    kinds = {(p.top_k, p.top_p) for p in params}
+    if kinds != {(0, 1.0)}:
+        filtered = logits.clone()
+        for top_k, top_p in kinds:
+            rows = torch.tensor([i for i, p in enumerate(params) if (p.top_k, p.top_p) == (top_k, top_p)], dtype=torch.long)
+            filtered[rows] = _filter_logits(logits[rows], top_k, top_p)
+    cdf = torch.softmax(filtered, dim=-1).cumsum(dim=-1)
+    # 1 - U(0, 1) is in (0, 1]: the target is never 0, so a token of probability 0 is never
+    # taken (its cumulative probability equals the previous token's)
+    u = 1.0 - torch.cat([torch.rand(1, generator=g) for g in generators]) if n else logits.new_zeros(0)
+    tokens = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1).to(cdf.dtype))[:, 0]
+    return tokens.clamp_(max=logits.shape[-1] - 1)
+
+
 def _cache_kwarg(model: Any) -> str:
     """transformers 5 renamed ``past_key_values`` to ``cache``; support both."""
     params = inspect.signature(model.forward).parameters
@@ -176,16 +199,12 @@ def sample_batch(
     for step in range(max_new):
         logits = next_logits / temps
         logp_all = torch.log_softmax(logits, dim=-1)
-        tokens = torch.empty(B, dtype=torch.long)
         # the seeded generators live on the CPU (same draws whatever the model's device): one
         # [B, V] copy per step instead of a device generator per row
-        sample_logits = logits.cpu()
-        for i in range(B):
-            if done[i]:
-                tokens[i] = pad_token_id
-                continue
-            row = _filter_logits(sample_logits[i : i + 1], params[i].top_k, params[i].top_p)
-            tokens[i] = torch.multinomial(row.softmax(-1), 1, generator=generators[i])[0, 0]
+        tokens = torch.full((B,), pad_token_id, dtype=torch.long)
+        live = [i for i in range(B) if not done[i]]
+        index = torch.tensor(live, dtype=torch.long)
+        tokens[index] = _sample_tokens(logits.cpu()[index], [params[i] for i in live], [generators[i] for i in live])
         chosen_logp = logp_all.gather(-1, tokens[:, None].to(device))[:, 0].tolist()
         for i in range(B):
             if done[i]:
@@ -857,11 +876,7 @@ class HFEngine(QueuedEngine, Engine):
         temps = torch.tensor([r.params.temperature for r in rows], dtype=torch.float32, device=device)[:, None]
         logits = logits / temps
         logp_all = torch.log_softmax(logits, dim=-1)
-        sample_logits = logits.cpu()
-        tokens = torch.empty(len(rows), dtype=torch.long)
-        for i, r in enumerate(rows):
-            row = _filter_logits(sample_logits[i : i + 1], r.params.top_k, r.params.top_p)
-            tokens[i] = torch.multinomial(row.softmax(-1), 1, generator=r.generator)[0, 0]
+        tokens = _sample_tokens(logits.cpu(), [r.params for r in rows], [r.generator for r in rows])
         chosen = logp_all.gather(-1, tokens[:, None].to(device))[:, 0].tolist()
         done: list[tuple[Any, Generation]] = []
         for (slot, r), tok, lp in zip(live, tokens.tolist(), chosen):
