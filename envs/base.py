@@ -311,6 +311,14 @@ class ToolEnv(gym.Env[Observation, str]):
         }
         return obs, info
 
+    def _call_example(self) -> str:
+        """A call of the first tool in the env's own format, its required arguments filled with
+        ``<name>`` placeholders (an example that names no required argument would itself fail)."""
+        tool = next(iter(self._tools.values()), None)
+        if tool is None:
+            return self.parser.format("tool", {})
+        return self.parser.format(tool.name, {k: f"<{k}>" for k in tool.parameters.get("required", [])})
+
     def _truncate(self, text: str) -> str:
         cap = self.max_tool_output_chars
         if len(text) <= cap:
@@ -381,11 +389,7 @@ class ToolEnv(gym.Env[Observation, str]):
             out = self.on_text_only(parsed.content)
             if out is None:
                 stats.errors["no_tool_call"] += 1
-                out = ToolOutput(
-                    "Error: no tool call found. Call a tool like this:\n"
-                    + self.parser.format(next(iter(self._tools), "tool"), {}),
-                    status="no_tool_call",
-                )
+                out = ToolOutput("Error: no tool call found. Call a tool like this:\n" + self._call_example(), status="no_tool_call")
             messages.append({"role": "user", "content": self._truncate(out.content)})
             reward += out.reward
             terminated |= out.terminated

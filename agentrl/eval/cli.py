@@ -133,7 +133,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--max-new-tokens", type=int, default=None, help="tokens per turn (default 128, or the run's)")
     e.add_argument("--max-total-tokens", type=int, default=None, help="episode token budget (default 4096, or the run's)")
     e.add_argument("--tools-in-prompt", action=argparse.BooleanOptionalAction, default=None, help="render tool schemas into the prompt (default yes, or the run's)")
-    e.add_argument("--num-envs", type=int, default=16, help="concurrent episodes")
+    e.add_argument("--num-envs", type=int, default=None, help="concurrent episodes (default 16, or the run's env.num_envs)")
     e.add_argument("--seed", type=int, default=0, help="selects the held-out tasks and sampling seeds (same as training's eval for the run's seed)")
     e.add_argument("--import", dest="imports", action="append", help="module or .py file that registers envs")
     e.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON ('-' for stdout)")

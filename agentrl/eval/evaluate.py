@@ -49,7 +49,7 @@ class EvalSettings:
     max_new_tokens: int | None = None  # default 128
     max_total_tokens: int | None = None  # default 4096
     tools_in_prompt: bool | None = None  # default True
-    num_envs: int = 16
+    num_envs: int | None = None  # default: the run's env.num_envs, else 16
     seed: int = 0
     imports: list[str] = field(default_factory=list)
 
@@ -104,6 +104,7 @@ def fill_defaults(s: EvalSettings, run_cfg: dict[str, Any] | None) -> EvalSettin
         split=s.split or env.get("eval_split", "test"),
         temperature=s.temperature if s.temperature is not None else float(ro.get("eval_temperature", 1.0)),
         env_options=s.env_options if s.env_options is not None else dict(env.get("eval_kwargs") or env.get("kwargs") or {}),
+        num_envs=s.num_envs or int(env.get("num_envs") or 16),
         max_new_tokens=s.max_new_tokens or int(ro.get("max_new_tokens", 128)),
         max_total_tokens=s.max_total_tokens or int(ro.get("max_total_tokens", 4096)),
         tools_in_prompt=s.tools_in_prompt if s.tools_in_prompt is not None else bool(ro.get("tools_in_prompt", True)),

@@ -75,6 +75,13 @@ def test_bad_calls_become_observations(guess_env_id, action, kind, fragment):
     assert fragment in obs[-1]["content"]
 
 
+def test_the_no_tool_call_hint_is_a_call_that_names_the_required_arguments(guess_env_id):
+    env = envs.make(guess_env_id)
+    env.reset(seed=0)
+    obs, *_ = env.step("just text")
+    assert obs[-1]["content"].endswith('<tool_call>\n{"name": "guess", "arguments": {"number": "<number>"}}\n</tool_call>')
+
+
 def test_step_without_a_task_is_a_caller_error(guess_env_id):
     env = envs.make(guess_env_id)
     env.reset(seed=0)

@@ -109,3 +109,12 @@ def test_eval_missing_local_policy_fails_fast(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "policy path 'Qwen/NotAModel' does not exist" in err and "--env ID" in err
     assert time.perf_counter() - t0 < 5
+
+
+def test_concurrency_defaults_to_the_runs_env_num_envs():
+    from agentrl.eval.evaluate import fill_defaults
+
+    run_cfg = {"env": {"id": "agentrl/GuessNumber-v0", "num_envs": 32}, "rollout": {}}
+    assert fill_defaults(EvalSettings(policy="runs/x"), run_cfg).num_envs == 32
+    assert fill_defaults(EvalSettings(policy="runs/x", num_envs=3), run_cfg).num_envs == 3  # --num-envs wins
+    assert fill_defaults(EvalSettings(policy="m", envs=["agentrl/GuessNumber-v0"]), None).num_envs == 16
