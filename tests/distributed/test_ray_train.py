@@ -6,7 +6,9 @@ sample index, turn), not of which process or batch runs it; the GenerationWorker
 same weights the local engine shares; the learner rank runs the same Learner on the same
 batch. What could still differ is float summation order (batch composition in the engine,
 thread counts in the learner): the rollout statistics are compared exactly, learner
-numbers within 1e-5 relative.
+numbers within 1e-5 relative. The engine's prefill/cached split is batch composition too (a
+prompt that arrives in the same engine step as an equal one is prefilled once and counted as
+cached), so those two are compared through their sum, the prompt tokens the episodes sent.
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ RAY_ONLY = ("rollout/env_worker_restarts", "rollout/generation_worker_restarts",
 
 
 def _comparable(row: dict) -> dict:
-    return {k: v for k, v in row.items() if not k.startswith(NOT_COMPARED) and not k.endswith("time_s") and k not in RAY_ONLY}
+    out = {k: v for k, v in row.items() if not k.startswith(NOT_COMPARED) and not k.endswith("time_s") and k not in RAY_ONLY}
+    for k in [k for k in out if k.endswith("/prefill_tokens")]:
+        prefix = k[: -len("prefill_tokens")]
+        out[prefix + "prompt_tokens"] = out.pop(k) + out.pop(prefix + "cached_tokens")
+    return out
 
 
 def test_ray_backend_trains_like_local(tmp_path, ray_cluster, guess_env_file):
