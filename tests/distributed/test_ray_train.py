@@ -18,7 +18,7 @@ import math
 import pytest
 
 from agentrl.metrics import read_metrics
-from tests.train.test_train_smoke import make_cfg
+from tests.train.test_train_smoke import make_cfg, merge_prefill_split
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -29,11 +29,7 @@ RAY_ONLY = ("rollout/env_worker_restarts", "rollout/generation_worker_restarts",
 
 
 def _comparable(row: dict) -> dict:
-    out = {k: v for k, v in row.items() if not k.startswith(NOT_COMPARED) and not k.endswith("time_s") and k not in RAY_ONLY}
-    for k in [k for k in out if k.endswith("/prefill_tokens")]:
-        prefix = k[: -len("prefill_tokens")]
-        out[prefix + "prompt_tokens"] = out.pop(k) + out.pop(prefix + "cached_tokens")
-    return out
+    return merge_prefill_split({k: v for k, v in row.items() if not k.startswith(NOT_COMPARED) and not k.endswith("time_s") and k not in RAY_ONLY})
 
 
 def test_ray_backend_trains_like_local(tmp_path, ray_cluster, guess_env_file):

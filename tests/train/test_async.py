@@ -25,7 +25,7 @@ from agentrl.metrics import read_metrics
 from .conftest import build_warm_model
 
 from .mixed_env import write_mixed_env
-from .test_train_smoke import CONFIG
+from .test_train_smoke import CONFIG, merge_prefill_split
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -78,6 +78,7 @@ def test_async_staleness_zero_matches_sync(tmp_path, warm_model):
     assert [r["train_step"] for r in sync_rows] == [r["train_step"] for r in async_rows] == [1, 2, 3, 4, 5]
     assert any(abs(r["loss/policy"]) > 1e-4 for r in sync_rows), "the runs must learn something for the comparison to mean anything"
     for x, y in zip(sync_rows, async_rows):
+        x, y = merge_prefill_split(x), merge_prefill_split(y)
         assert {k for k in x.keys() - y.keys()} <= set(SYNC_ONLY)
         assert all(k.startswith(ASYNC_ONLY) for k in y.keys() - x.keys()), sorted(y.keys() - x.keys())
         for k in x.keys() & y.keys():
@@ -89,7 +90,7 @@ def test_async_staleness_zero_matches_sync(tmp_path, warm_model):
                 assert math.isclose(x[k], y[k], rel_tol=1e-6, abs_tol=1e-7), (x["train_step"], k, x[k], y[k])
         assert y["async/staleness_max"] == 0.0 and y["async/forced_groups"] == 2.0
     def strip(d):
-        return {k: v for k, v in d.items() if not k.endswith("time_s")}
+        return merge_prefill_split({k: v for k, v in d.items() if not k.endswith("time_s")})
 
     assert strip(s["after_rl"]) == strip(a["after_rl"])
 

@@ -30,6 +30,18 @@ def make_cfg(tmp_path, extra=()):
     return load_config(p, overrides=list(extra))
 
 
+def merge_prefill_split(row: dict) -> dict:
+    """``row`` with each ``<prefix>/prefill_tokens`` and ``<prefix>/cached_tokens`` pair replaced by
+    their sum ``<prefix>/prompt_tokens``, for comparing two runs of one seed: the sum (the prompt
+    tokens the episodes sent) is fixed, the split is not, since identical prompts admitted in
+    the same engine step are prefilled once and which requests share a step is timing."""
+    out = dict(row)
+    for k in [k for k in out if k == "prefill_tokens" or k.endswith("/prefill_tokens")]:
+        prefix = k[: -len("prefill_tokens")]
+        out[prefix + "prompt_tokens"] = out.pop(k) + out.pop(prefix + "cached_tokens")
+    return out
+
+
 def test_train_end_to_end(tmp_path, guess_env_id):
     from agentrl.train import train
 
