@@ -89,4 +89,5 @@ def test_async_training_survives_killed_rollout_workers(tmp_path, ray_cluster, g
     assert any(r["rollout/failed_frac"] > 0 for r in rows[1:])
     for r in rows:
         assert r["async/staleness_max"] <= 1 and r["rollout/episodes"] == 4.0
-        assert r["loss/total"] is not None  # finite (NaN and inf are logged as null)
+        if "loss/total" in r:  # absent on a skipped update, as checked above
+            assert r["loss/total"] is not None  # finite (NaN and inf are logged as null)
