@@ -15,6 +15,14 @@ checkpoint (``run.resume``); a run whose saved config differs (the study was edi
 deleted and trained again, and so are the method runs of a warm start that had to be redone.
 A folder holding another study's results is refused.
 
+Committed results (another machine, a later session): only the small files of finished runs
+are kept in version control (``config.yaml``, ``metrics.jsonl``, ``summary.json``, ...; see
+``results/studies/.gitignore``), never models or checkpoints. A finished warm start whose
+checkpoint is gone while one of its method runs has still to train is *restored*: trained
+again from the same config and seed, without redoing its finished method runs; a warning
+names it when its SFT loss curve then differs from the recorded one (SFT on another machine
+or library version need not be bitwise the same).
+
 Runs train one after another in this process (``jobs=1``), or in ``jobs`` worker processes;
 each run sets its own ``run.num_threads``.
 """
@@ -34,7 +42,7 @@ import yaml
 
 from agentrl.config import ConfigError, TrainConfig, from_dict
 
-from .study import RunSpec, Study, check_runs, expand_runs, load_study
+from .study import SFT_CHECKPOINT, RunSpec, Study, check_runs, expand_runs, load_study
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +53,10 @@ def default_out(study: Study) -> Path:
     return Path("runs") / "studies" / (f"{study.name}-smoke" if study.smoke else study.name)
 
 
-def _comparable(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+def _comparable(cfg: dict[str, Any], out: Path | str) -> dict[str, Any]:
     """The parts of a resolved config that decide a run's results: ``logging`` is left out
     and the results folder's own path is replaced by a placeholder (folders can move)."""
-    prefix = str(out.resolve())
+    prefix = str(Path(out).resolve()) if isinstance(out, Path) else out
 
     def norm(v: Any) -> Any:
         if isinstance(v, dict):
@@ -85,16 +93,27 @@ def claim_folder(out: Path, study: Study, runs: list[RunSpec]) -> None:
     marker.write_text(json.dumps({"identity": study.identity, "study": study.name, "smoke": study.smoke, "source": str(study.source), "runs": [r.key for r in runs]}, indent=2))
 
 
-def run_state(run: RunSpec, out: Path) -> str:
+def _saved_out(saved: dict[str, Any], folder: Path, out: Path) -> str:
+    """Where the results folder was when a saved config was written: its run.output_dir less
+    the run's place in the folder. A results folder that was moved, or cloned from version
+    control to another path, still compares equal."""
+    rel = folder.resolve().relative_to(out.resolve()).as_posix()
+    was = str((saved.get("run") or {}).get("output_dir") or "")
+    return was[: -len(rel) - 1] if was.endswith("/" + rel) else str(out.resolve())
+
+
+def run_state(run: RunSpec, out: Path, *, warn: bool = True) -> str:
     """"done" (reusable), "partial" (continue from its checkpoint), "stale" (saved config
-    differs: redo) or "new"."""
+    differs: redo; logged when ``warn``) or "new"."""
     folder = Path(run.config["run"]["output_dir"])
     saved = folder / "config.yaml"
     if not saved.exists():
         return "stale" if folder.exists() and any(folder.iterdir()) else "new"
-    diff = _differences(_comparable(run.config, out), _comparable(yaml.safe_load(saved.read_text()) or {}, out))
+    saved_cfg = yaml.safe_load(saved.read_text()) or {}
+    diff = _differences(_comparable(run.config, out), _comparable(saved_cfg, _saved_out(saved_cfg, folder, out)))
     if diff:
-        log.warning("run %s: config changed since it ran (%s%s); training it again", run.key, "; ".join(diff[:4]), " ..." if len(diff) > 4 else "")
+        if warn:
+            log.warning("run %s: config changed since it ran (%s%s); training it again", run.key, "; ".join(diff[:4]), " ..." if len(diff) > 4 else "")
         return "stale"
     return "done" if (folder / "summary.json").exists() else "partial"
 
@@ -138,20 +157,60 @@ class _Progress:
         return f"{s / 3600:.1f} h" if s > 5400 else f"{s / 60:.0f} min"
 
 
-def _prepare(run: RunSpec, out: Path, redone: set[str], failed: dict[str, str], progress: _Progress) -> bool:
+def warm_starts_to_restore(runs: list[RunSpec], out: Path) -> set[str]:
+    """Keys of the finished warm starts whose checkpoint (``SFT_CHECKPOINT``) is missing while a
+    method run that starts from it must still train: results committed without their models
+    (another machine, a cleaned folder). They are trained again; their finished method runs
+    stay valid, since the warm start's config and seed are unchanged."""
+    needed = {r.needs for r in runs if r.kind == "rl" and r.needs is not None and run_state(r, out, warn=False) != "done"}
+    return {
+        r.key for r in runs
+        if r.kind == "sft" and r.key in needed and run_state(r, out, warn=False) == "done"
+        and not (Path(r.config["run"]["output_dir"]) / SFT_CHECKPOINT).exists()
+    }
+
+
+def _sft_losses(folder: Path) -> list[float] | None:
+    try:
+        return list(json.loads((folder / "summary.json").read_text())["sft"]["losses"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _prepare(run: RunSpec, out: Path, redone: set[str], failed: dict[str, str], progress: _Progress,
+             restore: dict[str, list[float] | None]) -> bool:
     """Whether ``run`` must train now; clears its folder when its results cannot be reused
-    (its config changed, or its warm start was redone in this invocation)."""
+    (its config changed, or its warm start was redone in this invocation). A warm start in
+    ``restore`` trains again in a cleared folder; its recorded SFT losses are kept in
+    ``restore`` to be compared with the new ones."""
     if run.needs in failed:
         failed[run.key] = f"its warm start {run.needs} failed"
         progress.report(run, "skipped (" + failed[run.key] + ")")
         return False
+    folder = Path(run.config["run"]["output_dir"])
+    if run.key in restore:
+        restore[run.key] = _sft_losses(folder)
+        log.info("warm start %s finished earlier but its checkpoint is missing (%s) and a method run needs it: training it again", run.key, SFT_CHECKPOINT)
+        shutil.rmtree(folder, ignore_errors=True)
+        return True
     state = run_state(run, out)
     if state == "done" and run.needs not in redone:
         progress.report(run, "finished earlier, reused")
         return False
     if state == "stale" or (state != "new" and run.needs in redone):
-        shutil.rmtree(run.config["run"]["output_dir"], ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
     return True
+
+
+def _check_restored(run: RunSpec, recorded: list[float] | None) -> None:
+    new = _sft_losses(Path(run.config["run"]["output_dir"]))
+    if recorded and new and recorded != new:
+        worst = max(abs(a - b) for a, b in zip(recorded, new)) if len(recorded) == len(new) else float("nan")
+        log.warning(
+            "restored warm start %s: its SFT losses differ from the recorded ones (last %.6g, was %.6g; largest difference %.3g): "
+            "the method runs that train now start from a model that is not bitwise the one the finished runs started from",
+            run.key, new[-1], recorded[-1], worst,
+        )
 
 
 def _run_all(runs: list[RunSpec], out: Path, progress: _Progress, jobs: int, failed: dict[str, str],
@@ -159,6 +218,7 @@ def _run_all(runs: list[RunSpec], out: Path, progress: _Progress, jobs: int, fai
     """Train what needs training, in study order, each method run after its warm start:
     in this process (jobs=1) or in ``jobs`` worker processes."""
     redone: set[str] = set()
+    restore: dict[str, list[float] | None] = dict.fromkeys(warm_starts_to_restore(runs, out))
     pending = list(runs)
     blocked = {r.key for r in runs}  # not finished yet: their dependents wait
 
@@ -169,9 +229,11 @@ def _run_all(runs: list[RunSpec], out: Path, progress: _Progress, jobs: int, fai
             log.error("run %s failed: %s", run.key, failed[run.key])
             progress.report(run, "FAILED")
         else:
-            if run.kind == "sft":
+            if run.key in restore:
+                _check_restored(run, restore[run.key])
+            elif run.kind == "sft":
                 redone.add(run.key)
-            progress.report(run, f"trained in {wall:.0f} s", wall)
+            progress.report(run, f"trained in {wall:.0f} s" + (" (restored)" if run.key in restore else ""), wall)
 
     def next_ready() -> RunSpec | None:
         for i, run in enumerate(pending):
@@ -182,7 +244,7 @@ def _run_all(runs: list[RunSpec], out: Path, progress: _Progress, jobs: int, fai
     if jobs <= 1:
         while pending:
             run = pending.pop(0)
-            if not _prepare(run, out, redone, failed, progress):
+            if not _prepare(run, out, redone, failed, progress, restore):
                 blocked.discard(run.key)
                 continue
             log.info("training %s (%s)", run.key, run.config["run"]["output_dir"])
@@ -200,7 +262,7 @@ def _run_all(runs: list[RunSpec], out: Path, progress: _Progress, jobs: int, fai
         running: dict[Any, RunSpec] = {}
         while pending or running:
             while len(running) < jobs and (run := next_ready()) is not None:
-                if _prepare(run, out, redone, failed, progress):
+                if _prepare(run, out, redone, failed, progress, restore):
                     log.info("training %s (%s)", run.key, run.config["run"]["output_dir"])
                     running[pool.submit(train_run, run.config)] = run
                 else:

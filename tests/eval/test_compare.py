@@ -145,3 +145,62 @@ def test_jobs_train_in_worker_processes_each_after_its_warm_start(guess_study, t
     method_started = (out / "runs" / "high4" / "grpo" / "seed0" / "config.yaml").stat().st_mtime_ns
     assert method_started >= warm_start_done
     assert (out / "report" / "runs.csv").read_text().count("\n") == 2
+
+
+def _committed_copy(out: Path, dest: Path) -> Path:
+    """``out`` as a fresh clone of committed results has it: no models, no checkpoints
+    (results/studies/.gitignore)."""
+    import shutil
+
+    shutil.copytree(out, dest)
+    shutil.rmtree(dest / "models")
+    for ckpt in list(dest.glob("**/checkpoints")):
+        shutil.rmtree(ckpt)
+    return dest
+
+
+def test_a_warm_start_without_its_checkpoint_is_restored_for_the_runs_still_to_train(compared, guess_study, tmp_path, caplog):
+    import json
+    import shutil
+
+    from agentrl.eval.compare import compare, run_state, train_run, warm_starts_to_restore
+    from agentrl.eval.study import expand_runs, load_study
+
+    out = _committed_copy(compared["out"], tmp_path / "clone")
+    runs = expand_runs(load_study(guess_study), out)
+    # moved to another path (as a clone elsewhere would be): every finished run is still reusable
+    assert [run_state(r, out) for r in runs] == ["done"] * 6
+    assert warm_starts_to_restore(runs, out) == set()  # every method run finished: nothing to restore
+    shutil.rmtree(out / "runs" / "high4" / "empg" / "seed1")  # one run of seed 1 still to train
+    assert warm_starts_to_restore(runs, out) == {"sft/high4/seed1"}
+    recorded = json.loads((out / "sft" / "high4" / "seed1" / "summary.json").read_text())["sft"]["losses"]
+    kept = out / "runs" / "high4" / "grpo" / "seed1" / "summary.json"
+    kept_mtime = kept.stat().st_mtime_ns
+    calls: list[str] = []
+
+    def train_fn(config):
+        calls.append(Path(config["run"]["output_dir"]).relative_to(out).as_posix())
+        return train_run(config)
+
+    with caplog.at_level("WARNING", logger="agentrl.eval.compare"):
+        result = compare(guess_study, out=out, train_fn=train_fn)
+    # the warm start is trained again (model created, SFT, checkpoint), then only the missing run
+    assert calls == ["sft/high4/seed1", "runs/high4/empg/seed1"] and result["failed"] == {}
+    assert (out / "sft" / "high4" / "seed1" / "checkpoints" / "step_000000" / "model").is_dir()
+    assert kept.stat().st_mtime_ns == kept_mtime  # the finished run of that warm start is kept
+    # same config, seed and machine: the same SFT, so no warning
+    assert json.loads((out / "sft" / "high4" / "seed1" / "summary.json").read_text())["sft"]["losses"] == recorded
+    assert not [r for r in caplog.records if "restored warm start" in r.getMessage()]
+
+    # a recorded SFT that the restore does not reproduce is named in a warning
+    summary_path = out / "sft" / "high4" / "seed1" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["sft"]["losses"] = [x + 0.5 for x in summary["sft"]["losses"]]
+    summary_path.write_text(json.dumps(summary))
+    shutil.rmtree(out / "sft" / "high4" / "seed1" / "checkpoints")
+    shutil.rmtree(out / "runs" / "high4" / "empg" / "seed1")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="agentrl.eval.compare"):
+        compare(guess_study, out=out, train_fn=train_fn)
+    warned = [r.getMessage() for r in caplog.records if "restored warm start" in r.getMessage()]
+    assert len(warned) == 1 and "sft/high4/seed1" in warned[0] and "largest difference 0.5" in warned[0]
