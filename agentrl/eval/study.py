@@ -20,6 +20,7 @@ A study file (YAML; every key but ``study`` and ``base`` optional)::
           overrides: {run.mode: async, rollout.max_staleness: 4, algorithm.off_policy.behavior_is_cap: 5.0}
           methods: [bapo, grpo, cispo]
           envs: [h50]
+          seeds: [0, 1]                             # (a pilot, say: fewer seeds for one level)
     shared_sft: true                   # one SFT warm start per (env variant, seed)
     target_success: 0.5                # for "train_steps to reach target"
     final_window: 5                    # final entropy = mean over the last N train_steps
@@ -72,12 +73,15 @@ _SHARED_SFT_FORBIDDEN = ("model.", "sft.", "env.", "run.seed")
 
 @dataclass(frozen=True)
 class AxisLevel:
-    """One level of an extra axis: ``overrides`` for the runs it applies to; ``methods`` and
-    ``envs`` (None: all) restrict which runs get this level."""
+    """One level of an extra axis: ``overrides`` for the runs it applies to; ``methods``,
+    ``envs`` and ``seeds`` (None: all) restrict which runs get this level. A (method, env
+    variant, seed) that no level of an axis fits has no run, and an (env variant, seed) left
+    without method runs has no warm start."""
 
     overrides: dict[str, Any]
     methods: tuple[str, ...] | None = None
     envs: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -172,8 +176,12 @@ def _parse_axes(raw: Any, source: str) -> dict[str, dict[str, AxisLevel]]:
         for level, spec in levels.items():
             where = f"{source}: axes.{axis}.{level}"
             spec = _mapping(spec, where)
-            if spec and set(spec) <= {"overrides", "methods", "envs"}:
-                axes[axis][str(level)] = AxisLevel(_mapping(spec.get("overrides"), where + ".overrides"), _names(spec.get("methods"), where + ".methods"), _names(spec.get("envs"), where + ".envs"))
+            if spec and set(spec) <= {"overrides", "methods", "envs", "seeds"}:
+                seeds = spec.get("seeds")
+                if seeds is not None and (not isinstance(seeds, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+                    raise ConfigError(f"{where}.seeds: expected a list of integers (seeds of the study), got {seeds!r}")
+                axes[axis][str(level)] = AxisLevel(_mapping(spec.get("overrides"), where + ".overrides"), _names(spec.get("methods"), where + ".methods"),
+                                                   _names(spec.get("envs"), where + ".envs"), None if seeds is None else tuple(seeds))
             else:
                 axes[axis][str(level)] = AxisLevel(spec)
     return axes
@@ -232,6 +240,9 @@ def load_study(path: str | Path, *, smoke: bool = False) -> Study:
                 for v in values or ():
                     if v not in known:
                         raise ConfigError(f"{path}: axes.{axis}.{level} names unknown {name} {v!r}.{_suggest(v, known)} Known: {', '.join(known)}")
+            for v in spec.seeds or ():
+                if v not in seeds:
+                    raise ConfigError(f"{path}: axes.{axis}.{level} names seed {v}, which is not in the study's seeds {seeds}")
     study = Study(
         name=str(data["study"]), base=base, methods=methods, methods_dir=methods_dir, seeds=seeds, envs=envs, axes=axes,
         overrides=_mapping(data.get("overrides"), f"{path}: overrides"), shared_sft=bool(data.get("shared_sft", True)),
@@ -292,10 +303,11 @@ def _method_algorithm(study: Study, method: str) -> tuple[dict[str, Any], list[s
     return copy.deepcopy(data["algorithm"]), list(imports)
 
 
-def _level_combos(study: Study, method: str, env: str) -> list[tuple[tuple[str, str], ...]]:
+def _level_combos(study: Study, method: str, env: str, seed: int) -> list[tuple[tuple[str, str], ...]]:
     combos: list[tuple[tuple[str, str], ...]] = [()]
     for axis, levels in study.axes.items():
-        fitting = [lvl for lvl, spec in levels.items() if (spec.methods is None or method in spec.methods) and (spec.envs is None or env in spec.envs)]
+        fitting = [lvl for lvl, spec in levels.items()
+                   if (spec.methods is None or method in spec.methods) and (spec.envs is None or env in spec.envs) and (spec.seeds is None or seed in spec.seeds)]
         combos = [c + ((axis, lvl),) for c in combos for lvl in fitting]
     return combos
 
@@ -318,8 +330,9 @@ def expand_runs(study: Study, out: Path) -> list[RunSpec]:
             if (common.get("model") or {}).get("init") is not None:
                 common["model"]["path"] = str(out / "models" / env / f"seed{seed}")
             shared = study.shared_sft and (common.get("sft") or {}).get("enabled", False)
+            combos = {m: _level_combos(study, m, env, seed) for m in study.methods}
             sft_key = None
-            if shared:
+            if shared and any(combos.values()):
                 sft_key = f"sft/{env}/seed{seed}"
                 data = copy.deepcopy(common)
                 data["algorithm"] = copy.deepcopy(base_algorithm)
@@ -327,7 +340,7 @@ def expand_runs(study: Study, out: Path) -> list[RunSpec]:
                 data.setdefault("trainer", {}).update(total_steps=0, eval_episodes=1)  # its model is evaluated by every method run
                 runs.append(RunSpec(sft_key, "sft", env, seed, None, (), _resolve(data, f"run {sft_key}")))
             for method in study.methods:
-                for levels in _level_combos(study, method, env):
+                for levels in combos[method]:
                     key = "/".join([env, *(lvl for _, lvl in levels), method, f"seed{seed}"])
                     data = copy.deepcopy(common)
                     data["algorithm"], imports = _method_algorithm(study, method)

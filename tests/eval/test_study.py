@@ -124,9 +124,30 @@ axes:
         assert r.needs == f"sft/high4/seed{r.seed}"  # both levels start from the same warm start
 
 
+def test_axis_levels_restricted_to_seeds_and_envs_leave_no_unneeded_warm_start(guess_study, tmp_path):
+    # a pilot: GRPO trains long at one env variant with two seeds; at the others, seed 0's warm
+    # start is only evaluated (0 train_steps); no warm start for a (variant, seed) without runs
+    path = _variant(guess_study, "pilot", """
+methods: [grpo]
+seeds: [0, 1]
+envs: {high4: {}, high6: {env.kwargs.high: 6}}
+axes:
+  steps:
+    long: {overrides: {trainer.total_steps: 7}, envs: [high4]}
+    sft_eval: {overrides: {trainer.total_steps: 0}, envs: [high6], seeds: [0]}
+""")
+    runs = expand_runs(load_study(path), tmp_path)
+    assert [r.key for r in runs] == ["sft/high4/seed0", "high4/long/grpo/seed0", "sft/high4/seed1", "high4/long/grpo/seed1",
+                                     "sft/high6/seed0", "high6/sft_eval/grpo/seed0"]
+    assert [r.config["trainer"]["total_steps"] for r in runs if r.kind == "rl"] == [7, 7, 0]
+    assert runs[-1].config["env"]["kwargs"]["high"] == 6 and runs[-1].needs == "sft/high6/seed0"
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
+        ("axes: {x: {a: {overrides: {}, seeds: [5]}}}", "names seed 5, which is not in the study's seeds"),
+        ("axes: {x: {a: {overrides: {}, seeds: 0}}}", "expected a list of integers"),
         ("methods: [grpo, grpoo]", "unknown method 'grpoo'. Did you mean 'grpo'"),
         ("methods: [klcov]", "Did you mean 'kl_cov'"),
         ("envs: {bad: {env.id: agentrl/GuessNumbr-v0}}", "unknown environment 'agentrl/GuessNumbr-v0'"),
