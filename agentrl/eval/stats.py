@@ -130,3 +130,32 @@ def steps_to_target(steps: Sequence[float], values: Sequence[float], target: flo
         if v is not None and not math.isnan(v) and v >= target:
             return float(s)
     return math.nan
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing moving average: entry t is the mean of ``values[max(0, t - window + 1) : t + 1]``
+    (the first ``window - 1`` entries average what there is). ``window >= 1``, else ValueError."""
+    if window < 1:
+        raise ValueError(f"moving_average: window counts entries and must be >= 1, got {window}")
+    v = [float(x) for x in values]
+    return [float(np.mean(v[max(0, t - window + 1): t + 1])) for t in range(len(v))]
+
+
+def settled_step(steps: Sequence[float], values: Sequence[float], tol: float = 0.1) -> float:
+    """The first train_step from which a curve stays near where it ends: the smallest
+    ``steps[i]`` with ``|values[t] - values[-1]| <= tol * (max(values) - min(values))`` for every
+    ``t >= i`` (the pilot rule of configs/studies/long_horizon_entropy.yaml, applied to a
+    smoothed curve). A flat curve settles at its first step. Raises ValueError for an empty
+    curve, NaN values or steps and values of different lengths."""
+    if len(steps) != len(values) or not len(steps):
+        raise ValueError(f"settled_step needs equally long, non-empty steps and values, got {len(steps)} and {len(values)}")
+    pts = sorted((float(s), float(v)) for s, v in zip(steps, values))
+    if any(math.isnan(v) for _, v in pts):
+        raise ValueError("settled_step: the curve has NaN values; drop or fill them first")
+    v = np.array([p[1] for p in pts])
+    band = tol * float(v.max() - v.min())
+    inside = np.abs(v - v[-1]) <= band
+    first = len(v) - 1
+    while first > 0 and inside[first - 1]:
+        first -= 1
+    return pts[first][0]
