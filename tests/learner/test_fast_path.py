@@ -184,12 +184,24 @@ GROUPABLE = {
 }
 
 
+# Components that select tokens by an entropy threshold (Archer's per-response quantile, the
+# 80/20 top-rho mask) are discontinuous in the weights: after one Adam step, the float noise
+# that grouping adds (1e-10 in a gradient entry of ~1e-8, moved by a share of lr: see
+# WEIGHT_ATOL) changes entropies by ~1e-7, enough to move a token across its threshold at the
+# next step, after which the updates differ by design. Whether that happens depends on the CPU's
+# float kernels (a fresh machine failed archer_kl and empg_forking_proximal at 2 x 2 steps, with
+# every case passing at one update). These cases check one update, whose selection is made on
+# identical weights; the schedule of several mini-batches and epochs is checked by the others.
+THRESHOLDED = {"archer_pg", "archer_kl", "empg_forking_proximal", "forking_kept_proximal"}
+
+
 @pytest.mark.parametrize("method", sorted(GROUPABLE))
 def test_grouping_by_length_leaves_the_update_unchanged(tiny, method):
     path, base, batch = tiny
     out = {}
+    schedule = (1, 1) if method in THRESHOLDED else (2, 2)
     for group in (False, True):
-        model, metrics, grads, learner = run_learner(path, base, GROUPABLE[method], batch, trainer(2, 2, 2, group_by_length=group))
+        model, metrics, grads, learner = run_learner(path, base, GROUPABLE[method], batch, trainer(*schedule, 2, group_by_length=group))
         assert learner.group_by_length == group
         out[group] = (model, metrics, grads)
     (m0, x0, g0), (m1, x1, g1) = out[False], out[True]
