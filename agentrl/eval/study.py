@@ -21,6 +21,7 @@ A study file (YAML; every key but ``study`` and ``base`` optional)::
           methods: [bapo, grpo, cispo]
           envs: [h50]
           seeds: [0, 1]                             # (a pilot, say: fewer seeds for one level)
+    env_methods: {h50: [grpo, empg]}   # optional: the methods run at an env variant (default: all)
     shared_sft: true                   # one SFT warm start per (env variant, seed)
     target_success: 0.5                # for "train_steps to reach target"
     final_window: 5                    # final entropy = mean over the last N train_steps
@@ -96,6 +97,7 @@ class Study:
     envs: dict[str, dict[str, Any]]
     axes: dict[str, dict[str, AxisLevel]] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+    env_methods: dict[str, list[str]] = field(default_factory=dict)
     shared_sft: bool = True
     target_success: float = 0.5
     final_window: int = 1
@@ -233,6 +235,15 @@ def load_study(path: str | Path, *, smoke: bool = False) -> Study:
         raise ConfigError(f"{path}: seeds must be a non-empty list of distinct integers, got {seeds!r}")
     envs = _mapping(data.get("envs") or {"default": {}}, f"{path}: envs")
     envs = {str(k): _mapping(v, f"{path}: envs.{k}") for k, v in envs.items()}
+    env_methods = {str(k): list(_names(v, f"{path}: env_methods.{k}") or ()) for k, v in _mapping(data.get("env_methods"), f"{path}: env_methods").items()}
+    for env, names in env_methods.items():
+        if env not in envs:
+            raise ConfigError(f"{path}: env_methods names unknown env variant {env!r}.{_suggest(env, list(envs))} Known: {', '.join(envs)}")
+        for m in names:
+            if m not in methods:
+                raise ConfigError(f"{path}: env_methods.{env} names {m!r}, which is not one of the study's methods ({', '.join(methods)}); add it to methods: first")
+        if not names or len(set(names)) != len(names):
+            raise ConfigError(f"{path}: env_methods.{env} must be a non-empty list without repeats, got {names}")
     axes = _parse_axes(data.get("axes"), str(path))
     for axis, levels in axes.items():
         for level, spec in levels.items():
@@ -245,7 +256,7 @@ def load_study(path: str | Path, *, smoke: bool = False) -> Study:
                     raise ConfigError(f"{path}: axes.{axis}.{level} names seed {v}, which is not in the study's seeds {seeds}")
     study = Study(
         name=str(data["study"]), base=base, methods=methods, methods_dir=methods_dir, seeds=seeds, envs=envs, axes=axes,
-        overrides=_mapping(data.get("overrides"), f"{path}: overrides"), shared_sft=bool(data.get("shared_sft", True)),
+        overrides=_mapping(data.get("overrides"), f"{path}: overrides"), env_methods=env_methods, shared_sft=bool(data.get("shared_sft", True)),
         target_success=float(data.get("target_success", 0.5)), final_window=int(data.get("final_window", 1)),
         smooth=int(data.get("smooth", 1)), smoke=smoke, source=path,
     )
@@ -330,7 +341,8 @@ def expand_runs(study: Study, out: Path) -> list[RunSpec]:
             if (common.get("model") or {}).get("init") is not None:
                 common["model"]["path"] = str(out / "models" / env / f"seed{seed}")
             shared = study.shared_sft and (common.get("sft") or {}).get("enabled", False)
-            combos = {m: _level_combos(study, m, env, seed) for m in study.methods}
+            env_methods = [m for m in study.methods if m in study.env_methods.get(env, study.methods)]  # study order
+            combos = {m: _level_combos(study, m, env, seed) for m in env_methods}
             sft_key = None
             if shared and any(combos.values()):
                 sft_key = f"sft/{env}/seed{seed}"
@@ -339,7 +351,7 @@ def expand_runs(study: Study, out: Path) -> list[RunSpec]:
                 data["run"].update(name=sft_key.replace("/", "-"), output_dir=str(out / sft_key))
                 data.setdefault("trainer", {}).update(total_steps=0, eval_episodes=1)  # its model is evaluated by every method run
                 runs.append(RunSpec(sft_key, "sft", env, seed, None, (), _resolve(data, f"run {sft_key}")))
-            for method in study.methods:
+            for method in env_methods:
                 for levels in combos[method]:
                     key = "/".join([env, *(lvl for _, lvl in levels), method, f"seed{seed}"])
                     data = copy.deepcopy(common)

@@ -143,9 +143,24 @@ axes:
     assert runs[-1].config["env"]["kwargs"]["high"] == 6 and runs[-1].needs == "sft/high6/seed0"
 
 
+def test_env_methods_run_a_subset_of_the_methods_at_one_env_variant(guess_study, tmp_path):
+    path = _variant(guess_study, "env_methods", """
+methods: [grpo, empg, clip_cov]
+seeds: [0]
+envs: {high4: {}, high6: {env.kwargs.high: 6}}
+env_methods: {high6: [clip_cov, grpo]}
+""")
+    runs = expand_runs(load_study(path), tmp_path)
+    # study order of methods at every variant, whatever order env_methods lists them in
+    assert [r.key for r in runs] == ["sft/high4/seed0", "high4/grpo/seed0", "high4/empg/seed0", "high4/clip_cov/seed0",
+                                     "sft/high6/seed0", "high6/grpo/seed0", "high6/clip_cov/seed0"]
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
+        ("env_methods: {high5: [grpo]}", "env_methods names unknown env variant 'high5'. Did you mean 'high4'"),
+        ("env_methods: {high4: [kl_cov]}", "names 'kl_cov', which is not one of the study's methods"),
         ("axes: {x: {a: {overrides: {}, seeds: [5]}}}", "names seed 5, which is not in the study's seeds"),
         ("axes: {x: {a: {overrides: {}, seeds: 0}}}", "expected a list of integers"),
         ("methods: [grpo, grpoo]", "unknown method 'grpoo'. Did you mean 'grpo'"),
