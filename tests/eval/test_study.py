@@ -34,20 +34,36 @@ def _variant(guess_study: Path, name: str, text: str) -> Path:
     return path
 
 
-def test_long_horizon_study_expands_to_every_method_both_horizons_three_seeds(tmp_path):
+def test_long_horizon_study_expands_to_its_pre_registered_design(tmp_path):
+    """The design in the header of configs/studies/long_horizon_entropy.yaml: 14 methods (one
+    per paper of the seed list) at h10, GRPO, Clip-Cov, KL-Cov, EMPG and EntroPIC at h50, 3
+    seeds, one warm start per (horizon, seed) with the pilot's settings."""
     study = load_study(STUDY)
-    methods = sorted(p.stem for p in (ROOT / "configs" / "methods").glob("*.yaml"))
-    assert study.methods == methods and len(methods) == 21 and study.seeds == [0, 1, 2]
+    h10 = ["grpo", "dapo", "clip_cov", "kl_cov", "forking_tokens", "cispo", "entropy_advantage", "archer", "empg", "bapo",
+           "entropic", "skywork", "prorl", "w_reinforce"]
+    assert study.methods == h10 and study.seeds == [0, 1, 2]
     runs = expand_runs(study, tmp_path)
     rl = [r for r in runs if r.kind == "rl"]
-    assert len(rl) == 21 * 2 * 3 and sum(r.kind == "sft" for r in runs) == 2 * 3
-    horizons = {r.env: r.config["env"]["kwargs"]["horizon"] for r in rl}
-    assert horizons == {"h10": 10, "h50": 50}
-    for r in rl:
+    assert [r.method for r in rl if r.env == "h10" and r.seed == 0] == h10
+    assert [r.method for r in rl if r.env == "h50" and r.seed == 2] == ["grpo", "clip_cov", "kl_cov", "empg", "entropic"]
+    assert len(rl) == (14 + 5) * 3 and sum(r.kind == "sft" for r in runs) == 2 * 3
+    assert {r.env: r.config["env"]["kwargs"]["horizon"] for r in rl} == {"h10": 10, "h50": 50}
+    def setting(cfg):  # a warm start's config less its names and paths
+        return {**{k: v for k, v in cfg.items() if k not in ("run", "model")}, "model": {**cfg["model"], "path": None}, "seed": cfg["run"]["seed"]}
+
+    pilot = {(r.env, r.seed): setting(r.config) for r in expand_runs(load_study(ROOT / "configs" / "studies" / "long_horizon_pilot.yaml"), tmp_path / "p")
+             if r.kind == "sft"}
+    assert set(pilot) == {("h10", 0), ("h10", 1), ("h30", 0), ("h50", 0)}
+    shared = [r for r in runs if r.kind == "sft" and (r.env, r.seed) in pilot]
+    assert len(shared) == 3 and all(setting(r.config) == pilot[(r.env, r.seed)] for r in shared)  # the pilot's warm starts
+    for r in runs:
+        if r.kind == "sft":
+            continue
         method_file = yaml.safe_load((ROOT / "configs" / "methods" / f"{r.method}.yaml").read_text())
         assert _algo(r.config["algorithm"]) == _algo(method_file["algorithm"])  # the method file's algorithm section and nothing else
         assert r.config["env"]["kwargs"]["vocab"] == "small" and r.config["run"]["num_threads"] == 1
         assert r.config["model"]["path"] == str(tmp_path.resolve() / r.needs / "checkpoints" / "step_000000" / "model")
+        assert r.config["trainer"]["total_steps"] >= 30  # the issue's floor for any budget cut
     # every method run comes after the warm start it needs
     order = [r.key for r in runs]
     assert all(order.index(r.needs) < order.index(r.key) for r in rl)
