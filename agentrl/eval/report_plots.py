@@ -71,7 +71,8 @@ def _panels(n: int) -> tuple[Any, np.ndarray]:
     plt = _plt()
     ncols = min(n, 4)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.7 * ncols + 0.6, 2.7 * nrows + 1.1), sharex=True, sharey=True, squeeze=False)
+    # at least 7.5 in wide: the suptitle and the legend above the panels must fit with one panel
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(3.7 * ncols + 0.6, 7.5), 2.7 * nrows + 1.1), sharex=True, sharey=True, squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, axes
@@ -121,7 +122,10 @@ def run_expert_success(run: RunResult) -> float | None:
 def _finish(fig: Any, handles: list[Any], title: str, path: Path) -> Path:
     """Suptitle and one legend for the whole figure above the panels; save and close."""
     plt = _plt()
+    import textwrap
+
     height = fig.get_figheight()
+    title = "\n".join(textwrap.wrap(title, width=int(fig.get_figwidth() * 11)))  # ~11 characters of 11-pt text per inch
     fig.suptitle(title, fontsize=11, y=1 - 0.12 / height)
     if handles:
         fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 4), fontsize=8, frameon=False, bbox_to_anchor=(0.5, 1 - 0.42 / height))
