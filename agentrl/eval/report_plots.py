@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .stats import moving_average
 from .results import ENTROPY_KEY, TRAIN_KEY, RunResult, group_results
 from .study import SFT_CHECKPOINT
 
@@ -38,16 +39,6 @@ def _colors(n: int) -> list[Any]:
     return [base[i % len(base)] for i in range(n)]
 
 
-def _smooth(ys: list[float], window: int) -> list[float]:
-    if window <= 1:
-        return ys
-    out = []
-    for i in range(len(ys)):
-        part = [y for y in ys[max(0, i - window + 1): i + 1] if not math.isnan(y)]
-        out.append(sum(part) / len(part) if part else math.nan)
-    return out
-
-
 def seed_band(runs: list[RunResult], value: Callable[[dict[str, Any]], float | None], smooth: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(steps, mean, min, max) over seeds of ``value(row)`` per train_step, each seed's curve
     smoothed by a trailing moving average of ``smooth`` train_steps first."""
@@ -55,7 +46,7 @@ def seed_band(runs: list[RunResult], value: Callable[[dict[str, Any]], float | N
     for r in runs:
         pts = [(row["train_step"], value(row)) for row in r.rows]
         pts = [(s, float(v)) for s, v in pts if v is not None]
-        ys = _smooth([v for _, v in pts], smooth)
+        ys = moving_average([v for _, v in pts], smooth)
         for (s, _), y in zip(pts, ys):
             per_step.setdefault(s, []).append(y)
     steps = np.array(sorted(per_step))

@@ -133,12 +133,18 @@ def steps_to_target(steps: Sequence[float], values: Sequence[float], target: flo
 
 
 def moving_average(values: Sequence[float], window: int) -> list[float]:
-    """Trailing moving average: entry t is the mean of ``values[max(0, t - window + 1) : t + 1]``
-    (the first ``window - 1`` entries average what there is). ``window >= 1``, else ValueError."""
+    """Trailing moving average: entry t is the mean of the non-NaN values among
+    ``values[max(0, t - window + 1) : t + 1]`` (the first ``window - 1`` entries average what
+    there is; NaN where all are NaN). ``window >= 1``, else ValueError. The report's curves and
+    the pilot's settled-step rule both use it."""
     if window < 1:
         raise ValueError(f"moving_average: window counts entries and must be >= 1, got {window}")
     v = [float(x) for x in values]
-    return [float(np.mean(v[max(0, t - window + 1): t + 1])) for t in range(len(v))]
+    out = []
+    for t in range(len(v)):
+        part = [y for y in v[max(0, t - window + 1): t + 1] if not math.isnan(y)]
+        out.append(sum(part) / len(part) if part else math.nan)
+    return out
 
 
 def settled_step(steps: Sequence[float], values: Sequence[float], tol: float = 0.1) -> float:
