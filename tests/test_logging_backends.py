@@ -95,6 +95,13 @@ def wandb_offline_dir(tmp_path, monkeypatch):
 
 
 def _offline_runs(wb_dir: Path) -> list[Path]:
+    """The offline runs under ``wb_dir``, read only after the wandb-core service has stopped:
+    since wandb 0.31, ``run.finish()`` can return before the service has written the run's
+    records to disk (on a loaded machine the file then lacked the run record: KeyError 'run'),
+    and ``wandb.teardown()`` waits for the service to flush and exit."""
+    import wandb
+
+    wandb.teardown()
     return sorted((wb_dir / "wandb").glob("offline-run-*"))
 
 

@@ -160,8 +160,14 @@ def check_all_at_once(tmp_path, summary, batches):
     failed rows train nothing, and the injected close failures are on the record."""
     kinds = sorted(set(CASES.values()))
     assert summary["train_steps"] == 2
-    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "rollout/episodes" in r and "loss/total" in r]
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "rollout/episodes" in r]
     assert [r["train_step"] for r in rows] == [1, 2]
+    # A step whose episodes all failed skips its update (no loss/* keys), by design: on a loaded
+    # machine the 2-s reset timeout can end a whole step's episodes (fresh-clone check beside a
+    # 2-job study: step 1 skipped). At least one step must have trained, on finite values.
+    trained = [r for r in rows if "loss/total" in r]
+    assert trained and all(r["loss/total"] is not None for r in trained), rows
+    assert all(r["policy/skipped_update"] == 1.0 and r["rollout/failed_frac"] == 1.0 for r in rows if r not in trained), rows
     seen = set()
     for r in rows:
         failed = {k.removeprefix("rollout/failed/"): v for k, v in r.items() if k.startswith("rollout/failed/")}
