@@ -97,6 +97,9 @@ class Controller:
     compatible_losses: tuple[str, ...] | None = None  # None: any loss
     needs_entropy_grad = False
     split_invariant = False  # unknown (plugin) controllers count as batch-dependent
+    target_metric: str | None = None
+    """For a controller that holds a measured entropy at its ``target_entropy`` option: the
+    metric key of that measurement (the compare report's target deviation reads it)."""
 
     @classmethod
     def check_config(cls, config: Any) -> None:
@@ -314,6 +317,7 @@ class EntroPICController(Controller):
     """
 
     name = "entropic"
+    target_metric = "entropic/entropy"  # the mini-batch's mean token entropy, held at target_entropy
     requires = frozenset({"entropy"})
     split_invariant = True
 
@@ -404,6 +408,7 @@ class SkyworkEntropyController(Controller):
     """
 
     name = "skywork"
+    target_metric = "skywork/measured"  # the step's measured entropy (or NLL), held at target_entropy
     requires = frozenset({"entropy"})
     needs_entropy_grad = True  # its loss term is an entropy bonus
     split_invariant = True  # the coefficient changes only at end_train_step

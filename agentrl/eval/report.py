@@ -8,7 +8,7 @@ Files written into ``<out>/report/``:
   format (run, env, variant, method, seed, axis levels, train_step, metric, value);
 - ``runs.csv``: one row per run with the per-run quantities of :mod:`.results`;
 - ``groups.csv``: per (env variant, method variant): mean and 95% t-interval across seeds;
-- ``fits.csv``: the entropy-performance fits;
+- ``fits.csv``: the entropy-performance fits, pooled over seeds and per seed, with the reason of each refused fit;
 - ``report.md`` and ``report.html``: the tables and the plots of :mod:`.report_plots`.
 
 The per-run quantities are computed, and defined, in :mod:`.results` (the definitions are
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report_plots
-from .results import RunResult, fits_for, group_results, load_results
+from .results import MIN_FIT_POINTS, RunResult, fits_for, group_results, load_results
 from .stats import MeanCI, mean_ci
 from .study import RunSpec, Study
 
@@ -43,7 +43,8 @@ GROUP_COLUMNS = (
     ("final_clipfrac", "final clip fraction", 3),
 )
 RUN_FIELDS = ("key", "env", "variant", "method", "seed", "train_steps", "before_success", "final_success", "final_return", "auc_success",
-              "initial_entropy", "final_entropy", "steps_to_target", "final_clipfrac", "step_time_s", "wall_time_s")
+              "initial_entropy", "final_entropy", "steps_to_target", "final_clipfrac", "step_time_s", "wall_time_s",
+              "entropy_target", "target_mad", "target_mad_entropy")
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -99,7 +100,32 @@ def _html_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _fit_rows(fits: list[dict[str, Any]], env: str) -> list[list[str]]:
-    return [[f["variant"], fmt(f["a"], 4), fmt(f["b"], 4), fmt(f["r2"], 3), str(f["n"])] for f in fits if f["env"] == env]
+    """Per method variant (and "all"): the fit pooled over seeds, then the mean [95% interval]
+    of the per-seed fits' a, b and R^2 over the seeds whose fit was made, and the refusals."""
+    rows = []
+    for pooled in (f for f in fits if f["env"] == env and f["seed"] == "all"):
+        per_seed = [f for f in fits if f["env"] == env and f["variant"] == pooled["variant"] and f["seed"] != "all"]
+        made = [f for f in per_seed if not f["refused"]]
+        refused = ([f"pooled: {pooled['refused']}"] if pooled["refused"] else []) + [f"seed {f['seed']}: {f['refused']}" for f in per_seed if f["refused"]]
+        rows.append([pooled["variant"], fmt(pooled["a"], 4), fmt(pooled["b"], 4), fmt(pooled["r2"], 3), str(pooled["n"]),
+                     *(fmt_ci(mean_ci([f[k] for f in made]), d) for k, d in (("a", 4), ("b", 4), ("r2", 3))),
+                     f"{len(made)}/{len(per_seed)}", "; ".join(refused) or "none"])
+    return rows
+
+
+def _controller_rows(results: list[RunResult], env: str) -> list[list[str]]:
+    """Per method variant with an entropy controller: its target and the mean [95% interval]
+    over seeds of the mean absolute deviations from it over the last window."""
+    rows = []
+    for (e, variant), rs in group_results(results).items():
+        held = [r for r in rs if not math.isnan(r.values["entropy_target"])]
+        if e != env or not held:
+            continue
+        targets = sorted({r.values["entropy_target"] for r in held})
+        rows.append([variant, str(len(held)), ", ".join(f"{t:g}" for t in targets),
+                     fmt_ci(mean_ci([r.values["target_mad"] for r in held])), fmt_ci(mean_ci([r.values["target_mad_entropy"] for r in held])),
+                     fmt_ci(mean_ci([r.values["final_entropy"] for r in held]))])
+    return rows
 
 
 def _run_rows(results: list[RunResult]) -> list[list[str]]:
@@ -108,7 +134,9 @@ def _run_rows(results: list[RunResult]) -> list[list[str]]:
 
 
 RUN_HEADERS = ["run", "held-out success after RL", "training success AUC", "final entropy (nats)", "train_steps to target", "mean step time (s)", "wall time (s)"]
-FIT_HEADERS = ["method", "a", "b", "R^2", "points"]
+FIT_HEADERS = ["method", "a", "b", "R^2", "points", "a per seed", "b per seed", "R^2 per seed", "seeds fitted", "refused"]
+CONTROLLER_HEADERS = ["method", "seeds", "target entropy", "controller's measurement: mean abs. deviation", "policy/entropy: mean abs. deviation",
+                      "final entropy (nats)"]
 
 
 # ----------------------------------------------------------------------------- files
@@ -137,7 +165,7 @@ def _write_csvs(report: Path, results: list[RunResult], groups: list[dict[str, A
         for g in groups:
             w.writerow([g["env"], g["variant"], g["seeds"], *(repr(x) for c in cols for x in (g[c].mean, g[c].low, g[c].high, g[c].n))])
     with (report / "fits.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["env", "variant", "a", "b", "r2", "n"])
+        w = csv.DictWriter(f, fieldnames=["env", "variant", "seed", "a", "b", "r2", "n", "refused"])
         w.writeheader()
         w.writerows(fits)
 
@@ -150,7 +178,11 @@ def _definitions(study: Study) -> list[str]:
         f"entropy at step 1 / final entropy: policy/entropy, the mean per-token entropy (nats) of the sampled batch, at train_step 1 / averaged over the last {study.final_window} train_step(s).",
         f"final clip fraction: policy/clipfrac_low + policy/clipfrac_high averaged over the last {study.final_window} train_step(s).",
         f"train_steps to success >= {study.target_success:g}: the first train_step whose training success reaches the target, averaged over the seeds that reached it (count in parentheses).",
-        "Entropy-performance fit: R = -a exp(H) + b by least squares (linear in a, b with x = exp(H)) on (policy/entropy, rollout/success) at every train_step; R^2 on the same points.",
+        "Entropy-performance fit: R = -a exp(H) + b by least squares (linear in a, b with x = exp(H)) on (policy/entropy, rollout/success) at every train_step; R^2 on the same points. "
+        "a, b, R^2 and points: one fit on the points of all seeds; per seed: the mean [95% t-interval] of the fits made on each seed alone. "
+        f"A fit on fewer than {MIN_FIT_POINTS} points, or on entropies without spread, is refused, with the reason.",
+        f"Entropy controllers (EntroPIC, Skywork): the mean absolute deviation from the controller's target entropy over the last {study.final_window} train_step(s), "
+        "of the quantity the controller measures and holds (EntroPIC: the mini-batch token entropy; Skywork: its measure, by default the NLL of the sampled tokens) and of policy/entropy.",
     ]
 
 
@@ -183,6 +215,10 @@ def write_report(study: Study, runs: list[RunSpec], out: Path) -> Path:
                "### Entropy-performance fit R = -a exp(H) + b", "", _md_table(FIT_HEADERS, fit_rows), ""]
         body_html += [f"<h2>{html.escape(env)}</h2>", "<h3>Results across seeds</h3>", _html_table(_headers(study), rows),
                       "<h3>Entropy-performance fit R = -a exp(H) + b</h3>", _html_table(FIT_HEADERS, fit_rows)]
+        controller_rows = _controller_rows(results, env)
+        if controller_rows:
+            md += ["### Entropy controllers: deviation from their targets", "", _md_table(CONTROLLER_HEADERS, controller_rows), ""]
+            body_html += ["<h3>Entropy controllers: deviation from their targets</h3>", _html_table(CONTROLLER_HEADERS, controller_rows)]
         for caption, path in plots.get(env, []):
             rel = path.relative_to(report).as_posix()
             md += [f"![{caption}]({rel})", "", f"*{caption}*", ""]

@@ -226,7 +226,7 @@ def entropy_scatter(results: list[RunResult], fits: list[dict[str, Any]], path: 
                 x, y = zip(*pts)
                 xs_all += x
                 ax.scatter(x, y, s=12, alpha=0.6, color=colors[v], marker=markers[i % len(markers)], label=v, lw=0)
-        fit = next((f for f in fits if f["env"] == env and f["variant"] == "all"), None)
+        fit = next((f for f in fits if f["env"] == env and f["variant"] == "all" and f.get("seed", "all") == "all"), None)
         if fit and xs_all and not math.isnan(fit["a"]):
             grid = np.linspace(min(xs_all), max(xs_all), 200)
             ax.plot(grid, -fit["a"] * np.exp(grid) + fit["b"], color="black", lw=2, label="fit R = -a exp(H) + b (all runs of the panel)")

@@ -15,7 +15,15 @@ Per-run quantities (definitions repeated in the report):
 - ``steps_to_target``: first train_step whose ``rollout/success`` >= ``target_success``;
 - ``final_clipfrac``: ``policy/clipfrac_low + policy/clipfrac_high`` averaged over the last
   ``final_window`` train_steps; ``step_time_s``: mean ``time/step_s``; ``wall_time_s``: the
-  run's wall time as measured by compare.
+  run's wall time as measured by compare;
+- ``entropy_target``: the ``target_entropy`` of the run's entropy controller (EntroPIC,
+  Skywork: a controller with a ``target_metric``), NaN without one; ``target_mad``: the mean
+  absolute deviation of the controller's own measurement (its ``target_metric``) from that
+  target over the last ``final_window`` train_steps; ``target_mad_entropy``: the same for
+  ``policy/entropy``.
+
+Entropy-performance fits (:func:`fits_for`) are made pooled over the seeds and per seed; a
+fit on fewer than :data:`MIN_FIT_POINTS` points is refused, with the reason.
 """
 
 from __future__ import annotations
@@ -33,6 +41,9 @@ from .study import RunSpec, Study
 
 TRAIN_KEY = "rollout/success"
 ENTROPY_KEY = "policy/entropy"
+MIN_FIT_POINTS = 10
+"""The fewest (entropy, success) points an entropy-performance fit is made on: two free
+parameters on fewer points say little, so below it the fit is refused and the report says why."""
 
 
 @dataclass
@@ -56,9 +67,26 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
-def run_values(rows: list[dict[str, Any]], summary: dict[str, Any], record: dict[str, Any], *, target: float, final_window: int) -> dict[str, float]:
+def controller_target(config: dict[str, Any]) -> tuple[float, str] | None:
+    """``(target_entropy, target_metric)`` of the first controller of a resolved run config
+    (``to_dict`` form) that holds an entropy at a target, or None (no such controller, or its
+    control disabled by a negative target)."""
+    from agentrl.algorithms.controllers import CONTROLLERS
+
+    for c in (config.get("algorithm") or {}).get("controllers") or []:
+        entry = CONTROLLERS.get(c["name"])
+        metric = getattr(entry.obj, "target_metric", None)
+        target = c.get("target_entropy", entry.options().get("target_entropy"))
+        if metric and target is not None and float(target) >= 0:
+            return float(target), metric
+    return None
+
+
+def run_values(rows: list[dict[str, Any]], summary: dict[str, Any], record: dict[str, Any], *, target: float, final_window: int,
+               config: dict[str, Any] | None = None) -> dict[str, float]:
     """The per-run quantities (module docstring) from a run's train_step rows (those with
-    ``rollout/success``), its summary.json and compare_run.json."""
+    ``rollout/success``), its summary.json, compare_run.json and resolved config (for the
+    entropy controller's target; None: no target)."""
     steps = [r["train_step"] for r in rows]
     success = [r.get(TRAIN_KEY, math.nan) for r in rows]
     entropy = [r.get(ENTROPY_KEY) for r in rows]
@@ -69,6 +97,14 @@ def run_values(rows: list[dict[str, Any]], summary: dict[str, Any], record: dict
     def ev(label: str, key: str) -> float:
         v = (summary.get(label) or {}).get(f"eval/{label}/{key}")
         return math.nan if v is None else float(v)
+
+    held = controller_target(config or {})
+    entropy_target, target_mad, target_mad_entropy = math.nan, math.nan, math.nan
+    if held is not None:
+        entropy_target, metric = held
+        measured = [float(r[metric]) for r in rows[tail] if isinstance(r.get(metric), (int, float))]
+        target_mad = _mean([abs(m - entropy_target) for m in measured])
+        target_mad_entropy = _mean([abs(e - entropy_target) for e in entropy[tail]])
 
     return {
         "train_steps": float(summary.get("train_steps", len(rows))),
@@ -82,6 +118,9 @@ def run_values(rows: list[dict[str, Any]], summary: dict[str, Any], record: dict
         "final_clipfrac": _mean(clip[tail]),
         "step_time_s": _mean([float(r["time/step_s"]) for r in rows if isinstance(r.get("time/step_s"), (int, float))]),
         "wall_time_s": float(record.get("wall_time_s", math.nan)),
+        "entropy_target": entropy_target,
+        "target_mad": target_mad,
+        "target_mad_entropy": target_mad_entropy,
     }
 
 
@@ -99,7 +138,7 @@ def load_results(study: Study, runs: list[RunSpec]) -> tuple[list[RunResult], li
         rows = sorted((r for r in all_rows if TRAIN_KEY in r and r.get("train_step", 0) >= 1), key=lambda r: r["train_step"])
         summary = json.loads((folder / "summary.json").read_text())
         record = json.loads((folder / "compare_run.json").read_text()) if (folder / "compare_run.json").exists() else {}
-        values = run_values(rows, summary, record, target=study.target_success, final_window=study.final_window)
+        values = run_values(rows, summary, record, target=study.target_success, final_window=study.final_window, config=spec.config)
         results.append(RunResult(spec, rows, all_rows, values))
     return results, missing
 
@@ -112,25 +151,42 @@ def group_results(results: list[RunResult]) -> dict[tuple[str, str], list[RunRes
     return groups
 
 
+def _fit_points(runs: list[RunResult]) -> tuple[list[float], list[float]]:
+    h, p = [], []
+    for r in runs:
+        for row in r.rows:
+            if isinstance(row.get(ENTROPY_KEY), (int, float)) and isinstance(row.get(TRAIN_KEY), (int, float)):
+                h.append(float(row[ENTROPY_KEY]))
+                p.append(float(row[TRAIN_KEY]))
+    return h, p
+
+
+def fit_or_refuse(entropy: list[float], performance: list[float]) -> tuple[EntropyLawFit, str]:
+    """The fit of ``R = -a exp(H) + b`` and ``""``, or a NaN fit and the reason it was refused
+    (fewer than :data:`MIN_FIT_POINTS` finite points; entropy without spread)."""
+    n = sum(1 for h, r in zip(entropy, performance) if math.isfinite(h) and math.isfinite(r))
+    if n < MIN_FIT_POINTS:
+        return EntropyLawFit(math.nan, math.nan, math.nan, n), f"{n} points, fewer than the minimum of {MIN_FIT_POINTS}"
+    try:
+        return fit_entropy_law(entropy, performance), ""
+    except ValueError as e:
+        return EntropyLawFit(math.nan, math.nan, math.nan, n), str(e)
+
+
 def fits_for(results: list[RunResult]) -> list[dict[str, Any]]:
     """Entropy-performance fits ``R = -a exp(H) + b`` on (policy/entropy, rollout/success)
-    points of every train_step: per env variant over all its runs ("all"), and per method
-    variant. Rows with ``a``, ``b``, ``r2``, ``n`` (NaN where a fit is impossible)."""
+    points of every train_step: per env variant over all its runs ("all") and per method
+    variant, each pooled over the seeds (``seed`` "all") and for each seed alone. Rows with
+    ``env``, ``variant``, ``seed``, ``a``, ``b``, ``r2``, ``n`` and ``refused`` (the reason, or
+    ``""``; a refused fit has NaN ``a``, ``b``, ``r2``)."""
     out = []
     envs = list(dict.fromkeys(r.spec.env for r in results))
     for env in envs:
         subsets = [("all", [r for r in results if r.spec.env == env])]
         subsets += [(v, rs) for (e, v), rs in group_results(results).items() if e == env]
         for variant, rs in subsets:
-            h, p = [], []
-            for r in rs:
-                for row in r.rows:
-                    if isinstance(row.get(ENTROPY_KEY), (int, float)) and isinstance(row.get(TRAIN_KEY), (int, float)):
-                        h.append(float(row[ENTROPY_KEY]))
-                        p.append(float(row[TRAIN_KEY]))
-            try:
-                fit = fit_entropy_law(h, p)
-            except ValueError:
-                fit = EntropyLawFit(math.nan, math.nan, math.nan, len(h))
-            out.append({"env": env, "variant": variant, "a": fit.a, "b": fit.b, "r2": fit.r2, "n": fit.n})
+            seeds = list(dict.fromkeys(r.spec.seed for r in rs))
+            for seed, runs in [("all", rs), *((s, [r for r in rs if r.spec.seed == s]) for s in seeds)]:
+                fit, refused = fit_or_refuse(*_fit_points(runs))
+                out.append({"env": env, "variant": variant, "seed": seed, "a": fit.a, "b": fit.b, "r2": fit.r2, "n": fit.n, "refused": refused})
     return out

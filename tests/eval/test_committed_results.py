@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agentrl.eval.results import load_results
+from agentrl.eval.results import fits_for, load_results
 from agentrl.eval.study import expand_runs, load_study
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +44,15 @@ def test_report_numbers_recompute_from_the_committed_runs(folder):
         for k, v in r.values.items():
             assert _same(row[k], v), f"{r.spec.key}: {k} is {row[k]} in the report, {v!r} from the run files"
         assert (folder / "runs" / r.spec.key / "config.yaml").is_file()
+    # fits.csv: every fit (pooled and per seed) and every refusal, recomputed
+    with (folder / "report" / "fits.csv").open() as f:
+        fits = {(r["env"], r["variant"], r["seed"]): r for r in csv.DictReader(f)}
+    expected = fits_for(results)
+    assert set(fits) == {(f["env"], f["variant"], str(f["seed"])) for f in expected}, "fits.csv holds other fits: regenerate the report"
+    for f in expected:
+        row = fits[(f["env"], f["variant"], str(f["seed"]))]
+        assert row["refused"] == f["refused"] and int(row["n"]) == f["n"], (f, row)
+        assert all(_same(row[k], f[k]) for k in ("a", "b", "r2")), (f, row)
     # the report's markdown names every finished run's group
     report = (folder / "report" / "report.md").read_text()
     assert all(r.spec.variant in report for r in results)
