@@ -72,13 +72,14 @@ def test_long_horizon_study_expands_to_its_pre_registered_design(tmp_path):
 
 def test_off_policy_study_expands_to_three_methods_at_three_off_policy_levels(tmp_path):
     """configs/studies/off_policy.yaml (issue 7): BAPO, PPO clip (grpo) and CISPO, each sync,
-    async at staleness 4 (decoupled) and async coupled to the sampler, 3 seeds, one shared warm
-    start per seed on mixed horizons 5-50. Loads and validates every run; trains nothing."""
+    async at staleness 4 (decoupled) and async coupled to the sampler, 3 seeds, at horizon 10,
+    one shared warm start per seed with the settings of the main study's h10 warm starts (so
+    both studies start from the same SFT). Loads and validates every run; trains nothing."""
     study = load_study(OFF_POLICY)
     assert study.methods == ["grpo", "bapo", "cispo"] and study.seeds == [0, 1, 2] and list(study.axes) == ["offpolicy"]
     runs = expand_runs(study, tmp_path)
     rl = [r for r in runs if r.kind == "rl"]
-    assert len(rl) == 3 * 3 * 3 and [r.key for r in runs if r.kind == "sft"] == ["sft/mixed/seed0", "sft/mixed/seed1", "sft/mixed/seed2"]
+    assert len(rl) == 3 * 3 * 3 and [r.key for r in runs if r.kind == "sft"] == ["sft/h10/seed0", "sft/h10/seed1", "sft/h10/seed2"]
     want = {  # level -> (run.mode, max_staleness, off_policy section)
         "sync": ("sync", 0, None),
         "async_s4": ("async", 4, {"behavior_is_cap": 5.0}),
@@ -92,9 +93,16 @@ def test_off_policy_study_expands_to_three_methods_at_three_off_policy_levels(tm
         if off_policy is not None:
             algorithm["off_policy"] = off_policy
         assert _algo(r.config["algorithm"]) == _algo(algorithm), r.key  # the method's section plus the level's keys only
-        assert r.config["env"]["kwargs"]["horizon"] == [5, 50] and r.config["rollout"]["max_total_tokens"] == 4096
-        assert r.needs == f"sft/mixed/seed{r.seed}" and r.variant == f"{r.method} @ {level}"
-    check_runs(runs)  # env options (the mixed horizon), algorithm sections, async mode's checks
+        assert r.config["env"]["kwargs"]["horizon"] == 10 and r.config["rollout"]["max_total_tokens"] == 1024
+        assert r.config["trainer"]["total_steps"] == 30 and r.config["trainer"]["eval_episodes"] == 128
+        assert r.needs == f"sft/h10/seed{r.seed}" and r.variant == f"{r.method} @ {level}"
+    def setting(cfg):  # a warm start's config less its names and paths
+        return {**{k: v for k, v in cfg.items() if k not in ("run", "model")}, "model": {**cfg["model"], "path": None}, "seed": cfg["run"]["seed"]}
+
+    main = {r.seed: setting(r.config) for r in expand_runs(load_study(STUDY), tmp_path / "main") if r.kind == "sft" and r.env == "h10"}
+    assert {r.seed: setting(r.config) for r in runs if r.kind == "sft"} == main
+    assert (study.target_success, study.final_window, study.smooth) == (0.7, 10, 5)  # read as the main study is
+    check_runs(runs)  # env options, algorithm sections, async mode's checks
     smoke = load_study(OFF_POLICY, smoke=True)
     smoke_runs = expand_runs(smoke, tmp_path / "smoke")
     assert len([r for r in smoke_runs if r.kind == "rl"]) == 2 * 3 and smoke.overrides["trainer.total_steps"] == 2
