@@ -318,8 +318,13 @@ class Learner:
             behavior_logprobs=batch.behavior_logprobs, entropy=proximal_entropy,
         )
         adv = self.algorithm.compute_advantages(rb)
+        # loss/* terms: summed per optimizer step (a micro-batch's loss is its share of the
+        # mini-batch loss); every other metric: weighted by the micro-batch's trained tokens, so
+        # token means (policy/entropy, clip fractions, ratio) are means over the step's tokens,
+        # whatever the micro-batching (a mean of micro-batch means is not: policy/entropy of one
+        # step's batch read 0.147 with length grouping and 0.168 without)
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
-        counts: dict[str, int] = defaultdict(int)
+        counts: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.device))
         turn_stats = torch.zeros((4, MAX_TURN_METRICS), device=self.device)  # entropy sum, tokens, clipped, tokens
         grad_norms = []
         skipped = loss_steps = 0  # mini-batches without an optimizer step; with a loss computed
@@ -384,9 +389,11 @@ class Learner:
                         continue
                     if trainable:
                         loss.backward()
+                    weight = mb.loss_mask.sum().float().clamp(min=1e-6)  # a micro-batch without trained tokens: ~0 weight
                     for k, v in metrics.items():
-                        sums[k] = sums[k] + v.detach().float()
-                        counts[k] += 1
+                        w = 1.0 if k.startswith("loss/") else weight
+                        sums[k] = sums[k] + v.detach().float() * w
+                        counts[k] = counts[k] + w
                     self._turn_stats(turn_stats, mb, ent, mb_batch, out.clipped)
                 self.algorithm.end_mini_batch()
                 if not trainable:
@@ -407,8 +414,8 @@ class Learner:
             sums, counts, turn_stats = self._reduce_across_ranks(sums, counts, turn_stats)
         # A micro-batch's loss is its share of the mini-batch loss (global denominators), so loss/*
         # is summed per optimizer step and averaged over steps: independent of micro_batch_size and
-        # of the number of ranks. Other metrics are means over micro-batches.
-        out = {k: float(sums[k] / (max(loss_steps, 1) if k.startswith("loss/") else counts[k])) for k in sums}
+        # of the number of ranks. Other metrics are token-weighted means over micro-batches (above).
+        out = {k: float(sums[k] / (max(loss_steps, 1) if k.startswith("loss/") else counts[k].clamp(min=1e-12))) for k in sums}
         out["policy/skipped_update"] = 0.0
         out["policy/skipped_mini_batches"] = float(skipped)
         out.update({k: float(v) for k, v in adv.metrics.items()})
@@ -449,14 +456,14 @@ class Learner:
         acc[2].index_add_(0, turns, mask)
         return acc
 
-    def _reduce_across_ranks(self, sums: dict[str, torch.Tensor], counts: dict[str, int], turn_stats: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, int], torch.Tensor]:
-        """Sum metric totals, counts and per-turn stats over data-parallel ranks (one all-reduce)."""
+    def _reduce_across_ranks(self, sums: dict[str, torch.Tensor], counts: dict[str, torch.Tensor], turn_stats: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+        """Sum metric totals, weights and per-turn stats over data-parallel ranks (one all-reduce)."""
         keys = sorted(sums)
         n = len(keys)
         packed = torch.cat([
             torch.tensor([float(n)], device=self.device),
             torch.stack([sums[k] for k in keys]) if keys else torch.zeros(0, device=self.device),
-            torch.tensor([float(counts[k]) for k in keys], device=self.device),
+            torch.stack([torch.as_tensor(counts[k], dtype=torch.float32, device=self.device) for k in keys]) if keys else torch.zeros(0, device=self.device),
             turn_stats.flatten(),
         ])
         packed = self.dp_all_reduce(packed)
@@ -464,7 +471,7 @@ class Learner:
             raise RuntimeError(f"learner ranks logged different metric keys (rank {self.dp_rank}: {keys}); they must run identical code paths")
         total = packed[1 : 1 + n]
         count = packed[1 + n : 1 + 2 * n]
-        return {k: total[i] for i, k in enumerate(keys)}, {k: int(count[i]) for i, k in enumerate(keys)}, packed[1 + 2 * n :].view_as(turn_stats)
+        return {k: total[i] for i, k in enumerate(keys)}, {k: count[i] for i, k in enumerate(keys)}, packed[1 + 2 * n :].view_as(turn_stats)
 
     def _padding_chunks(self, rows: int, chunks: int) -> int:
         """How many padding micro-batches this rank runs for a mini-batch of ``rows`` rows split
