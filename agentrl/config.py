@@ -150,6 +150,25 @@ class FaultConfig:
 
 
 @dataclass
+class ContextConfig:
+    """What each turn's prompt holds (docs/long_horizons.md; agentrl.rollout.context)."""
+
+    policy: str = "full"
+    """"full": the episode is one growing sequence, trained as one sample (the default).
+    "window": each turn's prompt is the system prompt, the task and the last ``window`` turns,
+    and each turn is its own training sample. "summary": the same plus the env's
+    ``state_summary()`` as a memory string. Or a policy registered in
+    ``agentrl.rollout.context.CONTEXT_POLICIES`` (a file in ``run.imports``)."""
+    window: int | None = None
+    """Turns each prompt shows, the most recent ones (None: the policy's default, 4 for
+    window, 2 for summary). Not used by "full"."""
+    marker: bool = True
+    """Say in the prompt how many earlier turns were left out."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Further options of a registered policy."""
+
+
+@dataclass
 class RolloutConfig:
     """How trajectories are sampled."""
 
@@ -197,6 +216,11 @@ class RolloutConfig:
     the episode ends as failed (reason ``engine_timeout``). 0: no limit."""
     faults: list[FaultConfig] = field(default_factory=list)
     """Injected faults (testing; empty by default): see FaultConfig and docs/faults.md."""
+    context: ContextConfig = field(default_factory=ContextConfig)
+    """Context policy: one sequence per episode ("full") or one training sample per turn
+    with a prompt built by a memory policy ("window", "summary"). Under a turn policy,
+    ``max_total_tokens`` caps each turn's prompt plus its generation (the context window),
+    not the episode; the env's own turn limit ends long episodes."""
 
 
 @dataclass
@@ -361,6 +385,7 @@ RANGES: dict[type, dict[str, str]] = {
         "hidden_size": ">= 2", "num_layers": ">= 1", "num_heads": ">= 1", "num_kv_heads": ">= 1",
         "initializer_range": "> 0", "corpus_episodes": ">= 1",
     },
+    ContextConfig: {"window": ">= 1; the turns each prompt shows"},
     EnvConfig: {"num_envs": ">= 1", "step_timeout_s": "> 0", "reset_timeout_s": "> 0", "close_timeout_s": "> 0"},
     FaultConfig: {"rate": "[0, 1]", "turn": ">= 0"},
     RolloutConfig: {
@@ -793,6 +818,17 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
               f"rollout.max_total_tokens={cfg.rollout.max_total_tokens} is more than rollout.vllm.max_model_len={limit}: vLLM "
               f"refuses prompts longer than max_model_len, so long episodes would fail; lower rollout.max_total_tokens "
               f"or raise rollout.vllm.max_model_len to at least {cfg.rollout.max_total_tokens}")
+    ctx = cfg.rollout.context
+    try:
+        from agentrl.rollout.context import make_context_policy  # light: no torch
+
+        policy = make_context_policy(ctx.policy, window=ctx.window, marker=ctx.marker, options=ctx.options)
+    except ValueError as e:  # UnknownNameError included: the known names are listed
+        check(False, f"rollout.context: {e}")
+    else:
+        check(policy.full or cfg.rollout.max_new_tokens < cfg.rollout.max_total_tokens,
+              f"rollout.context.policy={ctx.policy!r}: rollout.max_total_tokens={cfg.rollout.max_total_tokens} caps each turn's "
+              f"prompt plus its generation, so it must exceed rollout.max_new_tokens={cfg.rollout.max_new_tokens}")
     for i, f in enumerate(cfg.rollout.faults):
         where = f"rollout.faults[{i}]"
         check(f.kind in FAULT_KINDS[f.point], f"{where}: kind {f.kind!r} cannot be injected at point {f.point!r}; "

@@ -21,6 +21,7 @@ import platform
 import random
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +274,7 @@ def _train(cfg: TrainConfig, closing: contextlib.ExitStack, force_resume: bool =
     from agentrl.learner.policy import load_model, load_tokenizer
     from agentrl.learner.sft import sft
     from agentrl.metrics import MetricsLogger
+    from agentrl.rollout.context import policy_of
     from agentrl.rollout.expert import play_experts
     from agentrl.rollout.local import summarize
     from agentrl.rollout.tasks import TaskSampler
@@ -304,14 +306,26 @@ def _train(cfg: TrainConfig, closing: contextlib.ExitStack, force_resume: bool =
     closing.callback(logger.close)
     summary: dict[str, Any] = {"run": cfg.run.name, "output_dir": str(out)}
 
+    context = policy_of(cfg.rollout.context)
+    if not context.full:  # a context cap that cannot hold the task and one turn: stop before any work
+        import agentrl.envs as envs
+        from agentrl.rollout.context import check_cap
+
+        probe = envs.make(cfg.env.id, **cfg.env.kwargs)
+        try:
+            check_cap(rollout.chat, context, probe, cap=cfg.rollout.max_total_tokens, max_new_tokens=cfg.rollout.max_new_tokens,
+                      tools_in_prompt=cfg.rollout.tools_in_prompt, split=cfg.env.train_split)
+        finally:
+            probe.close()
     if ckpt is None and cfg.sft.enabled:
         # before the learner exists, so the reference policy (KL methods) is the SFT policy
         t0 = time.perf_counter()
         experts = play_experts(cfg.env.id, rollout.chat, episodes=cfg.sft.episodes, env_kwargs=cfg.env.kwargs, split=cfg.env.train_split, seed=cfg.run.seed,
                                tools_in_prompt=cfg.rollout.tools_in_prompt, step_timeout_s=cfg.env.step_timeout_s, reset_timeout_s=cfg.env.reset_timeout_s,
-                               max_failed_frac=cfg.sft.max_failed_frac)
+                               max_failed_frac=cfg.sft.max_failed_frac, context=context, max_total_tokens=cfg.rollout.max_total_tokens)
         data = experts.trajectories
-        losses = sft(model, data, pad_token_id=tokenizer.pad_token_id, epochs=cfg.sft.epochs, steps=cfg.sft.steps, warmup_steps=cfg.sft.warmup_steps, lr=cfg.sft.lr, batch_size=cfg.sft.batch_size, max_tokens=cfg.sft.max_tokens, seed=cfg.run.seed, progress=cfg.logging.progress)
+        # under a turn-level context policy each turn is one SFT sample (batch size and token cap count samples)
+        losses = sft(model, [s for t in data for s in t.turn_samples()], pad_token_id=tokenizer.pad_token_id, epochs=cfg.sft.epochs, steps=cfg.sft.steps, warmup_steps=cfg.sft.warmup_steps, lr=cfg.sft.lr, batch_size=cfg.sft.batch_size, max_tokens=cfg.sft.max_tokens, seed=cfg.run.seed, progress=cfg.logging.progress)
         expert_success = sum(t.success for t in data) / len(data)  # what SFT imitates: the plots' reference line
         summary["sft"] = {"episodes": len(data), "failed_episodes": len(experts.failures), "failed_by_kind": experts.failure_counts(),
                           "expert_success": expert_success, "losses": losses, "time_s": time.perf_counter() - t0}
@@ -447,7 +461,7 @@ def collect_batch(rollout: Any, sampler: Any, cfg: TrainConfig, filter_algo: Any
     rounds = 0
     while True:
         rounds += 1
-        b = collate(trajs, pad_token_id=0)
+        b = collate([replace(t, segments=[]) for t in trajs], pad_token_id=0)  # one row per episode, turn samples or not
         keep = filter_algo.keep_groups(RolloutBatch(rewards=b.rewards, group_ids=b.group_ids, loss_mask=b.loss_mask, correct=b.success, truncated=b.truncated))
         kept += [t for t, k in zip(trajs, keep.tolist()) if k]
         if len(kept) >= want * G or (limit and rounds >= limit):

@@ -48,6 +48,10 @@ class Trajectory:
             train_step as ``rollout/failed/<kind>``.
         metrics: per-episode numbers for logging (tool errors, sandbox time, ...).
         messages: the chat transcript (for debugging, eval reports, SFT data).
+        segments: empty for an episode played as one sequence (``rollout.context.policy:
+            full``). Under a turn-level context policy, the lengths of its turn samples in
+            order: ``input_ids`` is their concatenation, each one prompt (``loss_mask``
+            False) then the ids sampled for that turn; :func:`collate` makes each its own row.
     """
 
     task_id: str
@@ -68,6 +72,7 @@ class Trajectory:
     failure_kind: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     messages: list[dict[str, Any]] = field(default_factory=list)
+    segments: list[int] = field(default_factory=list)
 
     @property
     def reward(self) -> float:
@@ -108,8 +113,28 @@ class Trajectory:
         for name in ("loss_mask", "turn_ids", "behavior_logprobs", "policy_versions"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"trajectory {self.task_id}#{self.sample_index}: {name} has {len(getattr(self, name))} entries, input_ids has {n}")
+        if self.segments and sum(self.segments) != n:
+            raise ValueError(f"trajectory {self.task_id}#{self.sample_index}: its {len(self.segments)} turn samples hold "
+                             f"{sum(self.segments)} tokens, input_ids has {n}")
         if len(self.anchor_keys) not in (0, len(self.turn_rewards)):
             raise ValueError(f"trajectory {self.task_id}#{self.sample_index}: {len(self.anchor_keys)} anchor keys for {len(self.turn_rewards)} turns")
+
+    def turn_samples(self) -> list[Trajectory]:
+        """Each segment as a trajectory of its own (one row; the episode's outcome copied), or
+        ``[self]`` without segments: for SFT, whose batch size and token cap count samples."""
+        if not self.segments:
+            return [self]
+        out, start = [], 0
+        for n in self.segments:
+            end = start + n
+            out.append(Trajectory(
+                task_id=self.task_id, sample_index=self.sample_index, env_id=self.env_id, input_ids=self.input_ids[start:end],
+                loss_mask=self.loss_mask[start:end], turn_ids=self.turn_ids[start:end], behavior_logprobs=self.behavior_logprobs[start:end],
+                policy_versions=self.policy_versions[start:end], turn_rewards=list(self.turn_rewards), anchor_keys=list(self.anchor_keys),
+                terminated=self.terminated, truncated=self.truncated, success=self.success, failed=self.failed,
+                failure_reason=self.failure_reason, failure_kind=self.failure_kind))
+            start = end
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -130,6 +155,12 @@ class TrainBatch:
     sample_index (long), terminated / truncated / success / failed (bool).
     Per-turn ``[B, S]``: turn_rewards (float32, 0 past the last turn), turn_mask (bool),
     anchor_ids (long, equal ids = identical anchor observation; -1 past the last turn).
+    episode_ids ``[B]`` (long): the episode (index into collate's list) a row comes from.
+
+    Under a turn-level context policy a row is one *turn sample*, not an episode: B counts
+    samples, each episode has as many rows as turns, and every per-trajectory and per-turn
+    tensor holds a copy of its episode's values on each of its rows. ``episode_ids`` then
+    repeats; with one sequence per episode it is ``arange(B)``.
     """
 
     input_ids: torch.Tensor
@@ -148,10 +179,16 @@ class TrainBatch:
     turn_rewards: torch.Tensor
     turn_mask: torch.Tensor
     anchor_ids: torch.Tensor
+    episode_ids: torch.Tensor
 
     @property
     def batch_size(self) -> int:
         return int(self.input_ids.shape[0])
+
+    @property
+    def turn_samples(self) -> bool:
+        """True when rows are turn samples (some episode has more than one row)."""
+        return bool(self.episode_ids.numel()) and int(self.episode_ids.max()) + 1 < self.batch_size
 
     def select(self, index: torch.Tensor | slice | list[int]) -> TrainBatch:
         """Rows ``index`` of every tensor (a micro-batch)."""
@@ -162,7 +199,9 @@ class TrainBatch:
 
 
 def collate(trajectories: list[Trajectory], *, pad_token_id: int) -> TrainBatch:
-    """Right-pad trajectories into a :class:`TrainBatch`.
+    """Right-pad trajectories into a :class:`TrainBatch`: one row per trajectory, or, for a
+    trajectory with ``segments`` (a turn-level context policy), one row per turn sample, each
+    with a copy of its episode's per-trajectory and per-turn values and its ``episode_ids``.
 
     Failed trajectories keep their rows (for shapes and metrics) with ``loss_mask`` all False.
     Group ids number the distinct task ids in order of first appearance. Anchor ids number
@@ -173,8 +212,14 @@ def collate(trajectories: list[Trajectory], *, pad_token_id: int) -> TrainBatch:
         raise ValueError("collate() got no trajectories")
     for t in trajectories:
         t.check()
-    B = len(trajectories)
-    T = max(len(t.input_ids) for t in trajectories)
+    spans: list[tuple[int, int, int]] = []  # (episode, start, end) of every row
+    for e, t in enumerate(trajectories):
+        start = 0
+        for n in t.segments or [len(t.input_ids)]:
+            spans.append((e, start, start + n))
+            start += n
+    B = len(spans)
+    T = max(end - start for _, start, end in spans)
     S = max(max(t.num_turns for t in trajectories), 1)
     input_ids = torch.full((B, T), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((B, T), dtype=torch.bool)
@@ -182,27 +227,33 @@ def collate(trajectories: list[Trajectory], *, pad_token_id: int) -> TrainBatch:
     turn_ids = torch.full((B, T), -1, dtype=torch.long)
     behavior_logprobs = torch.zeros((B, T), dtype=torch.float32)
     policy_versions = torch.full((B, T), -1, dtype=torch.long)
-    turn_rewards = torch.zeros((B, S), dtype=torch.float32)
-    turn_mask = torch.zeros((B, S), dtype=torch.bool)
-    anchor_ids = torch.full((B, S), -1, dtype=torch.long)
+    turn_rewards = torch.zeros((len(trajectories), S), dtype=torch.float32)
+    turn_mask = torch.zeros((len(trajectories), S), dtype=torch.bool)
+    anchor_ids = torch.full((len(trajectories), S), -1, dtype=torch.long)
     groups: dict[str, int] = {}
     anchors: dict[tuple[str, str], int] = {}
-    for i, t in enumerate(trajectories):
-        n = len(t.input_ids)
-        input_ids[i, :n] = torch.tensor(t.input_ids, dtype=torch.long)
+    for i, (e, start, end) in enumerate(spans):
+        t, n = trajectories[e], end - start
+        input_ids[i, :n] = torch.tensor(t.input_ids[start:end], dtype=torch.long)
         attention_mask[i, :n] = True
         if not t.failed:
-            loss_mask[i, :n] = torch.tensor(t.loss_mask, dtype=torch.bool)
-        turn_ids[i, :n] = torch.tensor(t.turn_ids, dtype=torch.long)
-        behavior_logprobs[i, :n] = torch.tensor(t.behavior_logprobs, dtype=torch.float32)
-        policy_versions[i, :n] = torch.tensor(t.policy_versions, dtype=torch.long)
+            loss_mask[i, :n] = torch.tensor(t.loss_mask[start:end], dtype=torch.bool)
+        turn_ids[i, :n] = torch.tensor(t.turn_ids[start:end], dtype=torch.long)
+        behavior_logprobs[i, :n] = torch.tensor(t.behavior_logprobs[start:end], dtype=torch.float32)
+        policy_versions[i, :n] = torch.tensor(t.policy_versions[start:end], dtype=torch.long)
+    for e, t in enumerate(trajectories):
         s = t.num_turns
         if s:
-            turn_rewards[i, :s] = torch.tensor(t.turn_rewards, dtype=torch.float32)
-            turn_mask[i, :s] = True
+            turn_rewards[e, :s] = torch.tensor(t.turn_rewards, dtype=torch.float32)
+            turn_mask[e, :s] = True
         for j, key in enumerate(t.anchor_keys):
-            anchor_ids[i, j] = anchors.setdefault((t.task_id, key), len(anchors))
+            anchor_ids[e, j] = anchors.setdefault((t.task_id, key), len(anchors))
         groups.setdefault(t.task_id, len(groups))
+    episode = torch.tensor([e for e, _, _ in spans], dtype=torch.long)
+
+    def per_episode(values: list[Any], dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype)[episode]
+
     return TrainBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -210,14 +261,15 @@ def collate(trajectories: list[Trajectory], *, pad_token_id: int) -> TrainBatch:
         turn_ids=turn_ids,
         behavior_logprobs=behavior_logprobs,
         policy_versions=policy_versions,
-        rewards=torch.tensor([t.reward for t in trajectories], dtype=torch.float32),
-        group_ids=torch.tensor([groups[t.task_id] for t in trajectories], dtype=torch.long),
-        sample_index=torch.tensor([t.sample_index for t in trajectories], dtype=torch.long),
-        terminated=torch.tensor([t.terminated for t in trajectories], dtype=torch.bool),
-        truncated=torch.tensor([t.truncated for t in trajectories], dtype=torch.bool),
-        success=torch.tensor([t.success for t in trajectories], dtype=torch.bool),
-        failed=torch.tensor([t.failed for t in trajectories], dtype=torch.bool),
-        turn_rewards=turn_rewards,
-        turn_mask=turn_mask,
-        anchor_ids=anchor_ids,
+        rewards=per_episode([t.reward for t in trajectories], torch.float32),
+        group_ids=per_episode([groups[t.task_id] for t in trajectories], torch.long),
+        sample_index=per_episode([t.sample_index for t in trajectories], torch.long),
+        terminated=per_episode([t.terminated for t in trajectories], torch.bool),
+        truncated=per_episode([t.truncated for t in trajectories], torch.bool),
+        success=per_episode([t.success for t in trajectories], torch.bool),
+        failed=per_episode([t.failed for t in trajectories], torch.bool),
+        turn_rewards=turn_rewards[episode],
+        turn_mask=turn_mask[episode],
+        anchor_ids=anchor_ids[episode],
+        episode_ids=episode,
     )

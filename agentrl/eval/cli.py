@@ -27,7 +27,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             policy=args.policy, envs=args.env or [], episodes=args.episodes, samples=args.samples, ks=args.k, split=args.split,
             temperature=args.temperature, engine=args.engine, base_url=args.base_url, tokenizer=args.tokenizer, chat_template=args.chat_template,
             env_options=_env_options(args.env_option) if args.env_option else None, max_new_tokens=args.max_new_tokens,
-            max_total_tokens=args.max_total_tokens, tools_in_prompt=args.tools_in_prompt, num_envs=args.num_envs, seed=args.seed, imports=args.imports or [],
+            max_total_tokens=args.max_total_tokens, tools_in_prompt=args.tools_in_prompt, num_envs=args.num_envs,
+            context={k: v for k, v in (("policy", args.context), ("window", args.context_window)) if v is not None} or None, seed=args.seed, imports=args.imports or [],
         )
         episodes_dir = None
         if args.save_episodes:
@@ -133,6 +134,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--max-new-tokens", type=int, default=None, help="tokens per turn (default 128, or the run's)")
     e.add_argument("--max-total-tokens", type=int, default=None, help="episode token budget (default 4096, or the run's)")
     e.add_argument("--tools-in-prompt", action=argparse.BooleanOptionalAction, default=None, help="render tool schemas into the prompt (default yes, or the run's)")
+    e.add_argument("--context", default=None, metavar="POLICY", help="context policy: full, window, summary or a registered one (default: the run's rollout.context, else full)")
+    e.add_argument("--context-window", type=int, default=None, metavar="K", help="turns each prompt shows under a window or summary policy (default: the run's, else the policy's)")
     e.add_argument("--num-envs", type=int, default=None, help="concurrent episodes (default 16, or the run's env.num_envs)")
     e.add_argument("--seed", type=int, default=0, help="selects the held-out tasks and sampling seeds (same as training's eval for the run's seed)")
     e.add_argument("--import", dest="imports", action="append", help="module or .py file that registers envs")

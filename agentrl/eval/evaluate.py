@@ -50,6 +50,7 @@ class EvalSettings:
     max_total_tokens: int | None = None  # default 4096
     tools_in_prompt: bool | None = None  # default True
     num_envs: int | None = None  # default: the run's env.num_envs, else 16
+    context: dict[str, Any] | None = None  # rollout.context form; default: the run's, else full (one sequence)
     seed: int = 0
     imports: list[str] = field(default_factory=list)
 
@@ -108,6 +109,7 @@ def fill_defaults(s: EvalSettings, run_cfg: dict[str, Any] | None) -> EvalSettin
         max_new_tokens=s.max_new_tokens or int(ro.get("max_new_tokens", 128)),
         max_total_tokens=s.max_total_tokens or int(ro.get("max_total_tokens", 4096)),
         tools_in_prompt=s.tools_in_prompt if s.tools_in_prompt is not None else bool(ro.get("tools_in_prompt", True)),
+        context={**dict(ro.get("context") or {"policy": "full"}), **(s.context or {})},
         chat_template=s.chat_template or (run_cfg or {}).get("model", {}).get("chat_template"),
         imports=s.imports or list((run_cfg or {}).get("run", {}).get("imports") or []),
     )
@@ -245,6 +247,7 @@ def evaluate_policy(settings: EvalSettings, *, progress: bool = True, save_episo
     from agentrl.learner.policy import load_tokenizer
     from agentrl.models.chat import ChatFormat
     from agentrl.rollout.agent_loop import AgentLoop
+    from agentrl.rollout.context import make_context_policy
     from agentrl.rollout.engines import SamplingParams
     from agentrl.sandboxes import run_sync
 
@@ -256,6 +259,8 @@ def evaluate_policy(settings: EvalSettings, *, progress: bool = True, save_episo
         raise ValueError(f"--engine openai with model name {model_path!r}: pass --tokenizer (an HF tokenizer folder or name for that model) so prompts are tokenized as the server expects")
     tokenizer = load_tokenizer(s.tokenizer or model_path, s.chat_template)
     chat = ChatFormat(tokenizer)
+    c = s.context or {}
+    context = make_context_policy(c.get("policy", "full"), window=c.get("window"), marker=c.get("marker", True), options=c.get("options"))
     engine = _engine(s, model_path, tokenizer)
     params = SamplingParams(temperature=float(s.temperature or 1.0), max_new_tokens=int(s.max_new_tokens or 128))
     result: dict[str, Any] = {"policy": settings.policy, "model": model_path, "settings": {k: v for k, v in dataclasses.asdict(s).items() if k != "policy"}, "envs": {}}
@@ -266,7 +271,8 @@ def evaluate_policy(settings: EvalSettings, *, progress: bool = True, save_episo
     try:
         for env_id in s.envs:
             instances = [envs.make(env_id, **(s.env_options or {})) for _ in range(max(1, min(s.num_envs, s.episodes * (s.samples or 1))))]
-            loop = AgentLoop(instances, engine, chat, params, max_total_tokens=int(s.max_total_tokens or 4096), tools_in_prompt=bool(s.tools_in_prompt))
+            loop = AgentLoop(instances, engine, chat, params, max_total_tokens=int(s.max_total_tokens or 4096), tools_in_prompt=bool(s.tools_in_prompt),
+                             context=context)
             try:
                 specs = episode_specs(instances[0].unwrapped.num_tasks(s.split or "test"), s)
                 t0 = time.perf_counter()

@@ -87,6 +87,8 @@ from agentrl.algorithms.registry import AGGREGATIONS
 from agentrl.config import TrainerConfig
 from agentrl.types import TrainBatch
 
+from .episode_view import EpisodeView
+
 from .policy import sequence_logprobs
 
 log = logging.getLogger(__name__)
@@ -293,7 +295,11 @@ class Learner:
         need_proximal = (steps_per_batch > 1 and not clip_to_behavior) or self.async_mode
         self._read_layout(batch)
         B = batch.batch_size
-        mini_size = B // self.cfg.mini_batches
+        # mini-batch m is rows [bounds[m], bounds[m + 1]) of an epoch's order: equal parts when
+        # mini_batches divides B (always, with one row per episode: config check), near-equal
+        # ones when rows are turn samples, whose count varies
+        M = self.cfg.mini_batches
+        bounds = [m * B // M for m in range(M + 1)]
         # the mini-batch orders of every epoch, drawn up front (the same draws as one per epoch)
         orders = [(torch.randperm(B, generator=self.generator) if self.cfg.mini_batches > 1 else torch.arange(B)).tolist()
                   for _ in range(self.cfg.ppo_epochs)]
@@ -301,7 +307,7 @@ class Learner:
         # its detached logprobs are those rows' proximal logprobs; the no-grad pass skips them.
         defer = (need_proximal and not self.async_mode and not self.req["rollout_entropy"] and not self.req["rollout_logprobs"]
                  and self.dp_size == 1 and not self._dropout)
-        deferred: set[int] = set(orders[0][:mini_size]) if defer else set()
+        deferred: set[int] = set(orders[0][: bounds[1]]) if defer else set()
         proximal = proximal_entropy = None
         if need_proximal or self.req["rollout_entropy"]:
             rest = [r for r in range(B) if r not in deferred]
@@ -317,7 +323,11 @@ class Learner:
             proximal_logprobs=proximal if proximal is not None and not defer else batch.behavior_logprobs,
             behavior_logprobs=batch.behavior_logprobs, entropy=proximal_entropy,
         )
-        adv = self.algorithm.compute_advantages(rb)
+        if batch.turn_samples:  # rows are turn samples: phase 1 on their episodes (episode_view.py)
+            view = EpisodeView.of(batch.loss_mask, batch.episode_ids)
+            adv = view.rows_result(self.algorithm.compute_advantages(view.rollout_batch(rb)))
+        else:
+            adv = self.algorithm.compute_advantages(rb)
         # loss/* terms: summed per optimizer step (a micro-batch's loss is its share of the
         # mini-batch loss); every other metric: weighted by the micro-batch's trained tokens, so
         # token means (policy/entropy, clip fractions, ratio) are means over the step's tokens,
@@ -336,9 +346,9 @@ class Learner:
             # decay. When its rows still hold policy tokens (groups dropped by dynamic sampling)
             # the forward runs for the metrics (entropy describes the policy); when they hold
             # none (every episode in it failed), nothing runs.
-            sel = order[: mini_size * self.cfg.mini_batches]
-            flags = torch.stack([batch.loss_mask[sel].view(self.cfg.mini_batches, -1).any(dim=1),
-                                 adv.loss_mask[sel].view(self.cfg.mini_batches, -1).any(dim=1)]).tolist()
+            parts = [order[bounds[m] : bounds[m + 1]] for m in range(M)]
+            flags = torch.stack([torch.stack([batch.loss_mask[p].any() for p in parts]),
+                                 torch.stack([adv.loss_mask[p].any() for p in parts])]).tolist()
             for m in range(self.cfg.mini_batches):
                 has_tokens, trainable = flags[0][m], flags[1][m]
                 if not trainable:
@@ -346,8 +356,8 @@ class Learner:
                 if not has_tokens:
                     continue
                 loss_steps += 1
-                row_list = order_list[m * mini_size : (m + 1) * mini_size]
-                rows = order[m * mini_size : (m + 1) * mini_size].to(self.device)
+                row_list = order_list[bounds[m] : bounds[m + 1]]
+                rows = parts[m].to(self.device)
                 mini_mask = adv.loss_mask[rows]
                 num_tokens = mini_mask.sum()
                 num_seqs = mini_mask.any(dim=1).sum()

@@ -37,6 +37,7 @@ from agentrl.models.chat import ChatFormat
 from agentrl.sandboxes import SandboxError
 from agentrl.types import Trajectory
 
+from .context import ContextPolicy, turn_prompt
 from .engines import Engine, Generation, SamplingParams
 from .faults import EpisodeFailure, FaultInjector, check_generation, check_reset, check_step, within
 
@@ -93,13 +94,18 @@ class AgentLoop:
             (it may still be busy) is replaced by one from it and closed in the background.
             None: the instance is kept and reset as usual.
         faults: injected faults (``rollout.faults``, :class:`~agentrl.rollout.faults.FaultInjector`).
+        context: the context policy (``rollout.context``, :mod:`agentrl.rollout.context`).
+            None or ``full``: one growing sequence per episode. Otherwise each turn's prompt
+            is built by the policy and each turn is one sample of the trajectory
+            (``Trajectory.segments``); ``max_total_tokens`` then caps each turn's prompt plus
+            its generation, and the episode ends by the env's own turn limit.
     """
 
     def __init__(
         self, envs: Sequence[Any], engine: Engine, chat: ChatFormat, params: SamplingParams, *, max_total_tokens: int = 4096,
         tools_in_prompt: bool = True, step_timeout_s: float | None = None, reset_timeout_s: float | None = None,
         generate_timeout_s: float = 0.0, close_timeout_s: float = 60.0, vocab_size: int | None = None,
-        env_factory: Callable[[], Any] | None = None, faults: FaultInjector | None = None,
+        env_factory: Callable[[], Any] | None = None, faults: FaultInjector | None = None, context: ContextPolicy | None = None,
     ) -> None:
         if not envs:
             raise ValueError("AgentLoop needs at least one env instance")
@@ -114,6 +120,10 @@ class AgentLoop:
         self.vocab_size = vocab_size if vocab_size is not None else getattr(engine, "vocab_size", None)
         self.env_factory = env_factory
         self.faults = faults or FaultInjector(())
+        self.context = context if context is not None and not context.full else None
+        if self.context is not None:
+            for env in self.envs:
+                self.context.check_env(env.unwrapped)
         self.env_id = getattr(getattr(self.envs[0], "spec", None), "id", "") or type(self.envs[0].unwrapped).__name__
         self.close_failures: dict[str, int] = {}  # env instances whose close raised ("error") or hung ("timeout")
         self.replaced_envs = 0  # instances replaced after a timeout
@@ -189,32 +199,56 @@ class AgentLoop:
                 log.warning("releasing the engine cache of an episode failed: %s: %s", type(e).__name__, e)
 
     async def _run_episode(self, env: Any, spec: EpisodeSpec, key: str) -> Trajectory:
+        """One episode. With one sequence (no context policy) every turn's prompt is the
+        trajectory so far and only the env's reply is tokenized anew. Under a turn-level
+        context policy each turn's prompt is the policy's messages for the episode so far,
+        rendered anew (:func:`~agentrl.rollout.context.turn_prompt`), and the trajectory
+        holds one segment per turn: that prompt (not trained), then the ids sampled for it
+        (trained, as they came from the engine); the engine cache key is then per turn, since
+        the prompts are not prefixes of each other."""
         core = env.unwrapped
+        turns_mode = self.context is not None
         traj = Trajectory(task_id="", sample_index=spec.sample_index, env_id=self.env_id)
         cache = {"prefill_tokens": 0.0, "cached_tokens": 0.0, "cache_misses": 0.0, "cache_evictions": 0.0}
         t0 = time.perf_counter()
         gen_time = env_time = 0.0
         errors: dict[str, int] = {}
         messages: list[dict[str, Any]] = []
+        context_tokens: list[int] = []  # turn mode: each prompt's length
+        dropped = left_out = 0  # turn mode: turns left out to fit the cap; turns not shown, over all prompts
         stage = "reset"
         try:
             obs, info = await self._reset(core, spec)
             traj.task_id = str(info["task_id"])
             tools = info.get("tools") if self.tools_in_prompt else None
             messages = list(obs)
-            traj.append(self.chat.prompt_ids(messages, tools), generated=False)
+            head, turns = list(obs), []  # turn mode: the reset observation and the finished turns
+            if not turns_mode:
+                traj.append(self.chat.prompt_ids(messages, tools), generated=False)
             last_obs: Sequence[dict[str, Any]] = obs[-1:]
             turn = 0
             while True:
-                budget = self.max_total_tokens - len(traj.input_ids)
-                if budget <= 0:
+                if turns_mode:
+                    prompt, keep, fit = turn_prompt(self.chat, self.context, head, turns, core, tools, self.max_total_tokens)
+                    dropped, left_out = dropped + fit, left_out + len(turns) - keep
+                    request_key = f"{key}/{turn}"
+                else:
+                    prompt, request_key = traj.input_ids, key
+                budget = self.max_total_tokens - len(prompt)
+                if budget <= 0:  # the episode (turn mode: the head and memory alone) fills the context
                     traj.truncated = True
                     traj.metrics["truncated_token_budget"] = 1.0
                     break
-                params = replace(self.params, max_new_tokens=min(self.params.max_new_tokens, budget), seed=_request_seed(spec.seed, spec.sample_index, turn), cache_key=key)
+                if turns_mode:
+                    context_tokens.append(len(prompt))
+                params = replace(self.params, max_new_tokens=min(self.params.max_new_tokens, budget), seed=_request_seed(spec.seed, spec.sample_index, turn), cache_key=request_key)
                 stage = "generate"
                 g0 = time.perf_counter()
-                gen = await self._generate(traj.input_ids, params, spec, turn)
+                try:
+                    gen = await self._generate(prompt, params, spec, turn)
+                finally:
+                    if turns_mode:
+                        self.engine.release(request_key)
                 gen_time += time.perf_counter() - g0
                 cache["prefill_tokens"] += float(getattr(gen, "prefill_tokens", 0) or 0)
                 cache["cached_tokens"] += float(getattr(gen, "cached_tokens", 0) or 0)
@@ -223,11 +257,15 @@ class AgentLoop:
                 cache["cache_evictions"] += float(miss == "evicted")
                 stage = "after_generate"
                 gen = await self._after_generate(core, gen, spec, turn)
+                if turns_mode:
+                    traj.append(prompt, generated=False)
                 traj.append(gen.ids, generated=True, turn=turn, logprobs=gen.logprobs, version=gen.version)
                 body = gen.ids[:-1] if gen.finish_reason == "stop" else gen.ids
                 if gen.finish_reason != "stop":  # cut off mid-turn: close the turn (not trained on)
                     traj.append([self.chat.eos_token_id], generated=False)
                     traj.metrics["turns_cut_at_max_tokens"] = traj.metrics.get("turns_cut_at_max_tokens", 0.0) + 1
+                if turns_mode:
+                    traj.segments.append(len(traj.input_ids) - sum(traj.segments))
                 text = self.chat.tokenizer.decode(body, skip_special_tokens=False)
                 traj.anchor_keys.append(anchor_key(last_obs))
                 stage = "step"
@@ -239,8 +277,10 @@ class AgentLoop:
                     status = call.get("status") or "ok"
                     if status != "ok":
                         errors[status] = errors.get(status, 0) + 1
-                messages.append({"role": "assistant", "content": text})
+                assistant = {"role": "assistant", "content": text}
+                messages.append(assistant)
                 messages.extend(obs)
+                turns.append([assistant, *obs])
                 if errors.get("sandbox_error"):  # nothing more to learn from this episode
                     traj.mark_failed("sandbox_error", "sandbox_error: the sandbox failed (not the policy's fault)")
                     break
@@ -248,12 +288,13 @@ class AgentLoop:
                     traj.terminated, traj.truncated = terminated, truncated
                     traj.success = bool(info.get("success", False))
                     break
-                delta = self.chat.delta_ids(list(obs))
-                if len(traj.input_ids) + len(delta) >= self.max_total_tokens:
-                    traj.truncated = True
-                    traj.metrics["truncated_token_budget"] = 1.0
-                    break
-                traj.append(delta, generated=False)
+                if not turns_mode:
+                    delta = self.chat.delta_ids(list(obs))
+                    if len(traj.input_ids) + len(delta) >= self.max_total_tokens:
+                        traj.truncated = True
+                        traj.metrics["truncated_token_budget"] = 1.0
+                        break
+                    traj.append(delta, generated=False)
                 last_obs = obs
                 turn += 1
         except EpisodeFailure as e:  # a timeout or a malformed result, already classified
@@ -275,6 +316,14 @@ class AgentLoop:
                 **cache,
             }
         )
+        if turns_mode:
+            traj.metrics.update({
+                "samples": float(len(traj.segments)),
+                "context_tokens_mean": float(sum(context_tokens) / len(context_tokens)) if context_tokens else 0.0,
+                "context_tokens_max": float(max(context_tokens, default=0)),
+                "context_dropped_turns": float(dropped),
+                "context_left_out_turns": float(left_out),
+            })
         for k, v in errors.items():
             traj.metrics[f"tool_status/{k}"] = float(v)
         return traj

@@ -12,6 +12,7 @@ from agentrl.models.chat import ChatFormat
 from agentrl.sandboxes import SandboxError
 from agentrl.types import Trajectory
 
+from .context import ContextPolicy, turn_prompt
 from .faults import EpisodeFailure, check_reset, check_step, within
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,12 @@ def transcript_to_trajectory(chat: ChatFormat, messages: list[dict[str, Any]], t
     return traj
 
 
-async def _expert_episode(env: Any, chat: ChatFormat, env_id: str, options: dict[str, Any], seed: int, tools_in_prompt: bool, step_timeout_s: float | None, reset_timeout_s: float | None) -> Trajectory:
+async def _expert_episode(env: Any, chat: ChatFormat, env_id: str, options: dict[str, Any], seed: int, tools_in_prompt: bool,
+                          step_timeout_s: float | None, reset_timeout_s: float | None, context: ContextPolicy | None = None,
+                          max_total_tokens: int = 4096) -> Trajectory:
     core = env.unwrapped
+    if context is not None and not context.full:
+        return await _expert_episode_turns(core, chat, env_id, options, seed, tools_in_prompt, step_timeout_s, reset_timeout_s, context, max_total_tokens)
 
     def timeout(what: str, own: float | None) -> float | None:
         return own if own is not None else getattr(core, f"{what}_timeout_s", 300.0)
@@ -60,6 +65,46 @@ async def _expert_episode(env: Any, chat: ChatFormat, env_id: str, options: dict
     traj.turn_rewards = rewards
     traj.success = bool(step_info.get("success", False))
     traj.terminated, traj.truncated = bool(terminated), bool(truncated)
+    return traj
+
+
+async def _expert_episode_turns(core: Any, chat: ChatFormat, env_id: str, options: dict[str, Any], seed: int, tools_in_prompt: bool,
+                                step_timeout_s: float | None, reset_timeout_s: float | None, context: ContextPolicy,
+                                max_total_tokens: int) -> Trajectory:
+    """An expert episode under a turn-level context policy: each turn one segment, its prompt
+    built by the policy from the env's state at that turn (as the agent loop builds it), then
+    the expert's action tokens (trained) and the end-of-turn token."""
+
+    def timeout(what: str, own: float | None) -> float | None:
+        return own if own is not None else getattr(core, f"{what}_timeout_s", 300.0)
+
+    obs, info = check_reset(await within(core.areset(seed=seed, options=options), timeout("reset", reset_timeout_s), "env_timeout", "env.reset"))
+    tools = info["tools"] if tools_in_prompt else None
+    traj = Trajectory(task_id=info["task_id"], env_id=env_id)
+    policy = core.expert()
+    head, turns = list(obs), []
+    terminated = truncated = False
+    step_info: dict[str, Any] = {}
+    turn = 0
+    while not (terminated or truncated):
+        prompt, _, _ = turn_prompt(chat, context, head, turns, core, tools, max_total_tokens)
+        action = policy(obs)
+        ids = chat.encode(action) + [chat.eos_token_id]
+        if len(prompt) + len(ids) > max_total_tokens:  # as an RL episode would be cut here
+            traj.truncated = True
+            break
+        traj.append(prompt, generated=False)
+        traj.append(ids, generated=True, turn=turn, logprobs=[0.0] * len(ids), version=-1)
+        traj.segments.append(len(prompt) + len(ids))
+        obs, reward, terminated, truncated, step_info = check_step(await within(core.astep(action), timeout("step", step_timeout_s), "env_timeout", "env.step"))
+        traj.turn_rewards.append(reward)
+        if any(c.get("status") == "sandbox_error" for c in step_info.get("tool_calls", [])):
+            raise EpisodeFailure("sandbox_error", "a tool call reported sandbox_error: the sandbox failed")
+        turns.append([{"role": "assistant", "content": action}, *obs])
+        turn += 1
+    traj.messages = list(core.transcript)
+    traj.success = bool(step_info.get("success", False))
+    traj.terminated, traj.truncated = bool(terminated), bool(truncated) or traj.truncated
     return traj
 
 
@@ -117,9 +162,12 @@ class ExpertFailures(RuntimeError):
 def play_experts(
     env_id: str, chat: ChatFormat, *, episodes: int, env_kwargs: dict[str, Any] | None = None, split: str = "train",
     seed: int = 0, concurrency: int = 16, tools_in_prompt: bool = True, step_timeout_s: float | None = None,
-    reset_timeout_s: float | None = None, max_failed_frac: float | None = None,
+    reset_timeout_s: float | None = None, max_failed_frac: float | None = None, context: ContextPolicy | None = None,
+    max_total_tokens: int = 4096,
 ) -> ExpertData:
-    """:func:`expert_trajectories` with the failures: returns :class:`ExpertData`."""
+    """:func:`expert_trajectories` with the failures: returns :class:`ExpertData`. With a
+    turn-level ``context`` policy each demonstration is tokenized as turn samples, whose
+    prompts the policy builds as in RL, capped at ``max_total_tokens`` per turn."""
     import asyncio
 
     import agentrl.envs as envs
@@ -138,7 +186,8 @@ def play_experts(
             env = await free.get()
             options = {"task_index": (seed + k) % n, "split": split}
             try:
-                return await _expert_episode(env, chat, env_id, options, seed + k, tools_in_prompt, step_timeout_s, reset_timeout_s)
+                return await _expert_episode(env, chat, env_id, options, seed + k, tools_in_prompt, step_timeout_s, reset_timeout_s,
+                                             context, max_total_tokens)
             except Exception as e:  # a failing demonstration is skipped, not a crash of SFT
                 kind = e.kind if isinstance(e, EpisodeFailure) else "sandbox_error" if isinstance(e, SandboxError) else "env_error"
                 failures.append({"episode": k, "task_index": options["task_index"], "kind": kind, "reason": f"{type(e).__name__}: {e}"})

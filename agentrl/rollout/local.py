@@ -13,6 +13,7 @@ from agentrl.models.chat import ChatFormat
 from agentrl.types import Trajectory
 
 from .agent_loop import AgentLoop, EpisodeSpec
+from .context import policy_of
 from .engines import Engine, HFEngine, SamplingParams
 from .faults import FAILURE_KINDS, FaultInjector
 
@@ -51,6 +52,7 @@ def make_agent_loop(cfg: TrainConfig, engine: Engine, chat: ChatFormat, *, evalu
         max_total_tokens=r.max_total_tokens, tools_in_prompt=r.tools_in_prompt, step_timeout_s=e.step_timeout_s,
         reset_timeout_s=e.reset_timeout_s, generate_timeout_s=r.generate_timeout_s, close_timeout_s=e.close_timeout_s,
         vocab_size=vocab_size, env_factory=lambda: envs.make(e.id, **kwargs), faults=FaultInjector(r.faults, evaluation=evaluation),
+        context=policy_of(r.context),
     )
 
 
@@ -58,7 +60,11 @@ def summarize(trajs: list[Trajectory], env_id: str = "", prefix: str = "rollout"
     """Rollout metrics: reward, success, turns, tokens, truncation, failures, tool errors, and
     the engine's cache accounting summed over ``trajs`` (failed episodes included: their
     prefill was spent): ``prefill_tokens``, ``cached_tokens``, ``cache_misses``,
-    ``cache_evictions`` (0 for engines that do not report them)."""
+    ``cache_evictions`` (0 for engines that do not report them). Under a turn-level context
+    policy also ``samples`` (turn samples of the non-failed episodes: the rows trained),
+    ``context_tokens_mean``/``_max`` (prompt tokens per turn), ``context_left_out_turns_mean``
+    (turns not shown, summed over an episode's prompts) and ``context_dropped_turns`` (turns
+    left out to fit the token cap, beyond the policy's window)."""
     if not trajs:
         return {}
     ok = [t for t in trajs if not t.failed] or trajs
@@ -81,6 +87,14 @@ def summarize(trajs: list[Trajectory], env_id: str = "", prefix: str = "rollout"
     }
     for k in ("prefill_tokens", "cached_tokens", "cache_misses", "cache_evictions"):
         out[f"{prefix}/{k}"] = float(sum(t.metrics.get(k, 0.0) for t in trajs))
+    if any(t.segments for t in trajs):  # a turn-level context policy: one training sample per turn
+        turns = [t for t in ok if t.segments]
+        out[f"{prefix}/samples"] = float(sum(len(t.segments) for t in trajs if not t.failed))
+        out[f"{prefix}/context_tokens_mean"] = (sum(t.metrics.get("context_tokens_mean", 0.0) * len(t.segments) for t in turns)
+                                               / max(sum(len(t.segments) for t in turns), 1))
+        out[f"{prefix}/context_tokens_max"] = float(max((t.metrics.get("context_tokens_max", 0.0) for t in turns), default=0.0))
+        out[f"{prefix}/context_left_out_turns_mean"] = mean([t.metrics.get("context_left_out_turns", 0.0) for t in turns])
+        out[f"{prefix}/context_dropped_turns"] = float(sum(t.metrics.get("context_dropped_turns", 0.0) for t in trajs))
     for t in trajs:
         if t.failed:
             key = f"{prefix}/failed/{t.failure_kind if t.failure_kind in FAILURE_KINDS else 'other'}"
