@@ -170,6 +170,7 @@ class ShellQuestEnv(ToolEnv):
             self.max_turns = h + max(4, h // 2)
         self._session = await self.open_session("bash", files=task.data.files)
         self._done, self._credit = 0, 0.0
+        self._found: list[str] = []
 
     async def teardown(self) -> None:
         session, self._session = self._session, None
@@ -191,6 +192,8 @@ class ShellQuestEnv(ToolEnv):
         session = self._require_session()
         res = await session.exec(command, timeout_s=self.command_timeout_s)
         text = _format(res, self.command_timeout_s)
+        if res.status is Status.OK and res.exit_code in (0, None) and res.stdout.strip():  # a clue read (state_summary)
+            self._found.append(f"{command[:40]} -> {res.stdout.strip().splitlines()[0][:60]}")
         if res.extra.get("restarted") or res.extra.get("alive") is False:
             await session.put_files(self.quest.files)
             text += "\n[the shell was restarted: the file tree is back to its start, your answer files are gone]"
@@ -223,6 +226,13 @@ class ShellQuestEnv(ToolEnv):
             content = f"wrong: {sum(passed)} of {len(passed)} answers are right"
         info = {"checks_passed": sum(passed), "checks_total": len(passed), "subgoals_done": self._done, "subgoals_total": len(quest.subgoals)}
         return ToolOutput(content, reward=reward, terminated=True, info=info)
+
+    def state_summary(self) -> str:
+        """The memory of ``rollout.context.policy: summary`` (docs/long_horizons.md): the
+        first line of what each successful command printed, the last 8, with its command (the
+        notes read and where), so a prompt that shows only the last turns keeps the clue chain."""
+        found = getattr(self, "_found", [])
+        return "found so far: " + " | ".join(found[-8:]) if found else "found so far: nothing"
 
     def expert(self) -> Policy:
         """Replays the quest's planned commands, then submits (the plan is the gold solution).

@@ -313,3 +313,24 @@ def test_expert_noise_gives_seeded_flawed_demonstrations(vocab):
     assert [r["success"] for r in again] == [r["success"] for r in results[:4]]  # same seed, same flaw
     with pytest.raises(ValueError, match="expert_noise must be a probability"):
         envs.make("agentrl/ShellQuest-v0", expert_noise=1.5)
+
+
+def test_state_summary_keeps_the_clues_read():
+    """The memory of the summary context policy: what the successful commands printed. Replaying
+    the expert's plan but its last command (which writes the answer), the summary holds the key
+    the last note gave, so a prompt showing only recent turns can still finish the quest."""
+    env = make(vocab="small", difficulty=1, horizon=10)
+    try:
+        env.reset(options={"task_index": 4})
+        assert env.state_summary() == "found so far: nothing"
+        quest = env.quest
+        for cmd in quest.commands[:-1]:
+            env.step(env.call("shell", command=cmd))
+        summary = env.state_summary()
+        assert summary.startswith("found so far: ") and quest.meta["answer"] in summary, (summary, quest.commands)
+        env.step(env.call("shell", command="ls /nonexistent"))  # a failing command adds nothing
+        assert env.state_summary() == summary
+        env.reset(options={"task_index": 5})
+        assert env.state_summary() == "found so far: nothing"  # per episode
+    finally:
+        env.close()
