@@ -136,7 +136,9 @@ def test_bwrap_rlimits_mode_still_contains_bombs():
         r = box.run_sync("import threading, time\nwhile True:\n    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
         assert r.status in (Status.RESOURCE_LIMIT, Status.RUNTIME_ERROR, Status.MEMORY_LIMIT), (r.status, r.stderr[-300:])
         r = box.run_sync("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n")
-        assert r.status in (Status.RESOURCE_LIMIT, Status.TIMEOUT) and r.wall_time_s < 6
+        # contained: ended by a limit, not left running. The bound is a hang guard, not a speed
+        # check: 2x the timeout failed at 6.5 s beside a 2-job study (load average 37)
+        assert r.status in (Status.RESOURCE_LIMIT, Status.TIMEOUT) and r.wall_time_s < 30
         r = box.run_sync("print('still fine')")
         assert r.ok and r.stdout == "still fine\n"
     finally:
