@@ -32,14 +32,18 @@ def _comparable(row: dict) -> dict:
     return merge_prefill_split({k: v for k, v in row.items() if not k.startswith(NOT_COMPARED) and not k.endswith("time_s") and k not in RAY_ONLY})
 
 
-def test_ray_backend_trains_like_local(tmp_path, ray_cluster, guess_env_file):
+@pytest.mark.parametrize("context", [[], ["rollout.context={policy: window, window: 2}"]], ids=["full", "turn_samples"])
+def test_ray_backend_trains_like_local(tmp_path, ray_cluster, guess_env_file, context):
+    """Also with a turn-level context policy (issue 16): turn samples travel from the env
+    workers and train on the learner rank as they do locally."""
     from agentrl.train import train
 
     (tmp_path / "local").mkdir()
     (tmp_path / "ray").mkdir()
     imports = f"run.imports=[{guess_env_file}]"
-    local = train(make_cfg(tmp_path / "local", [imports]))
-    summary = train(make_cfg(tmp_path / "ray", [imports, *RAY, f"model.path={tmp_path / 'local' / 'model'}"]))  # the same tiny model
+    RAY_RUN = [*RAY, *context]
+    local = train(make_cfg(tmp_path / "local", [imports, *context]))
+    summary = train(make_cfg(tmp_path / "ray", [imports, *RAY_RUN, f"model.path={tmp_path / 'local' / 'model'}"]))  # the same tiny model
 
     # the checks of tests/train/test_train_smoke.py, on the ray run
     assert summary["train_steps"] == 2
@@ -50,6 +54,8 @@ def test_ray_backend_trains_like_local(tmp_path, ray_cluster, guess_env_file):
     for key in ("loss/policy", "policy/ratio_mean", "rollout/success", "rollout/turns_mean", "time/step_s", "entropy/step/0", *RAY_ONLY):
         assert key in last, key
     assert abs(last["policy/ratio_mean"] - 1.0) < 1e-4
+    if context:  # one sample per turn of every episode
+        assert last["rollout/samples"] == last["rollout/turns_mean"] * last["rollout/episodes"]
     assert last["rollout/failed_frac"] == 0.0 and last["rollout/env_worker_restarts"] == 0.0
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
     assert (run / "summary.json").exists() and (run / "training.png").exists()
@@ -71,7 +77,7 @@ def test_ray_backend_trains_like_local(tmp_path, ray_cluster, guess_env_file):
     import shutil
 
     shutil.rmtree(run / "checkpoints" / "step_000002")
-    train(make_cfg(tmp_path / "ray", [imports, *RAY, f"model.path={tmp_path / 'local' / 'model'}"]))
+    train(make_cfg(tmp_path / "ray", [imports, *RAY_RUN, f"model.path={tmp_path / 'local' / 'model'}"]))
     again = read_metrics(run / "metrics.jsonl")
     assert [r["train_step"] for r in again if "rollout/reward_mean" in r] == [1, 2]
     redone = _comparable(next(r for r in again if r["train_step"] == 2 and "loss/total" in r))
