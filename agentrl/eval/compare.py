@@ -109,7 +109,9 @@ def run_state(run: RunSpec, out: Path, *, warn: bool = True) -> str:
     saved = folder / "config.yaml"
     if not saved.exists():
         return "stale" if folder.exists() and any(folder.iterdir()) else "new"
-    saved_cfg = yaml.safe_load(saved.read_text()) or {}
+    from agentrl.train import _saved_config
+
+    saved_cfg = _saved_config(saved)  # resolved by today's code: a field added since then reads as its default
     diff = _differences(_comparable(run.config, out), _comparable(saved_cfg, _saved_out(saved_cfg, folder, out)))
     if diff:
         if warn:

@@ -159,6 +159,34 @@ def _committed_copy(out: Path, dest: Path) -> Path:
     return dest
 
 
+def test_runs_saved_before_a_config_field_existed_are_still_reused(compared, guess_study, tmp_path, caplog):
+    """A run folder written by older code lacks fields added since (here ``rollout.context``,
+    added with turn samples): the field reads as its default, so the run is "done", not
+    "stale" (which would retrain every finished run of an old study). A real difference still
+    makes it stale."""
+    from agentrl.eval.compare import run_state
+    from agentrl.eval.study import expand_runs, load_study
+
+    out = _committed_copy(compared["out"], tmp_path / "old")
+    runs = expand_runs(load_study(guess_study), out)
+    for r in runs:
+        saved = Path(r.config["run"]["output_dir"]) / "config.yaml"
+        cfg = yaml.safe_load(saved.read_text())
+        assert cfg["rollout"].pop("context") == {"policy": "full", "window": None, "marker": True, "options": {}}
+        saved.write_text(yaml.safe_dump(cfg))
+    with caplog.at_level("WARNING", logger="agentrl.eval.compare"):
+        assert [run_state(r, out) for r in runs] == ["done"] * 6
+    assert not [r for r in caplog.records if "config changed" in r.getMessage()]
+
+    saved = Path(runs[0].config["run"]["output_dir"]) / "config.yaml"
+    cfg = yaml.safe_load(saved.read_text())
+    cfg["rollout"]["context"] = {"policy": "window", "window": 2}
+    saved.write_text(yaml.safe_dump(cfg))
+    with caplog.at_level("WARNING", logger="agentrl.eval.compare"):
+        assert run_state(runs[0], out) == "stale"
+    assert any("rollout.context.policy: 'window' -> 'full'" in r.getMessage() for r in caplog.records)
+
+
 def test_a_warm_start_without_its_checkpoint_is_restored_for_the_runs_still_to_train(compared, guess_study, tmp_path, caplog):
     import json
     import shutil
