@@ -10,6 +10,13 @@ policy token) to every micro-batch call: the micro-batch losses then *sum* to th
 loss and the accumulated gradient equals the whole-batch gradient (recent verl does the same
 with its global token count). With the defaults (``None``) each call uses its own micro-batch
 counts, like older verl forks; then the result depends on how the batch is split.
+
+Turn samples (``rollout.context`` other than ``full``) put each turn of an episode on its own
+row. ``episode-mean-token-mean`` then weighs every *episode* equally: it takes, per row, the
+policy tokens of the row's whole episode in the mini-batch (``episode_tokens``) and the number
+of episodes in the mini-batch (``num_episodes``), which the learner computes from
+``RolloutBatch.episode_ids`` before the first micro-batch. Without them each row is its own
+episode and it equals ``seq-mean-token-mean``.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ from torch import Tensor
 from .ops import masked_sum
 from .registry import AGGREGATIONS
 
-__all__ = ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm", "make_aggregate"]
+__all__ = ["token_mean", "seq_mean_token_mean", "episode_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm",
+           "make_aggregate"]
 
 Aggregate = Callable[[Tensor, Tensor], Tensor]
 _AGG_INPUTS = ("per_token", "loss_mask", "num_tokens", "num_seqs")
+_EPISODE_INPUTS = ("episode_tokens", "num_episodes")
 
 
 def _denominator(value: Tensor | float | None, fallback: Tensor) -> Tensor:
@@ -81,6 +90,43 @@ def seq_mean_token_mean(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Ten
 
 
 @AGGREGATIONS.register(
+    "episode-mean-token-mean",
+    summary="mean over episodes of each episode's token mean; turn samples of one episode share its weight",
+    paper="arXiv 2402.03300 (DeepSeekMath) GRPO objective, with the episode as the sequence",
+    source="agentrl (turn samples); verl core_algos.agg_loss seq-mean-token-mean for one row per episode",
+    inputs=_AGG_INPUTS + _EPISODE_INPUTS,
+    split_invariant=True,
+)
+def episode_mean_token_mean(per_token: Tensor, loss_mask: Tensor, *, num_tokens: Tensor | float | None = None,
+                            num_seqs: Tensor | float | None = None, episode_tokens: Tensor | None = None,
+                            num_episodes: Tensor | float | None = None) -> Tensor:
+    """``(1/E) sum_rows( sum_t L*mask / episode_tokens[row] )``: each episode's token mean,
+    averaged over the E episodes with at least one policy token.
+
+    per_token [B, T] float; loss_mask [B, T] bool (True on policy tokens); ``episode_tokens``
+    [B] float: policy tokens of the row's whole episode in the mini-batch (all its turn
+    samples, on any micro-batch), default the row's own count (one row per episode);
+    ``num_episodes``: episodes in the mini-batch, default ``num_seqs``, then this call's rows
+    with a policy token. Hand-derived: episode A with turn rows [1, 1] and [1], episode B with
+    one row [0, 0, 0, 0] -> (3/3 + 0/4) / 2 = 0.5, where seq-mean-token-mean gives
+    (1 + 1 + 0) / 3 = 2/3 and token-mean 3/7. Paper: the GRPO objective's ``1/G sum_i 1/|o_i|
+    sum_t`` (arXiv 2402.03300 Eq. 3) with ``o_i`` the policy tokens of episode i over all its
+    turns; docs/methods.md §14.
+    """
+    if episode_tokens is None:
+        ep_tok = loss_mask.sum(dim=-1).to(per_token.dtype)
+    else:
+        if episode_tokens.shape != per_token.shape[:1]:
+            raise ValueError(f"episode_tokens must be [B] = [{per_token.shape[0]}] (one count per row), "
+                             f"got shape {list(episode_tokens.shape)}")
+        ep_tok = episode_tokens.to(per_token.dtype)
+    rows = masked_sum(per_token, loss_mask, dim=-1) / ep_tok.clamp(min=1)
+    if num_episodes is None:
+        num_episodes = num_seqs
+    return rows.sum() / _denominator(num_episodes, _seq_count(loss_mask, per_token.dtype))
+
+
+@AGGREGATIONS.register(
     "seq-mean-token-sum",
     summary="mean over sequences of each sequence's token sum",
     paper="verl loss_agg_mode (no paper equation)",
@@ -116,9 +162,14 @@ def seq_mean_token_sum_norm(per_token: Tensor, loss_mask: Tensor, *, num_tokens:
 
 
 def make_aggregate(name: str, *, num_tokens: Tensor | float | None = None, num_seqs: Tensor | float | None = None,
+                   episode_tokens: Tensor | None = None, num_episodes: Tensor | float | None = None,
                    **options: float) -> Aggregate:
     """``aggregate(per_token, loss_mask)`` for the registered aggregation ``name`` with global
-    denominators bound. Unknown names/options raise :class:`UnknownNameError`."""
+    denominators bound. ``episode_tokens`` [B] / ``num_episodes`` go only to an aggregation
+    that takes them (its registry ``inputs``). Unknown names/options raise
+    :class:`UnknownNameError`."""
     entry = AGGREGATIONS.get(name)
     entry.check_options(options)
-    return partial(entry.obj, num_tokens=num_tokens, num_seqs=num_seqs, **options)
+    extra = {k: v for k, v in (("episode_tokens", episode_tokens), ("num_episodes", num_episodes))
+             if k in entry.inputs and v is not None}
+    return partial(entry.obj, num_tokens=num_tokens, num_seqs=num_seqs, **extra, **options)

@@ -139,7 +139,9 @@ class MicroBatch:
     clipping snapshot; equals behavior when fully on-policy; use ``logprobs.detach()`` for a
     single on-policy update); advantages and loss_mask from :class:`AdvantageResult`;
     entropy (current policy, with grad if an entropy bonus is used); ref_logprobs; behavior_logprobs
-    (async: the sampler's); token_mask (the batch-scope mask slice, if any)."""
+    (async: the sampler's); token_mask (the batch-scope mask slice, if any); episode_tokens
+    ``[B]`` float (policy tokens of each row's whole episode in the mini-batch, for the
+    ``episode-mean-token-mean`` aggregation; None: each row is its own episode)."""
 
     logprobs: Tensor
     proximal_logprobs: Tensor
@@ -149,6 +151,7 @@ class MicroBatch:
     ref_logprobs: Tensor | None = None
     behavior_logprobs: Tensor | None = None
     token_mask: Tensor | None = None
+    episode_tokens: Tensor | None = None
 
 
 @dataclass
@@ -423,12 +426,14 @@ class Algorithm:
         self._mini_stats = None
 
     def loss(self, mb: MicroBatch, *, num_tokens: Tensor | float | None = None, num_seqs: Tensor | float | None = None,
-             micro_batch_fraction: float | Tensor = 1.0) -> LossOutput:
+             micro_batch_fraction: float | Tensor = 1.0, num_episodes: Tensor | float | None = None) -> LossOutput:
         """Phase 2: the scalar loss of one micro-batch and its metrics.
 
         Call exactly once per micro-batch in training order (controllers such as EntroPIC update
         their state here). ``num_tokens`` / ``num_seqs``: denominators of the whole mini-batch
-        (see :mod:`.aggregation`); ``micro_batch_fraction``: rows here / rows in the mini-batch.
+        (see :mod:`.aggregation`); ``num_episodes``: episodes in the mini-batch (with
+        ``mb.episode_tokens``, for ``episode-mean-token-mean``); ``micro_batch_fraction``: rows
+        here / rows in the mini-batch.
         Metric keys: ``loss/total``, ``loss/policy``, ``loss/kl``, ``loss/entropy_bonus``,
         ``loss/controllers``, ``policy/ratio_mean``, ``policy/approx_kl``,
         ``policy/clipfrac_low``, ``policy/clipfrac_high``; ``policy/entropy`` when entropy is
@@ -443,17 +448,18 @@ class Algorithm:
         if own:  # not inside begin/end_mini_batch: this call is the whole mini-batch
             self.begin_mini_batch(self.mini_batch_stats(mb))
         try:
-            return self._loss(mb, num_tokens, num_seqs, micro_batch_fraction)
+            return self._loss(mb, num_tokens, num_seqs, micro_batch_fraction, num_episodes)
         finally:
             if own:
                 self.end_mini_batch()
 
     def _loss(self, mb: MicroBatch, num_tokens: Tensor | float | None, num_seqs: Tensor | float | None,
-              micro_batch_fraction: float | Tensor) -> LossOutput:
+              micro_batch_fraction: float | Tensor, num_episodes: Tensor | float | None = None) -> LossOutput:
         cfg = self.config
         mask = mb.loss_mask
         stats = self._mini_stats or {}
-        agg = make_aggregate(cfg.aggregation.name, num_tokens=num_tokens, num_seqs=num_seqs, **cfg.aggregation.options)
+        agg = make_aggregate(cfg.aggregation.name, num_tokens=num_tokens, num_seqs=num_seqs, episode_tokens=mb.episode_tokens,
+                             num_episodes=num_episodes, **cfg.aggregation.options)
         metrics: dict[str, Tensor] = {}
         adv = mb.advantages
         for entry, opts in self._shaping_with_source("current"):

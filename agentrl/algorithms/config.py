@@ -294,6 +294,13 @@ class AlgorithmConfig:
         kl_entry.check_values(self.kl.options, "algorithm.kl.options")
         for where, spec, reg in self._components():
             reg.get(spec.name).check_values(spec.options, where)
+        if self.aggregation.name == "episode-mean-token-mean" and self.token_mask is not None:
+            tm_opts = {**TOKEN_MASKS.get(self.token_mask.name).options(), **self.token_mask.options}
+            if tm_opts.get("normalize", "all") == "kept":
+                raise ValueError(f"algorithm.aggregation 'episode-mean-token-mean' cannot be combined with algorithm.token_mask "
+                                 f"{self.token_mask.name!r} normalize: kept (the episode token counts are over all policy "
+                                 f"tokens, not the kept ones); set token_mask normalize: all, or aggregation "
+                                 f"'seq-mean-token-mean'")
         if self.credit.turn_rewards not in ("env", "final"):
             raise ValueError(f"algorithm.credit.turn_rewards must be 'env' or 'final', got {self.credit.turn_rewards!r}")
         if self.dynamic_sampling.metric not in ("acc", "seq_reward"):

@@ -189,6 +189,8 @@ class Learner:
         self.group_by_length = bool(cfg.group_by_length) and blocker is None
         if cfg.group_by_length and blocker is not None:
             log.info("trainer.group_by_length: off for this method (%s); micro-batches keep the shuffled order", blocker)
+        # episode-mean-token-mean: per-row counts of the row's whole episode, per mini-batch
+        self._episode_agg = "episode_tokens" in AGGREGATIONS.get(algorithm.config.aggregation.name).inputs
         self._dropout = _has_dropout(model)
         self._lengths: list[int] = []  # per update: real length of each row (host), and the layout
         self._right_padded = False
@@ -211,6 +213,20 @@ class Learner:
         right = (mask == (torch.arange(T, device=mask.device) < lengths.unsqueeze(1))).all()
         host = torch.cat([lengths, right.long().view(1)]).tolist()
         self._lengths, self._right_padded = host[:-1], bool(host[-1])
+
+    def _episode_counts(self, batch: TrainBatch, rows: torch.Tensor, mini_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(episode_tokens [B] float, num_episodes 0-dim)`` for one mini-batch: for each of
+        its ``rows`` (global row indices [R] long), the trained tokens (``mini_mask`` [R, T] bool)
+        of all the mini-batch's rows of the same episode (``batch.episode_ids``); 0 on rows
+        outside it. ``num_episodes``: episodes with a trained token in the mini-batch. Computed
+        on the whole mini-batch before its first micro-batch, so the split into micro-batches
+        (and data-parallel ranks) cannot change them. No host sync."""
+        B = batch.batch_size
+        ep = batch.episode_ids.to(self.device)[rows]
+        per_episode = torch.zeros(B, device=self.device).index_add_(0, ep, mini_mask.sum(dim=1).float())
+        counts = torch.zeros(B, device=self.device)
+        counts[rows] = per_episode[ep]
+        return counts, (per_episode > 0).sum()
 
     def _by_length(self, rows: list[int]) -> list[int]:
         """``rows`` longest first (stable: equal lengths keep their order)."""
@@ -361,6 +377,7 @@ class Learner:
                 mini_mask = adv.loss_mask[rows]
                 num_tokens = mini_mask.sum()
                 num_seqs = mini_mask.any(dim=1).sum()
+                episode_tokens, num_episodes = self._episode_counts(batch, rows, mini_mask) if self._episode_agg else (None, None)
                 self.optimizer.zero_grad(set_to_none=True)
                 if self.group_by_length:  # the split does not change this method's update (grouping_blocker)
                     row_list = self._by_length(row_list)
@@ -387,8 +404,9 @@ class Learner:
                         ref_logprobs=ref[idx] if ref is not None else None,
                         behavior_logprobs=mb_batch.behavior_logprobs if self.async_mode and not clip_to_behavior else None,
                         token_mask=adv.token_mask[idx] if adv.token_mask is not None else None,
+                        episode_tokens=episode_tokens[idx] if episode_tokens is not None else None,
                     )
-                    out = self.algorithm.loss(mb, num_tokens=num_tokens, num_seqs=num_seqs,
+                    out = self.algorithm.loss(mb, num_tokens=num_tokens, num_seqs=num_seqs, num_episodes=num_episodes,
                                               micro_batch_fraction=0.0 if pad else len(idx) / len(rows))
                     loss, metrics = out
                     if pad:  # no loss, but the backward's reduce-scatters must run on this rank too

@@ -48,6 +48,7 @@ VARIANTS = {
                                        "aggregation": "seq-mean-token-mean"},
     "kl_and_entropy_bonus": {"kl": {"coef": 0.05}, "entropy_coef": 0.01},
     "seq_mean_token_sum": {"aggregation": "seq-mean-token-sum"},
+    "episode_mean_token_mean": {"aggregation": "episode-mean-token-mean"},  # one row per episode here
     "token_sum_norm": {"aggregation": {"name": "seq-mean-token-sum-norm", "norm_length": 64}},
     "off_policy_is": {"off_policy": {"behavior_is_cap": 2.0}},
     "skywork_entropy_measure": {"controllers": [{"name": "skywork", "coef_init": 0.004, "measure": "entropy"}]},

@@ -79,6 +79,7 @@ PATTERNS = ("nan", "+inf", "-inf", "mixed", "partly")
 FIXED = {  # inputs that are the same in every run (no masked positions or not values)
     "loss_mask": LOSS_MASK, "turn_mask": TURN_MASK, "valid": ROW_MASK, "token_counts": LOSS_MASK.sum(dim=1),
     "group_ids": GROUP_IDS, "correct": CORRECT, "num_tokens": None, "num_seqs": None,
+    "episode_tokens": None, "num_episodes": None,
 }
 
 
@@ -312,6 +313,8 @@ def _run_function(fn: Callable[..., Any], inputs: tuple[str, ...], options: dict
         calls["weighted"] = {"token_weights": x["token_weights"]}
     if "num_tokens" in inputs:  # an aggregation: also with the mini-batch's global counts
         calls["global_counts"] = {"num_tokens": torch.tensor(14.0), "num_seqs": torch.tensor(4.0)}
+    if "episode_tokens" in inputs:  # turn samples: rows 0 and 1 one episode, 3 and 4 another
+        calls["episode_counts"] = {"episode_tokens": torch.tensor([8.0, 8.0, 0.0, 8.0, 8.0]), "num_episodes": torch.tensor(2.0)}
     out: dict[str, Any] = {}
     if stats_fn is not None:
         out["stats"] = stats_fn(**kwargs, **options)
