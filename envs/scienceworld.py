@@ -102,6 +102,10 @@ ELECTRICAL = ("power-component", "power-component-renewable-vs-nonrenewable-ener
 #: simplifications (found by replaying gold paths; see the module docstring).
 KNOWN_GOLD_FAILURES: frozenset[tuple[str, int]] = frozenset({("freeze", 11), ("freeze", 19)})
 DISABLED_ACTIONS = ("reset task",)
+#: marks a :meth:`ScienceWorldEnv.state_summary` call in an episode's history (no action can
+#: equal it: actions are cleaned of control characters), so a replay makes the same free calls
+_SUMMARY_CALL = "\x00state_summary"
+SUMMARY_CHARS = 300
 MAX_ACTION_CHARS = 300
 #: The JVM lives for one episode in deterministic mode: C1 only and the serial GC start it in
 #: about half the time (~1 s) and run short episodes as fast as the default JIT does. Identity
@@ -306,7 +310,8 @@ class ScienceWorldEnv(ToolEnv):
         self._world: tuple[tuple[str, int, str], int] | None = None  # (task, actions applied since its start)
         self._index: dict[str, list[tuple[str, int]]] = {}
         self._key: tuple[str, int, str] | None = None
-        self._history: list[str | None] = []  # this episode's actions (None: a valid_actions call)
+        self._history: list[str | None] = []  # this episode's actions (None: a valid_actions call; _SUMMARY_CALL)
+        self._summary: tuple[int, str] | None = None
         self._credited = 0  # score (clamped to 0..100) already paid out as reward
         self._over = False
 
@@ -385,6 +390,8 @@ class ScienceWorldEnv(ToolEnv):
             for action in self._history:  # None: a valid_actions call (it touches the JVM's state too)
                 if action is None:
                     sw.get_valid_action_object_combinations()
+                elif action == _SUMMARY_CALL:
+                    sw.look(), sw.inventory()
                 else:
                     sw.server.step(action)
             self._world = (self._key, len(self._history))
@@ -450,6 +457,7 @@ class ScienceWorldEnv(ToolEnv):
     async def setup(self, task: Task) -> None:
         self._key = (task.data["task_name"], task.data["variation"], task.data["simplification"])
         self._history, self._credited, self._over = [], 0, False
+        self._summary: tuple[int, str] | None = None  # (history length, summary) of the last state_summary()
 
         def load() -> None:
             with self._lock:
@@ -537,6 +545,36 @@ class ScienceWorldEnv(ToolEnv):
         if len(actions) > len(shown):
             text += f"\n... and {len(actions) - len(shown)} more; narrow the list with the contains argument."
         return ToolOutput(text, reward=self._pay(score) if not self._over else 0.0)
+
+    def state_summary(self) -> str:
+        """The memory of ``rollout.context.policy: summary`` (docs/long_horizons.md): where the
+        agent is and what it carries, e.g. ``"location: kitchen; inventory: a thermometer, an
+        orange"`` (at most ``SUMMARY_CHARS`` characters).
+
+        Read with the simulator's free look and inventory calls (no game time passes). They
+        are recorded in the episode's history like ``valid_actions`` calls, so a replay of
+        the episode (``_sync_world``) repeats them and stays deterministic; a second call
+        with no action in between returns the same string without touching the JVM.
+        """
+        if self._key is None:
+            return "location: unknown; inventory: unknown"
+        cached = self._summary
+        if cached is not None and cached[0] == len(self._history):
+            return cached[1]
+        with self._lock:
+            self._sync_world()
+            sw = self._use()
+            look, inventory = str(sw.look()), str(sw.inventory())
+            self._history.append(_SUMMARY_CALL)
+            self._world = (self._key, len(self._history))
+        m = re.search(r"called the ([^.\n]+)\.", look)
+        place = m.group(1).strip() if m else "unknown"
+        items = [line.strip() for line in inventory.splitlines()[1:] if line.strip()]
+        text = f"location: {place}; inventory: {', '.join(items) if items else 'nothing'}"
+        if len(text) > SUMMARY_CHARS:
+            text = text[: SUMMARY_CHARS - 3] + "..."
+        self._summary = (len(self._history), text)
+        return text
 
     # ----------------------------------------------------------------- expert
     def gold_actions(self, task: Task | None = None) -> tuple[str, ...]:

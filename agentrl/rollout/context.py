@@ -12,7 +12,8 @@ of the next prompt:
 - ``window``: the head, then the last ``window`` turns; with ``marker`` the last head message
   says how many earlier turns were left out.
 - ``summary``: the same, plus a memory string: the env's ``state_summary()`` (ShellQuest: the
-  current directory and the clues found; an env offers one by defining the method).
+  clues its commands found; ScienceWorld: the room and the inventory; an env offers one by
+  defining the method).
 
 A user policy subclasses :class:`ContextPolicy`, overrides :meth:`ContextPolicy.memory` (or
 :meth:`ContextPolicy.render`) and registers itself; ``run.imports`` loads its file::
