@@ -178,6 +178,11 @@ class RolloutConfig:
     """G: trajectories per task (a GRPO group)."""
     tasks_per_step: int = 8
     """Distinct tasks per train_step; the batch holds tasks_per_step * group_size trajectories."""
+    turns_per_step: int | None = None
+    """Batches counted in turns (a turn-level ``context.policy``, sync mode): a train_step plays
+    rounds of tasks_per_step groups until the batch holds at least this many turn samples, so
+    episodes of 5 and of 500 turns give batches of about the same size (whole groups: N to N +
+    one round; docs/long_horizons.md). None: one round, tasks_per_step groups."""
     temperature: float = 1.0
     """Sampling temperature (logprobs and entropy are computed at it)."""
     top_p: float = 1.0
@@ -394,6 +399,7 @@ RANGES: dict[type, dict[str, str]] = {
         "max_new_tokens": ">= 1", "max_total_tokens": ">= 1",
         "eval_temperature": "> 0; use a small value like 0.05 for near-greedy sampling (engine vllm: >= 0.01)",
         "max_staleness": ">= 0", "generate_timeout_s": ">= 0; 0: no limit",
+        "turns_per_step": ">= 1; turn samples per train_step (null: off)",
     },
     SFTConfig: {
         "episodes": ">= 1", "epochs": ">= 1", "steps": ">= 0; 0: use epochs", "warmup_steps": ">= 0", "lr": "> 0",
@@ -829,6 +835,14 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
         check(policy.full or cfg.rollout.max_new_tokens < cfg.rollout.max_total_tokens,
               f"rollout.context.policy={ctx.policy!r}: rollout.max_total_tokens={cfg.rollout.max_total_tokens} caps each turn's "
               f"prompt plus its generation, so it must exceed rollout.max_new_tokens={cfg.rollout.max_new_tokens}")
+        tps = cfg.rollout.turns_per_step
+        check(tps is None or not policy.full,
+              f"rollout.turns_per_step={tps} counts turn samples, which only a turn-level rollout.context.policy makes "
+              f"(window, summary or a registered one), got policy {ctx.policy!r}; set rollout.context.policy: window, or "
+              f"drop turns_per_step (batches of tasks_per_step x group_size episodes)")
+        check(tps is None or cfg.run.mode == "sync",
+              f"rollout.turns_per_step={tps} is built for run.mode: sync (rounds played to the end, none in flight at the "
+              f"cut); async mode takes tasks_per_step groups per train_step: set run.mode: sync or drop turns_per_step")
     for i, f in enumerate(cfg.rollout.faults):
         where = f"rollout.faults[{i}]"
         check(f.kind in FAULT_KINDS[f.point], f"{where}: kind {f.kind!r} cannot be injected at point {f.point!r}; "

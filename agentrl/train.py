@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import platform
 import random
 import subprocess
@@ -441,6 +442,22 @@ def make_learner(cfg: TrainConfig, model: Any, algo_cfg: Any) -> Any:
     return Learner(model, build_algorithm(algo_cfg), cfg.trainer, temperature=cfg.rollout.temperature, async_mode=cfg.run.mode == "async", seed=cfg.run.seed)
 
 
+def turn_samples(trajs: list[Any]) -> int:
+    """Training rows of ``trajs``: one per turn sample (one per episode played as one
+    sequence); failed episodes train nothing and count 0."""
+    return sum(len(t.segments) or 1 for t in trajs if not t.failed)
+
+
+def _kept_groups(filter_algo: Any, trajs: list[Any]) -> list[Any]:
+    """The trajectories of the groups DAPO dynamic sampling keeps (one row per episode)."""
+    from agentrl.algorithms.algorithm import RolloutBatch
+    from agentrl.types import collate
+
+    b = collate([replace(t, segments=[]) for t in trajs], pad_token_id=0)  # one row per episode, turn samples or not
+    keep = filter_algo.keep_groups(RolloutBatch(rewards=b.rewards, group_ids=b.group_ids, loss_mask=b.loss_mask, correct=b.success, truncated=b.truncated))
+    return [t for t, k in zip(trajs, keep.tolist()) if k]
+
+
 def collect_batch(rollout: Any, sampler: Any, cfg: TrainConfig, filter_algo: Any) -> tuple[list[Any], int]:
     """One train_step's trajectories: ``tasks_per_step`` groups of ``group_size``.
 
@@ -448,12 +465,23 @@ def collect_batch(rollout: Any, sampler: Any, cfg: TrainConfig, filter_algo: Any
     dropped and more groups are generated, round after round, until ``tasks_per_step`` groups
     are kept or ``max_num_gen_batches`` rounds ran (0: no limit); the batch is then the kept
     groups (fewer than asked when the limit was hit). Returns (trajectories, rounds).
-    """
-    from agentrl.algorithms.algorithm import RolloutBatch
-    from agentrl.types import collate
 
+    With ``rollout.turns_per_step`` N (batches counted in turns, turn-level context policies):
+    rounds of ``tasks_per_step`` groups are played, each to the end, until the batch holds at
+    least N turn samples (:func:`turn_samples`; with dynamic sampling, of the kept groups). So
+    a step of short episodes plays more rounds, and a step of long ones fewer; groups stay
+    whole (a group's advantages need all its episodes' returns), so the batch holds N to N +
+    one round's samples, and no episode is in flight at the cut. At most
+    ``ceil(N / (tasks_per_step * group_size))`` rounds are played (each non-failed episode
+    gives at least one sample, so that many suffice unless episodes fail; with dynamic
+    sampling, ``max_num_gen_batches`` times that, 0: no limit); the batch is then what they
+    gave.
+    """
     G, want = cfg.rollout.group_size, cfg.rollout.tasks_per_step
+    target = cfg.rollout.turns_per_step
     trajs = rollout.collect(sampler.next_specs(want, G))
+    if target is not None:
+        return _collect_turns(rollout, sampler, cfg, filter_algo, trajs, target)
     if filter_algo is None:
         return trajs, 1
     limit = filter_algo.config.dynamic_sampling.max_num_gen_batches
@@ -461,9 +489,7 @@ def collect_batch(rollout: Any, sampler: Any, cfg: TrainConfig, filter_algo: Any
     rounds = 0
     while True:
         rounds += 1
-        b = collate([replace(t, segments=[]) for t in trajs], pad_token_id=0)  # one row per episode, turn samples or not
-        keep = filter_algo.keep_groups(RolloutBatch(rewards=b.rewards, group_ids=b.group_ids, loss_mask=b.loss_mask, correct=b.success, truncated=b.truncated))
-        kept += [t for t, k in zip(trajs, keep.tolist()) if k]
+        kept += _kept_groups(filter_algo, trajs)
         if len(kept) >= want * G or (limit and rounds >= limit):
             break
         trajs = rollout.collect(sampler.next_specs(want, G))
@@ -471,6 +497,30 @@ def collect_batch(rollout: Any, sampler: Any, cfg: TrainConfig, filter_algo: Any
         log.info("dynamic sampling kept no group in %d rounds; training on the last round", rounds)
         kept = trajs
     return kept[: want * G], rounds
+
+
+def _collect_turns(rollout: Any, sampler: Any, cfg: TrainConfig, filter_algo: Any, trajs: list[Any], target: int) -> tuple[list[Any], int]:
+    """:func:`collect_batch` with ``rollout.turns_per_step``: rounds until ``target`` turn samples."""
+    G, want = cfg.rollout.group_size, cfg.rollout.tasks_per_step
+    limit = math.ceil(target / (want * G))
+    if filter_algo is not None:
+        gen = filter_algo.config.dynamic_sampling.max_num_gen_batches
+        limit = limit * gen if gen else 0
+    kept: list[Any] = []
+    rounds = 0
+    while True:
+        rounds += 1
+        kept += _kept_groups(filter_algo, trajs) if filter_algo is not None else trajs
+        have = turn_samples(kept)
+        if have >= target or (limit and rounds >= limit):
+            break
+        trajs = rollout.collect(sampler.next_specs(want, G))
+    if have < target:
+        log.info("rollout.turns_per_step=%d: %d rounds gave %d turn samples (failed episodes or dropped groups); training on them",
+                 target, rounds, have)
+    if not kept:  # nothing kept by dynamic sampling: train on the last round (zero advantages)
+        kept = trajs
+    return kept, rounds
 
 
 def make_async_collector(cfg: TrainConfig, rollout: Any, sampler: Any) -> Any:
