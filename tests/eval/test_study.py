@@ -238,3 +238,33 @@ def test_cli_reports_bad_study_with_exit_code_2(guess_study, tmp_path, capsys):
     path = _variant(guess_study, "bad_cli", "methods: [grpoo]")
     assert main(["compare", str(path), "--out", str(tmp_path / "o")]) == 2
     assert "unknown method 'grpoo'" in capsys.readouterr().err
+
+
+def test_turn_level_study_expands_to_its_design(tmp_path):
+    """configs/studies/long_horizon_turns.yaml (issue 16): six methods at h50 as one sequence
+    and at h50 and h200 under the summary policy, GRPO also with episode-equal weighting on the
+    turn-level variants, 3 seeds, one warm start per (variant, seed). Trains nothing."""
+    study = load_study(ROOT / "configs" / "studies" / "long_horizon_turns.yaml")
+    methods = ["grpo", "gigpo", "empg", "clip_cov", "kl_cov", "entropic"]
+    runs = expand_runs(study, tmp_path)
+    rl = [r for r in runs if r.kind == "rl"]
+    assert study.methods == methods and len(rl) == 3 * (6 + 7 + 7) and sum(r.kind == "sft" for r in runs) == 3 * 3
+    for r in runs:
+        ctx, cap = r.config["rollout"]["context"], r.config["rollout"]["max_total_tokens"]
+        horizon = r.config["env"]["kwargs"]["horizon"]
+        if r.env == "h50_full":
+            assert (ctx["policy"], cap, horizon) == ("full", 4096, 50)
+        else:
+            assert (ctx["policy"], ctx["window"], cap) == ("summary", 2, 1024) and horizon == {"h50_summary": 50, "h200_summary": 200}[r.env]
+        if r.kind == "rl":
+            level = dict(r.levels)["aggregation"]
+            method_file = yaml.safe_load((ROOT / "configs" / "methods" / f"{r.method}.yaml").read_text())["algorithm"]
+            if level == "episode":
+                assert r.method == "grpo" and r.env != "h50_full"
+                method_file["aggregation"] = "episode-mean-token-mean"
+            assert _algo(r.config["algorithm"]) == _algo(method_file), r.key
+    check_runs(runs)
+    smoke = expand_runs(load_study(ROOT / "configs" / "studies" / "long_horizon_turns.yaml", smoke=True), tmp_path / "smoke")
+    assert [r.key for r in smoke if r.kind == "rl"] == ["h10_summary/paper/grpo/seed0", "h10_summary/episode/grpo/seed0",
+                                                        "h10_summary/paper/empg/seed0"]
+    check_runs(smoke)
