@@ -29,6 +29,7 @@ each run sets its own ``run.num_threads``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -120,15 +121,41 @@ def run_state(run: RunSpec, out: Path, *, warn: bool = True) -> str:
     return "done" if (folder / "summary.json").exists() else "partial"
 
 
+def model_fingerprint(folder: str | Path) -> str | None:
+    """The first 16 hex digits of the sha256 of an HF model folder's weight files
+    (``*.safetensors``, in name order), or None when it has none. Two warm starts trained from
+    the same config and seed on different machines can differ by floating-point drift; this
+    tells them apart."""
+    files = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def train_run(config: dict[str, Any]) -> float:
     """Train one run from its resolved config; returns its wall time in seconds. Also the
-    entry point of worker processes (``jobs > 1``)."""
+    entry point of worker processes (``jobs > 1``). Writes ``compare_run.json``: the wall time,
+    when it finished, and the fingerprints (:func:`model_fingerprint`) of the model a method
+    run started from (``warm_start_sha256``) or of the model a warm start made
+    (``model_sha256``)."""
     from agentrl import train as train_module
 
+    folder = Path(config["run"]["output_dir"])
+    method_run = int(config["trainer"]["total_steps"]) > 0
+    start = model_fingerprint(config["model"]["path"]) if method_run else None
     t0 = time.perf_counter()
     train_module.train(from_dict(TrainConfig, config))
     wall = time.perf_counter() - t0
-    (Path(config["run"]["output_dir"]) / RUN_RECORD).write_text(json.dumps({"wall_time_s": wall, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}))
+    record: dict[str, Any] = {"wall_time_s": wall, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if start is not None:
+        record["warm_start_sha256"] = start
+    made = None if method_run else model_fingerprint(folder / SFT_CHECKPOINT)
+    if made is not None:
+        record["model_sha256"] = made
+    (folder / RUN_RECORD).write_text(json.dumps(record))
     return wall
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import report_plots
-from .results import MIN_FIT_POINTS, RunResult, fits_for, group_results, load_results
+from .results import MIN_FIT_POINTS, RunResult, fits_for, group_results, load_results, warm_start_mismatches
 from .stats import MeanCI, mean_ci
 from .study import RunSpec, Study
 
@@ -205,6 +205,9 @@ def write_report(study: Study, runs: list[RunSpec], out: Path) -> Path:
         f"{len(results)} finished method runs ({len({r.spec.variant for r in results})} method variants x {len(envs)} env variants x seeds {study.seeds})"
         + (f"; {len(missing)} not finished: {', '.join(missing)}" if missing else "") + ".",
     ]
+    mismatched = warm_start_mismatches(results)
+    if mismatched:  # a warm start trained again and not bitwise the same (another machine's float kernels)
+        intro += ["WARNING: " + line for line in mismatched]
     md = [f"# {title}", "", *intro, "", "## Definitions", "", *(f"- {d}" for d in _definitions(study)), ""]
     body_html = [f"<h1>{html.escape(title)}</h1>", *(f"<p>{html.escape(p)}</p>" for p in intro), "<h2>Definitions</h2><ul>",
                  *(f"<li>{html.escape(d)}</li>" for d in _definitions(study)), "</ul>"]

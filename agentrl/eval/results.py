@@ -56,6 +56,8 @@ class RunResult:
     all_rows: list[dict[str, Any]] = field(default_factory=list)
     """Every metrics.jsonl row, evaluation rows included."""
     values: dict[str, float] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+    """Its compare_run.json (wall time; ``warm_start_sha256``: the model it started from)."""
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         pts = [(r["train_step"], r[key]) for r in self.rows if isinstance(r.get(key), (int, float))]
@@ -139,8 +141,22 @@ def load_results(study: Study, runs: list[RunSpec]) -> tuple[list[RunResult], li
         summary = json.loads((folder / "summary.json").read_text())
         record = json.loads((folder / "compare_run.json").read_text()) if (folder / "compare_run.json").exists() else {}
         values = run_values(rows, summary, record, target=study.target_success, final_window=study.final_window, config=spec.config)
-        results.append(RunResult(spec, rows, all_rows, values))
+        results.append(RunResult(spec, rows, all_rows, values, record))
     return results, missing
+
+
+def warm_start_mismatches(results: list[RunResult]) -> list[str]:
+    """One line per (env variant, seed) whose method runs started from more than one
+    warm-start model (distinct ``warm_start_sha256`` in their compare_run.json; runs trained
+    before the fingerprint was recorded are left out), naming the runs of each model."""
+    by: dict[tuple[str, int], dict[str, list[str]]] = {}
+    for r in results:
+        fp = r.record.get("warm_start_sha256")
+        if fp:
+            by.setdefault((r.spec.env, r.spec.seed), {}).setdefault(str(fp), []).append(r.spec.variant)
+    return [f"{env} seed {seed}: the method runs started from {len(fps)} different warm-start models ("
+            + "; ".join(f"{fp}: {', '.join(v)}" for fp, v in fps.items()) + "); their differences include the warm start's"
+            for (env, seed), fps in by.items() if len(fps) > 1]
 
 
 def group_results(results: list[RunResult]) -> dict[tuple[str, str], list[RunResult]]:

@@ -232,3 +232,35 @@ def test_a_warm_start_without_its_checkpoint_is_restored_for_the_runs_still_to_t
         compare(guess_study, out=out, train_fn=train_fn)
     warned = [r.getMessage() for r in caplog.records if "restored warm start" in r.getMessage()]
     assert len(warned) == 1 and "sft/high4/seed1" in warned[0] and "largest difference 0.5" in warned[0]
+
+
+def test_runs_record_the_warm_start_model_they_started_from(compared, guess_study):
+    """compare_run.json fingerprints the model a warm start made and the model each method
+    run started from; the report warns when one (env, seed) mixes two warm-start models (a
+    warm start trained again on another machine is not bitwise the same)."""
+    import json
+
+    from agentrl.eval.compare import SFT_CHECKPOINT, model_fingerprint
+    from agentrl.eval.results import load_results, warm_start_mismatches
+    from agentrl.eval.study import expand_runs, load_study
+
+    out = compared["out"]
+    made = {}
+    for seed in (0, 1):
+        sft = out / "sft" / "high4" / f"seed{seed}"
+        made[seed] = json.loads((sft / "compare_run.json").read_text())["model_sha256"]
+        assert made[seed] == model_fingerprint(sft / SFT_CHECKPOINT) and len(made[seed]) == 16
+        int(made[seed], 16)
+    assert made[0] != made[1]
+    for key in RUNS:
+        record = json.loads((out / "runs" / key / "compare_run.json").read_text())
+        assert record["warm_start_sha256"] == made[int(key[-1])] and "model_sha256" not in record
+    study = load_study(guess_study)
+    results, _ = load_results(study, expand_runs(study, out))
+    assert warm_start_mismatches(results) == []
+    grpo0 = next(r for r in results if r.spec.key == "high4/grpo/seed0")
+    grpo0.record["warm_start_sha256"] = "0" * 16  # as if its warm start had been trained again and drifted
+    assert warm_start_mismatches(results) == [
+        f"high4 seed 0: the method runs started from 2 different warm-start models ({'0' * 16}: grpo; {made[0]}: empg); "
+        "their differences include the warm start's"]
+    assert model_fingerprint(out / "nothing_here") is None
