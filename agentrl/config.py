@@ -179,10 +179,11 @@ class RolloutConfig:
     tasks_per_step: int = 8
     """Distinct tasks per train_step; the batch holds tasks_per_step * group_size trajectories."""
     turns_per_step: int | None = None
-    """Batches counted in turns (a turn-level ``context.policy``, sync mode): a train_step plays
-    rounds of tasks_per_step groups until the batch holds at least this many turn samples, so
-    episodes of 5 and of 500 turns give batches of about the same size (whole groups: N to N +
-    one round; docs/long_horizons.md). None: one round, tasks_per_step groups."""
+    """Batches counted in turns (a turn-level ``context.policy``): a train_step takes whole
+    groups until the batch holds at least this many turn samples, so episodes of 5 and of 500
+    turns give batches of about the same size. Sync mode plays rounds of tasks_per_step groups
+    to the end; async mode takes finished groups, and episodes running at the cut go on with
+    the next weights (docs/long_horizons.md). None: tasks_per_step groups."""
     temperature: float = 1.0
     """Sampling temperature (logprobs and entropy are computed at it)."""
     top_p: float = 1.0
@@ -840,9 +841,6 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
               f"rollout.turns_per_step={tps} counts turn samples, which only a turn-level rollout.context.policy makes "
               f"(window, summary or a registered one), got policy {ctx.policy!r}; set rollout.context.policy: window, or "
               f"drop turns_per_step (batches of tasks_per_step x group_size episodes)")
-        check(tps is None or cfg.run.mode == "sync",
-              f"rollout.turns_per_step={tps} is built for run.mode: sync (rounds played to the end, none in flight at the "
-              f"cut); async mode takes tasks_per_step groups per train_step: set run.mode: sync or drop turns_per_step")
     for i, f in enumerate(cfg.rollout.faults):
         where = f"rollout.faults[{i}]"
         check(f.kind in FAULT_KINDS[f.point], f"{where}: kind {f.kind!r} cannot be injected at point {f.point!r}; "

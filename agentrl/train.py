@@ -530,7 +530,8 @@ def make_async_collector(cfg: TrainConfig, rollout: Any, sampler: Any) -> Any:
     from agentrl.rollout.async_collector import AsyncCollector
 
     r = cfg.rollout
-    return AsyncCollector(rollout, sampler, group_size=r.group_size, tasks_per_step=r.tasks_per_step, max_staleness=r.max_staleness, order=r.async_order)
+    return AsyncCollector(rollout, sampler, group_size=r.group_size, tasks_per_step=r.tasks_per_step, max_staleness=r.max_staleness,
+                          order=r.async_order, turns_per_step=r.turns_per_step)
 
 
 def make_rollout(cfg: TrainConfig, model: Any, tokenizer: Any) -> Any:

@@ -25,6 +25,19 @@ groups to finish. Admission bounds the rest, so the forced set never exceeds a b
 (docs/async.md has the argument). ``max_staleness: 0`` admits one batch per version and trains
 exactly it: the synchronous loop, same tasks, seeds and order.
 
+Batches counted in turns (``rollout.turns_per_step`` N, turn-level context policies): a
+train_step takes finished groups until the batch holds at least N turn samples, and always
+every group whose deadline is now (so a batch has no upper bound and no group outlives its
+deadline: the staleness guarantee needs no look-ahead). ``completion``: the due groups, then
+finished groups in finishing order; ``fifo``: finished groups in admission order (waiting for
+the oldest). Episodes still running at the cut go on with the next weights and are trained in
+a later batch, every token keeping the version that sampled it (``async/partial_frac``).
+Admission allows ``tasks_per_step + max_staleness x G`` groups in flight and untrained, G the
+mean number of groups the batches so far took (``tasks_per_step`` before the first), so work
+in flight follows the episodes' lengths; when a batch cannot form and nothing is running,
+``tasks_per_step`` more groups start (a round). With ``max_staleness: 0`` that is exactly the
+synchronous loop's rounds (:func:`agentrl.train.collect_batch`).
+
 Checkpoints: :meth:`state_dict` holds the sampler position and the sampler positions of the
 groups admitted but not yet trained; after a resume those groups are played again from the
 start (their partial episodes are discarded), before any new task, so nothing is lost or
@@ -35,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,15 +107,24 @@ class AsyncCollector:
         group_size, tasks_per_step: G and groups per train_step.
         max_staleness: k, in versions (train_steps).
         order: "completion" (finished first, deadlines forced) or "fifo" (admission order).
+        turns_per_step: batches counted in turn samples (module docstring); None: tasks_per_step
+            groups per batch.
     """
 
-    def __init__(self, rollout: Any, sampler: TaskSampler, *, group_size: int, tasks_per_step: int, max_staleness: int, order: str = "completion") -> None:
+    def __init__(self, rollout: Any, sampler: TaskSampler, *, group_size: int, tasks_per_step: int, max_staleness: int, order: str = "completion",
+                 turns_per_step: int | None = None) -> None:
         if order not in ORDERS:
             raise ValueError(f"async order must be one of {ORDERS}, got {order!r}")
         if max_staleness < 0:
             raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
+        if turns_per_step is not None and turns_per_step < 1:
+            raise ValueError(f"turns_per_step must be >= 1 or None, got {turns_per_step}")
         self.rollout, self.sampler = rollout, sampler
         self.G, self.tps, self.k, self.order = group_size, tasks_per_step, max_staleness, order
+        self.turns = turns_per_step
+        self._batch_groups: list[int] = []  # groups each batch took (turns mode: the admission estimate)
+        self._round = 0  # turns mode: groups still to admit for a round (a batch could not form, nothing running)
+        self._between = False  # a batch was taken and the learner has not asked for the next one
         self._groups: dict[int, _Group] = {}  # admitted, not yet trained, by order
         self._pending: list[int] = []  # sampler positions to replay first (from a checkpoint)
         self._version = 0
@@ -175,7 +198,16 @@ class AsyncCollector:
         self._producer.add_done_callback(lambda _: self._changed.set())  # a crashed producer wakes _take
 
     def _capacity_left(self) -> int:
-        return (self._version + self.k + 1) * self.tps - (self._consumed + len(self._groups))
+        if self.turns is None:
+            return (self._version + self.k + 1) * self.tps - (self._consumed + len(self._groups))
+        if self.k == 0 and self._between:  # batch V is taken: a group started now would first train at V + 1
+            return 0
+        return max(self._turns_capacity(), self._round)
+
+    def _turns_capacity(self) -> int:
+        """Turns mode: groups that may still start, beside a round's (module docstring)."""
+        per_batch = sum(self._batch_groups) / len(self._batch_groups) if self._batch_groups else self.tps
+        return self.tps + math.ceil(self.k * per_batch) - len(self._groups)
 
     async def _produce(self) -> None:
         while True:
@@ -190,6 +222,7 @@ class AsyncCollector:
         else:
             position = self.sampler.position
             self.sampler.position += 1
+        self._round = max(self._round - 1, 0)
         g = _Group(self._next_order, position, self._version, self.sampler.group_specs(position, self.G))
         self._next_order += 1
         self._groups[g.order] = g
@@ -227,7 +260,7 @@ class AsyncCollector:
     async def _take(self, version: int) -> tuple[list[_Group], int, int, float]:
         if self._producer is None:
             self._start(version)
-        self._version = version
+        self._version, self._between = version, False
         self._wake_producer.set()
         while True:
             if self._error is not None:
@@ -235,6 +268,9 @@ class AsyncCollector:
             chosen, forced = self._choose()
             if chosen is not None:
                 break
+            if self.turns is not None and self._running == 0 and self._round == 0 and self._turns_capacity() <= 0:
+                self._round = self.tps  # too few turn samples and nothing running: start a round
+                self._wake_producer.set()
             if self._producer.done() and not self._producer.cancelled() and self._producer.exception() is not None:
                 raise RuntimeError("the async rollout producer failed") from self._producer.exception()
             self._changed.clear()
@@ -242,6 +278,8 @@ class AsyncCollector:
         for g in chosen:
             del self._groups[g.order]
         self._consumed += len(chosen)
+        self._batch_groups.append(len(chosen))
+        self._between = True
         self._wake_producer.set()
         idle = self._idle_s + (time.perf_counter() - self._idle_since if self._idle_since is not None else 0.0)
         self._idle_s = 0.0
@@ -249,9 +287,40 @@ class AsyncCollector:
             self._idle_since = time.perf_counter()
         return sorted(chosen, key=lambda g: g.order), forced, len(self._groups), idle
 
+    @staticmethod
+    def _turn_samples(g: _Group) -> int:
+        """Training rows of a finished group: one per turn sample, failed episodes none."""
+        return sum(len(t.segments) or 1 for t in g.trajs if t is not None and not t.failed)
+
+    def _choose_turns(self, by_order: list[_Group]) -> tuple[list[_Group] | None, int]:
+        """Turns mode (module docstring): every due group, then finished groups until the batch
+        holds ``turns_per_step`` turn samples."""
+        V = self._version
+        due = [g for g in by_order if g.oldest_version() + self.k <= V]
+        if not all(g.finished for g in due):
+            return None, len(due)
+        if self.order == "fifo":
+            rest = []
+            for g in by_order:
+                if not g.finished:
+                    break
+                rest.append(g)
+        else:
+            rest = sorted((g for g in by_order if g.finished), key=lambda g: g.finished_seq)
+        chosen, n = list(due), sum(self._turn_samples(g) for g in due)
+        for g in rest:
+            if n >= self.turns:
+                break
+            if g not in due:
+                chosen.append(g)
+                n += self._turn_samples(g)
+        return (chosen if n >= self.turns else None), len(due)
+
     def _choose(self) -> tuple[list[_Group] | None, int]:
         """The batch if it can be formed now (else None), and how many groups were forced."""
         by_order = sorted(self._groups.values(), key=lambda g: g.order)
+        if self.turns is not None:
+            return self._choose_turns(by_order)
         if self.order == "fifo":
             head = by_order[: self.tps]
             return (head if len(head) == self.tps and all(g.finished for g in head) else None), 0

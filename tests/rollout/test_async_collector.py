@@ -159,3 +159,84 @@ def test_resume_replays_the_groups_in_flight_first():
     assert after[: len(pending)] == pending
     assert after[len(pending):] == list(range(state["position"], state["position"] + 6 - len(pending)))
     assert sorted(before + after) == sorted(set(before + after))
+
+
+# ---------------------------------------------------------------- batches counted in turns
+class FakeTurnRollout(FakeRollout):
+    """FakeRollout under a turn-level context policy: each turn one turn sample (a one-token
+    prompt, then the two sampled tokens), ``segments`` their lengths."""
+
+    async def play(self, spec):
+        self.started.append((spec.seed, spec.sample_index))
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        n = random.Random(spec.seed * 31 + spec.sample_index).choice(self.lengths)
+        t = Trajectory(task_id=f"task/{spec.seed}", sample_index=spec.sample_index)
+        try:
+            for turn in range(n):
+                await asyncio.sleep(self.turn_s)
+                t.append([1], generated=False)
+                t.append([2, 3], generated=True, turn=turn, logprobs=[-0.5, -0.5], version=self.version)
+                t.segments.append(3)
+                t.turn_rewards.append(0.0)
+        finally:
+            self.running -= 1
+        return t
+
+
+def samples(trajs):
+    return sum(len(t.segments) for t in trajs)
+
+
+@pytest.mark.parametrize("order", ["completion", "fifo"])
+@pytest.mark.parametrize("k", [1, 2])
+def test_turn_batches_hold_the_turns_asked_and_keep_the_staleness_bound(order, k):
+    """Episodes of 1 to 12 turns, batches of at least 12 turn samples: each batch is whole
+    groups, holds >= 12 samples, and no trained token is more than k versions old; episodes
+    running at a cut go on with the next weights (partial rollouts) and are trained later."""
+    fake = FakeTurnRollout()
+    c = AsyncCollector(fake, TaskSampler(1000, seed=k), group_size=2, tasks_per_step=2, max_staleness=k, order=order,
+                       turns_per_step=12)
+    try:
+        steps = run_steps(c, fake, 25, seed=k)
+    finally:
+        c.close()
+    seen, sizes = [], []
+    for version, trajs, m in steps:
+        groups = [t.task_id for t in trajs[::2]]
+        assert [t.task_id for t in trajs[1::2]] == groups  # whole groups, members in order
+        assert samples(trajs) >= 12
+        a = ages(version, trajs)
+        assert min(a) >= 0 and max(a) <= k, (version, max(a))
+        seen += groups
+        sizes.append(len(groups))
+    assert len(seen) == len(set(seen))  # no group trained twice
+    assert len(set(sizes)) > 1  # the number of groups per batch follows the episodes' lengths
+    assert any(m["async/partial_frac"] > 0 for _, _, m in steps)  # episodes crossed weight updates
+
+
+def test_turn_batches_at_staleness_zero_are_the_synchronous_rounds():
+    """max_staleness 0: rounds of tasks_per_step groups, each played to the end, until the batch
+    holds turns_per_step samples; the tasks of the synchronous loop, in its order, all on-policy."""
+    fake = FakeTurnRollout(lengths=(1, 2, 3))
+    sampler, reference = TaskSampler(200, seed=4), TaskSampler(200, seed=4)
+    c = AsyncCollector(fake, sampler, group_size=2, tasks_per_step=2, max_staleness=0, turns_per_step=10)
+    lengths = {}
+    try:
+        for version, trajs, m in run_steps(c, fake, 6):
+            want, n = [], 0
+            while n < 10:  # the synchronous rounds (agentrl.train.collect_batch)
+                specs = reference.next_specs(2, 2)
+                want += specs
+                n += sum(random.Random(s.seed * 31 + s.sample_index).choice((1, 2, 3)) for s in specs)
+            assert [(t.task_id, t.sample_index) for t in trajs] == [(f"task/{s.seed}", s.sample_index) for s in want]
+            assert samples(trajs) == n and set(ages(version, trajs)) == {0}
+            lengths[version] = len(want) // 4
+    finally:
+        c.close()
+    assert max(lengths.values()) >= 2  # some step needed more than one round
+
+
+def test_turns_per_step_is_checked():
+    with pytest.raises(ValueError, match="turns_per_step must be >= 1 or None, got 0"):
+        AsyncCollector(FakeTurnRollout(), TaskSampler(10), group_size=2, tasks_per_step=2, max_staleness=1, turns_per_step=0)

@@ -115,9 +115,20 @@ def test_turns_per_step_trains_end_to_end(tmp_path, tiny_model_dir, guess_env_id
         assert r["rollout/samples"] <= 19 + 24  # the last round added at most 4 x 6
 
 
+def test_turns_per_step_trains_end_to_end_in_async_mode(tmp_path, tiny_model_dir, guess_env_id):
+    from agentrl.train import train
+
+    cfg = _turn_cfg(tmp_path, tiny_model_dir, guess_env_id, ["rollout.turns_per_step=20", "run.mode=async", "rollout.max_staleness=1"])
+    assert train(cfg)["train_steps"] == 2
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss/total" in r]
+    assert len(rows) == 2
+    for r in rows:  # whole groups of 2 until >= 20 turn samples (episodes never fail here)
+        assert r["rollout/samples"] >= 20 and r["rollout/episodes"] % 2 == 0
+        assert r["async/staleness_max"] <= 1
+
+
 @pytest.mark.parametrize("overrides, fragment", [
     (["rollout.turns_per_step=8", "rollout.context.policy=full"], "only a turn-level rollout.context.policy makes"),
-    (["rollout.turns_per_step=8", "run.mode=async", "rollout.max_staleness=1"], "is built for run.mode: sync"),
     (["rollout.turns_per_step=0"], "rollout.turns_per_step"),
 ])
 def test_turns_per_step_bad_settings_are_clear_errors(tmp_path, tiny_model_dir, guess_env_id, overrides, fragment):
