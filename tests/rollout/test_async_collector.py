@@ -23,6 +23,8 @@ class FakeRollout:
     """``play`` emits one token per turn, ``turn_s`` apart, stamped with the current version;
     the number of turns is a seeded draw from ``lengths`` per (task, sample)."""
 
+    turn_samples = False  # FakeTurnRollout: each turn its own sample
+
     def __init__(self, lengths=(1, 2, 3, 12), turn_s: float = 0.004) -> None:
         self.version = 0
         self.lengths, self.turn_s = lengths, turn_s
@@ -36,10 +38,14 @@ class FakeRollout:
         self.max_running = max(self.max_running, self.running)
         n = random.Random(spec.seed * 31 + spec.sample_index).choice(self.lengths)
         t = Trajectory(task_id=f"task/{spec.seed}", sample_index=spec.sample_index)
-        t.append([1], generated=False)
+        if not self.turn_samples:
+            t.append([1], generated=False)
         try:
             for turn in range(n):
                 await asyncio.sleep(self.turn_s)
+                if self.turn_samples:  # this turn's prompt, then its sampled ids: one sample
+                    t.append([1], generated=False)
+                    t.segments.append(3)
                 t.append([2, 3], generated=True, turn=turn, logprobs=[-0.5, -0.5], version=self.version)
                 t.turn_rewards.append(0.0)
         finally:
@@ -166,22 +172,7 @@ class FakeTurnRollout(FakeRollout):
     """FakeRollout under a turn-level context policy: each turn one turn sample (a one-token
     prompt, then the two sampled tokens), ``segments`` their lengths."""
 
-    async def play(self, spec):
-        self.started.append((spec.seed, spec.sample_index))
-        self.running += 1
-        self.max_running = max(self.max_running, self.running)
-        n = random.Random(spec.seed * 31 + spec.sample_index).choice(self.lengths)
-        t = Trajectory(task_id=f"task/{spec.seed}", sample_index=spec.sample_index)
-        try:
-            for turn in range(n):
-                await asyncio.sleep(self.turn_s)
-                t.append([1], generated=False)
-                t.append([2, 3], generated=True, turn=turn, logprobs=[-0.5, -0.5], version=self.version)
-                t.segments.append(3)
-                t.turn_rewards.append(0.0)
-        finally:
-            self.running -= 1
-        return t
+    turn_samples = True
 
 
 def samples(trajs):
