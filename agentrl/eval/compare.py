@@ -48,6 +48,10 @@ from .study import SFT_CHECKPOINT, RunSpec, Study, check_runs, expand_runs, load
 log = logging.getLogger(__name__)
 
 RUN_RECORD = "compare_run.json"  # wall time of the run, written by compare next to summary.json
+#: Written into a warm start's folder while it is being restored (trained again for a missing
+#: checkpoint): the SFT losses it had. An interrupted restore is then still a restore on the
+#: next invocation, and the finished method runs of that warm start stay reused.
+RESTORE_RECORD = "restoring.json"
 
 
 def default_out(study: Study) -> Path:
@@ -192,11 +196,14 @@ def warm_starts_to_restore(runs: list[RunSpec], out: Path) -> set[str]:
     (another machine, a cleaned folder). They are trained again; their finished method runs
     stay valid, since the warm start's config and seed are unchanged."""
     needed = {r.needs for r in runs if r.kind == "rl" and r.needs is not None and run_state(r, out, warn=False) != "done"}
-    return {
+    missing = {
         r.key for r in runs
         if r.kind == "sft" and r.key in needed and run_state(r, out, warn=False) == "done"
         and not (Path(r.config["run"]["output_dir"]) / SFT_CHECKPOINT).exists()
     }
+    # a restore that was interrupted (its folder holds RESTORE_RECORD) is still one
+    interrupted = {r.key for r in runs if r.kind == "sft" and (Path(r.config["run"]["output_dir"]) / RESTORE_RECORD).exists()}
+    return missing | interrupted
 
 
 def _sft_losses(folder: Path) -> list[float] | None:
@@ -218,9 +225,16 @@ def _prepare(run: RunSpec, out: Path, redone: set[str], failed: dict[str, str], 
         return False
     folder = Path(run.config["run"]["output_dir"])
     if run.key in restore:
-        restore[run.key] = _sft_losses(folder)
-        log.info("warm start %s finished earlier but its checkpoint is missing (%s) and a method run needs it: training it again", run.key, SFT_CHECKPOINT)
+        marker = folder / RESTORE_RECORD
+        if marker.exists():  # an interrupted restore: start it over, keeping what was recorded
+            restore[run.key] = json.loads(marker.read_text()).get("sft_losses")
+            log.info("warm start %s: its restore was interrupted; training it again", run.key)
+        else:
+            restore[run.key] = _sft_losses(folder)
+            log.info("warm start %s finished earlier but its checkpoint is missing (%s) and a method run needs it: training it again", run.key, SFT_CHECKPOINT)
         shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        marker.write_text(json.dumps({"sft_losses": restore[run.key]}))
         return True
     state = run_state(run, out)
     if state == "done" and run.needs not in redone:
@@ -232,6 +246,7 @@ def _prepare(run: RunSpec, out: Path, redone: set[str], failed: dict[str, str], 
 
 
 def _check_restored(run: RunSpec, recorded: list[float] | None) -> None:
+    (Path(run.config["run"]["output_dir"]) / RESTORE_RECORD).unlink(missing_ok=True)  # the restore finished
     new = _sft_losses(Path(run.config["run"]["output_dir"]))
     if recorded and new and recorded != new:
         worst = max(abs(a - b) for a, b in zip(recorded, new)) if len(recorded) == len(new) else float("nan")

@@ -234,6 +234,41 @@ def test_a_warm_start_without_its_checkpoint_is_restored_for_the_runs_still_to_t
     assert len(warned) == 1 and "sft/high4/seed1" in warned[0] and "largest difference 0.5" in warned[0]
 
 
+def test_an_interrupted_restore_is_still_a_restore(compared, guess_study, tmp_path):
+    """Ctrl-C while a warm start is being restored, then compare again: the warm start is
+    restored (not treated as redone), so its finished method runs are kept, not retrained.
+    Before RESTORE_RECORD, the study's h10 seed-0 warm start, interrupted this way, made the next
+    invocation delete and retrain its ten finished method runs."""
+    import shutil
+
+    import pytest
+
+    from agentrl.eval.compare import RESTORE_RECORD, compare, train_run
+
+    out = _committed_copy(compared["out"], tmp_path / "clone")
+    shutil.rmtree(out / "runs" / "high4" / "empg" / "seed1")  # one run of seed 1 still to train
+    kept = out / "runs" / "high4" / "grpo" / "seed1" / "summary.json"
+    kept_mtime = kept.stat().st_mtime_ns
+    marker = out / "sft" / "high4" / "seed1" / RESTORE_RECORD
+
+    def interrupted(config):
+        assert marker.is_file()  # written before the warm start trains
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compare(guess_study, out=out, train_fn=interrupted)
+    assert not (out / "sft" / "high4" / "seed1" / "summary.json").exists() and marker.is_file()
+    calls: list[str] = []
+
+    def train_fn(config):
+        calls.append(Path(config["run"]["output_dir"]).relative_to(out).as_posix())
+        return train_run(config)
+
+    assert compare(guess_study, out=out, train_fn=train_fn)["failed"] == {}
+    assert calls == ["sft/high4/seed1", "runs/high4/empg/seed1"]
+    assert kept.stat().st_mtime_ns == kept_mtime and not marker.exists()
+
+
 def test_runs_record_the_warm_start_model_they_started_from(compared, guess_study):
     """compare_run.json fingerprints the model a warm start made and the model each method
     run started from; the report warns when one (env, seed) mixes two warm-start models (a
