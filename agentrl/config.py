@@ -827,8 +827,10 @@ def validate(cfg: TrainConfig, source: str = "config") -> None:
               f"or raise rollout.vllm.max_model_len to at least {cfg.rollout.max_total_tokens}")
     ctx = cfg.rollout.context
     try:
-        from agentrl.rollout.context import make_context_policy  # light: no torch
+        from agentrl.rollout.context import CONTEXT_POLICIES, make_context_policy  # light: no torch
 
+        if ctx.policy not in CONTEXT_POLICIES and cfg.run.imports:  # a policy registered by a run.imports file
+            import_modules(cfg.run.imports)
         policy = make_context_policy(ctx.policy, window=ctx.window, marker=ctx.marker, options=ctx.options)
     except ValueError as e:  # UnknownNameError included: the known names are listed
         check(False, f"rollout.context: {e}")

@@ -151,6 +151,25 @@ def test_bad_context_settings_fail_the_config_check(override, message):
         load_config(QUICKSTART, [*BASE, override])
 
 
+def test_the_docs_user_policy_loads_from_run_imports_in_a_config_file(tmp_path):
+    """docs/long_horizons.md's own example policy, in a file listed under run.imports, is
+    known to the config check (the imports used to run only when the algorithm section was
+    parsed, after the context check: a newcomer's `agentrl train` refused 'turn_count')."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "long_horizons.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", doc, re.DOTALL) if "CONTEXT_POLICIES.register" in block)
+    name = re.search(r'register\("([a-z_]+)"', code).group(1)
+    code = code.replace(f'"{name}"', '"doc_policy_from_a_file"')  # a name no other test registers
+    (tmp_path / "doc_policy.py").write_text(code)
+    (tmp_path / "c.yaml").write_text(f"base: {QUICKSTART}\nrun: {{imports: [{tmp_path / 'doc_policy.py'}]}}\n"
+                                     "rollout: {context: {policy: doc_policy_from_a_file, window: 2}}\n")
+    cfg = load_config(tmp_path / "c.yaml", BASE)
+    assert cfg.rollout.context.policy == "doc_policy_from_a_file" and "doc_policy_from_a_file" in CONTEXT_POLICIES
+    policy = make_context_policy("doc_policy_from_a_file", window=2)
+    assert policy.memory(None, [[], [], []]) == "turns so far: 3"
+
+
 def test_summary_needs_an_env_with_state_summary(tiny_model_dir, guess_env_id):
     tok = AutoTokenizer.from_pretrained(tiny_model_dir("chatml"))
     with pytest.raises(ValueError, match="has no state_summary"):
