@@ -247,7 +247,7 @@ def evaluate_policy(settings: EvalSettings, *, progress: bool = True, save_episo
     from agentrl.learner.policy import load_tokenizer
     from agentrl.models.chat import ChatFormat
     from agentrl.rollout.agent_loop import AgentLoop
-    from agentrl.rollout.context import make_context_policy
+    from agentrl.rollout.context import check_cap, make_context_policy
     from agentrl.rollout.engines import SamplingParams
     from agentrl.sandboxes import run_sync
 
@@ -271,6 +271,14 @@ def evaluate_policy(settings: EvalSettings, *, progress: bool = True, save_episo
     try:
         for env_id in s.envs:
             instances = [envs.make(env_id, **(s.env_options or {})) for _ in range(max(1, min(s.num_envs, s.episodes * (s.samples or 1))))]
+            if not context.full:  # a per-turn cap that cannot hold the task and one turn: say so, do not play 0-turn episodes
+                try:
+                    check_cap(chat, context, instances[0], cap=int(s.max_total_tokens or 4096), max_new_tokens=int(s.max_new_tokens or 128),
+                              tools_in_prompt=bool(s.tools_in_prompt), split=s.split or "test")
+                except BaseException:
+                    for e in instances:
+                        e.close()
+                    raise
             loop = AgentLoop(instances, engine, chat, params, max_total_tokens=int(s.max_total_tokens or 4096), tools_in_prompt=bool(s.tools_in_prompt),
                              context=context)
             try:

@@ -156,14 +156,17 @@ def policy_of(context: Any) -> ContextPolicy:
 
 
 def check_cap(chat: Any, policy: ContextPolicy, env: Any, *, cap: int, max_new_tokens: int, tools_in_prompt: bool, split: str = "train") -> int:
-    """Before any work: raise ValueError if the first prompt of the split's first task (the
-    system prompt, the task and the policy's memory) plus one turn of ``max_new_tokens`` does
-    not fit in ``cap`` tokens; returns that prompt's length. ``env`` is a made env (reset here)."""
+    """Before any work: raise :class:`~agentrl.config.ConfigError` (a ValueError; the CLIs print
+    it as one ``error:`` line) if the first prompt of the split's first task (the system prompt,
+    the task and the policy's memory) plus one turn of ``max_new_tokens`` does not fit in ``cap``
+    tokens; returns that prompt's length. ``env`` is a made env (reset here)."""
+    from agentrl.config import ConfigError
+
     obs, info = env.reset(options={"task_index": 0, "split": split})
     tools = info.get("tools") if tools_in_prompt else None
     n = len(chat.prompt_ids(policy.render(list(obs), [], env.unwrapped, 0), tools))
     if n + max_new_tokens > cap:
-        raise ValueError(f"rollout.context.policy={policy.name!r}: the first prompt (system prompt, task{', tool schemas' if tools else ''} and memory) "
+        raise ConfigError(f"rollout.context.policy={policy.name!r}: the first prompt (system prompt, task{', tool schemas' if tools else ''} and memory) "
                          f"is {n} tokens, so with one turn of rollout.max_new_tokens={max_new_tokens} it needs {n + max_new_tokens} tokens, "
                          f"more than rollout.max_total_tokens={cap} (the per-turn context cap); raise rollout.max_total_tokens or lower max_new_tokens")
     return n

@@ -118,3 +118,17 @@ def test_concurrency_defaults_to_the_runs_env_num_envs():
     assert fill_defaults(EvalSettings(policy="runs/x"), run_cfg).num_envs == 32
     assert fill_defaults(EvalSettings(policy="runs/x", num_envs=3), run_cfg).num_envs == 3  # --num-envs wins
     assert fill_defaults(EvalSettings(policy="m", envs=["agentrl/GuessNumber-v0"]), None).num_envs == 16
+
+
+def test_eval_refuses_a_per_turn_cap_too_small_for_the_task(sft_model, guess_study):
+    """Under a turn-level context policy --max-total-tokens caps one turn sample; a cap that
+    cannot hold the task and one turn is an error naming the token counts, not a report of
+    0-turn episodes (a newcomer trial got success 0.000 over empty episodes)."""
+    from agentrl.config import ConfigError
+
+    settings = EvalSettings(policy=str(sft_model), envs=["agentrl/GuessNumber-v0"], episodes=2, samples=1, env_options={"high": 4, "max_turns": 4},
+                            max_new_tokens=24, max_total_tokens=40, tools_in_prompt=False, num_envs=2,
+                            imports=[str(guess_study.parent / "guess_env.py")], context={"policy": "window", "window": 2})
+    with pytest.raises(ConfigError, match=r"the first prompt .* is \d+ tokens, so with one turn of rollout.max_new_tokens=24 it needs \d+ tokens, "
+                                          r"more than rollout.max_total_tokens=40"):
+        evaluate_policy(settings)
