@@ -26,6 +26,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ExpertFailures as e:  # the env is broken, not the run: say so in one line
         print(f"error: {e.stage}: {e}", file=sys.stderr)
         return 1
+    except ConfigError as e:  # a setting found wrong once the env is up (a per-turn cap too small for the task)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     _print_summary(summary)
     return 0
 

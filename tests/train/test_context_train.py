@@ -136,3 +136,13 @@ def test_turns_per_step_bad_settings_are_clear_errors(tmp_path, tiny_model_dir, 
 
     with pytest.raises((ConfigError, ValueError), match=fragment):
         _turn_cfg(tmp_path, tiny_model_dir, guess_env_id, overrides)
+
+
+def test_the_train_cli_prints_a_cap_too_small_as_one_error_line(tmp_path, tiny_model_dir, guess_env_id, capsys):
+    from agentrl.cli import main
+
+    (tmp_path / "c.yaml").write_text(CONFIG.format(out=tmp_path / "run", model=tiny_model_dir("chatml"), env=guess_env_id))
+    rc = main(["train", str(tmp_path / "c.yaml"), "rollout.max_total_tokens=40", "rollout.max_new_tokens=16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("error: rollout.context.policy='window': the first prompt")
+    assert not any(line.startswith("Traceback") for line in err)
