@@ -445,7 +445,7 @@ def make_learner(cfg: TrainConfig, model: Any, algo_cfg: Any) -> Any:
 def turn_samples(trajs: list[Any]) -> int:
     """Training rows of ``trajs``: one per turn sample (one per episode played as one
     sequence); failed episodes train nothing and count 0."""
-    return sum(len(t.segments) or 1 for t in trajs if not t.failed)
+    return sum(t.num_samples for t in trajs)
 
 
 def _kept_groups(filter_algo: Any, trajs: list[Any]) -> list[Any]:

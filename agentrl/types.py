@@ -84,6 +84,12 @@ class Trajectory:
         return len(self.turn_rewards)
 
     @property
+    def num_samples(self) -> int:
+        """Training rows this trajectory gives: one per turn sample (one when it is played as one
+        sequence); 0 when it failed (its rows train nothing)."""
+        return 0 if self.failed else (len(self.segments) or 1)
+
+    @property
     def num_generated_tokens(self) -> int:
         return sum(self.loss_mask)
 

@@ -290,7 +290,7 @@ class AsyncCollector:
     @staticmethod
     def _turn_samples(g: _Group) -> int:
         """Training rows of a finished group: one per turn sample, failed episodes none."""
-        return sum(len(t.segments) or 1 for t in g.trajs if t is not None and not t.failed)
+        return sum(t.num_samples for t in g.trajs if t is not None)
 
     def _choose_turns(self, by_order: list[_Group]) -> tuple[list[_Group] | None, int]:
         """Turns mode (module docstring): every due group, then finished groups until the batch
