@@ -903,10 +903,15 @@ class HostWatch:
 
 
 def measure_slowness(samples: int = 5) -> float:
-    """How much slower than nominal this machine is right now: the median start-up time of a
-    bare ``python3 -I -S -c pass`` over 25 ms (docs/sandboxes.md, threat model floors: 10-13 ms on 2 vCPU),
-    clamped to [1, 10]. Wall-clock bounds get ``GRACE_S * (slowness - 1)`` extra, so a
-    machine loaded by other work does not fail attacks that were contained."""
+    """How much slower than nominal this machine is right now, clamped to [1, 10]: the larger of
+    the median start-up time of a bare ``python3 -I -S -c pass`` over 25 ms (docs/sandboxes.md,
+    threat model floors: 10-13 ms on 2 vCPU) and the 1-minute load average per usable CPU.
+    Wall-clock bounds get ``GRACE_S * (slowness - 1)`` extra, so a machine loaded by other work
+    does not fail attacks that were contained.
+
+    The load average is there because start-up time alone misses kernel work: a short process
+    still starts in ~25 ms at load 45 on 2 cores, while freeing a tmpfs of 500k inodes (the
+    inode flood's teardown) took 8.08 s there against 8.0 s allowed."""
     import subprocess
 
     times = []
@@ -916,7 +921,11 @@ def measure_slowness(samples: int = 5) -> float:
                         "-I", "-S", "-c", "pass"], check=False)
         times.append(time.monotonic() - t0)
     times.sort()
-    return min(10.0, max(1.0, times[len(times) // 2] / 0.025))
+    try:
+        queue = os.getloadavg()[0] / max(1, len(os.sched_getaffinity(0)))
+    except (OSError, AttributeError):  # no load average on this platform
+        queue = 0.0
+    return min(10.0, max(1.0, times[len(times) // 2] / 0.025, queue))
 
 
 async def run_attack(sandbox: Sandbox, attack: Attack, scratch: str, *, slowness: float = 1.0) -> Row:

@@ -75,3 +75,17 @@ def test_a_missing_program_says_how_to_fix_it():
 
     with pytest.raises(FileNotFoundError, match=r"no_such\.py is missing: .*package-data.*reinstall"):
         program("no_such.py")
+
+
+def test_slowness_reads_the_run_queue_as_well_as_start_up_time(monkeypatch):
+    """A machine whose run queue is long is slow even where a bare interpreter starts quickly
+    (the inode flood's tmpfs teardown took 8.08 s at load 45 on 2 cores, start-up ~25 ms)."""
+    import os
+
+    from agentrl.sandboxes import selftest
+
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.5 * cpus, 0.0, 0.0))
+    assert selftest.measure_slowness(1) >= 3.5
+    monkeypatch.setattr(os, "getloadavg", lambda: (100.0 * cpus, 0.0, 0.0))
+    assert selftest.measure_slowness(1) == 10.0  # clamped
